@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests that need ../shared/data skip when it is absent, and fail instead when
+MEDSAM_REQUIRE_SHARED=1 (as .ci/run sets)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medsam_lib.shared import shared_data_dir
+
+
+def _require_shared() -> bool:
+    return os.environ.get("MEDSAM_REQUIRE_SHARED") == "1"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        message = f"real cases not found at {path} (set MEDSAM_SHARED_DIR or place ../shared beside the repo)"
+        if _require_shared():
+            pytest.fail(message + "; MEDSAM_REQUIRE_SHARED=1 makes this a failure")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lite_model():
+    """LiteMedSAM loaded once per test session (CPU)."""
+    from medsam_lib.models.zoo import load_model
+
+    return load_model("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests save screenshots and other artefacts (ignored by git)."""
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
