@@ -79,6 +79,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from .runner import notebook_paths, refresh_notebooks
+
+    if args.action == "list":
+        for path in notebook_paths(args.names or None):
+            print(path.name)
+    else:
+        refresh_notebooks(args.names or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m medsam_lib",
                                      description="MedSAM companion: segment, manage weights and data, rerun the notebooks")
@@ -108,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="skip notebooks that already ran successfully with the same inputs")
     run.set_defaults(func=cmd_run)
+
+    nbs = sub.add_parser("notebooks", help="execute notebooks in place so their committed outputs are current")
+    nbs.add_argument("action", choices=["refresh", "list"])
+    nbs.add_argument("names", nargs="*", help="notebook name prefixes (default: all)")
+    nbs.set_defaults(func=cmd_notebooks)
 
     for name in COMMAND_MODULES:
         try:

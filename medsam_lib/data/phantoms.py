@@ -54,17 +54,19 @@ def ct_abdomen(rng, n_slices=12, size=128):
     for z in range(n_slices):
         t = z / max(n_slices - 1, 1)
         body = _ellipse((size, size), (64, 64), (50, 60))
-        img[z][body] = 40.0  # soft tissue
+        img[z][body] = -100.0  # subcutaneous fat
+        inner_body = _ellipse((size, size), (64, 64), (45, 55))
+        img[z][inner_body] = 40.0  # muscle / soft tissue
         liver = _ellipse((size, size), (58, 48), (26 - 6 * abs(t - 0.5), 30), angle=0.3)
-        img[z][liver] = 60.0
+        img[z][liver] = 110.0  # contrast-enhanced liver
         lab[z][liver] = 1
         kidney = _ellipse((size, size), (72, 92), (10, 7))
-        img[z][kidney] = 30.0
+        img[z][kidney] = 180.0
         lab[z][kidney] = 3
         r = 5.0 * np.sqrt(max(0.0, 1 - ((t - 0.5) / 0.35) ** 2))
         if r >= 2.0:
             tumour = _ellipse((size, size), (56, 44), (r, r)) & liver
-            img[z][tumour] = 48.0  # 12 HU below the liver: low contrast
+            img[z][tumour] = 85.0  # 25 HU below the liver: low contrast
             lab[z][tumour] = 2
         spine = _ellipse((size, size), (100, 64), (7, 7))
         img[z][spine] = 700.0

