@@ -19,6 +19,7 @@ LITE_IMAGE_SIZE = 256  # LiteMedSAM (released code): longest side to 256, padded
 TRAIN_FRACTION = 0.8  # 3.2: per data set 80/20 train/test split (by case)
 MIN_TARGET_PIXELS = 100  # 3.2: targets under 100 pixels excluded (2D, at 256 x 256)
 OFFICIAL_CODE_MIN_OBJECT_VOXELS_3D = 1000  # released code: 3D objects under 1000 voxels removed (cc3d.dust)
+OFFICIAL_CODE_MIN_OBJECT_PIXELS_2D = 100  # released code: then 2D objects under 100 px per slice, native size
 BOX_JITTER_PX = (0, 20)  # 3.2: box from the mask, each side perturbed by a random 0-20 px
 LEARNING_RATE = 1e-5  # 3.2: Adam, initial learning rate 1e-5
 WEIGHT_DECAY = 0.0  # 3.2 / v1 train.py: no weight decay
