@@ -36,8 +36,9 @@ def verify_file(path: str | os.PathLike, hashes: Mapping[str, str], size: int | 
                 name: str | None = None) -> None:
     """Check ``path`` against its expected size and hashes; raise MedSAMError naming the file if not.
 
-    ``hashes`` maps an algorithm (``sha256``, ``md5``, ``xxh128``, or ``sha256_prefix`` for
-    torch.hub-style file names that carry the start of their SHA-256) to its hex digest.
+    ``hashes`` maps an algorithm (``sha256``, ``md5``, ``xxh128``) to its hex digest, or
+    ``<algorithm>_prefix`` to the start of one (file names that carry it: torch.hub names carry
+    the SHA-256's, Meta's SAM names the MD5's). Every entry must match.
     """
     path = Path(path)
     shown = name or str(path)
