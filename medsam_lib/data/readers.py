@@ -102,8 +102,12 @@ def read_2d(path: str | os.PathLike) -> MedicalImage:
                         meta={"mode": mode})
 
 
-def read_volume(path: str | os.PathLike) -> MedicalImage:
-    """NIfTI, NRRD, MetaImage, or a DICOM series folder, via SimpleITK."""
+def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalImage:
+    """NIfTI, NRRD, MetaImage, or a DICOM series folder, via SimpleITK.
+
+    A 4D or multi-component file (e.g. the Medical Segmentation Decathlon's multi-sequence MR) is an
+    error unless ``channel`` picks one 3D volume out of it (index along the 4th axis / component).
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -130,8 +134,12 @@ def read_volume(path: str | os.PathLike) -> MedicalImage:
     except RuntimeError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         raise MedSAMError(f"{path}: truncated or corrupt volume, SimpleITK cannot read it ({first.strip()})") from exc
+    if channel is not None:
+        image = _select_channel(image, channel, path)
     if image.GetDimension() == 4 or (image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() > 1):
-        raise MedSAMError(f"{path}: 4D or multi-component volume (size {image.GetSize()}); give one 3D volume")
+        raise MedSAMError(f"{path}: 4D or multi-component volume (size {image.GetSize()}, "
+                          f"{image.GetNumberOfComponentsPerPixel()} component(s)); give one 3D volume, "
+                          "or name the channel to use (manifest 'channel')")
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     array = sitk.GetArrayFromImage(image)
@@ -139,6 +147,124 @@ def read_volume(path: str | os.PathLike) -> MedicalImage:
     return MedicalImage(array=array, path=str(path), spacing=tuple(float(s) for s in spacing_xyz[::-1]),
                         is_volume=True, origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
                         modality=modality)
+
+
+def _select_channel(image, channel: int, path: Path):
+    """One 3D volume out of a 4D image (4th axis) or a multi-component 3D image."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() == 4:
+        n = image.GetSize()[3]
+        if not 0 <= channel < n:
+            raise MedSAMError(f"{path}: channel {channel} out of range (the 4D volume has {n}: 0..{n - 1})")
+        size = list(image.GetSize())
+        size[3] = 0
+        return sitk.Extract(image, size=size, index=[0, 0, 0, channel])
+    n = image.GetNumberOfComponentsPerPixel()
+    if n == 1:
+        if channel == 0:
+            return image
+        raise MedSAMError(f"{path}: channel {channel} asked for, but the volume has a single channel")
+    if not 0 <= channel < n:
+        raise MedSAMError(f"{path}: channel {channel} out of range (the volume has {n} components: 0..{n - 1})")
+    return sitk.VectorIndexSelectionCast(image, channel)
+
+
+MASK_ENCODINGS = ("label", "binary", "rgb")
+LOSSY_SUFFIXES = {".jpg", ".jpeg"}
+
+
+def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float | None = None,
+              palette: dict[int, tuple[int, int, int]] | None = None) -> MedicalImage:
+    """A segmentation as an integer label map, with the geometry of its file.
+
+    ``encoding``:
+    - ``label``: stored values are the labels (NIfTI/NRRD/DICOM label maps, grey or palette PNG/TIFF;
+      a palette PNG keeps its indices). RGB files whose channels are all equal count as grey.
+      JPEG is refused: lossy compression invents values along every edge.
+    - ``binary``: foreground where any channel exceeds ``threshold`` -> label 1 (default threshold:
+      127 for 2D files, e.g. JPEG masks of 0/255; 0 for volumes).
+    - ``rgb``: colour-coded labels; each channel is binarised at ``threshold`` (default 127) and the
+      resulting colour looked up in ``palette`` {label: (r, g, b)}; other colours become 0.
+    Array axes as in ``read_image``; the result is uint8/uint16/int32 (smallest that fits).
+    """
+    path = Path(path)
+    if encoding not in MASK_ENCODINGS:
+        raise MedSAMError(f"{path}: unknown mask encoding {encoding!r}; use one of {MASK_ENCODINGS}")
+    kind = file_kind(path)
+    if kind == "2d":
+        from PIL import Image, UnidentifiedImageError
+
+        _check_file(path)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                mode = img.mode
+                if mode == "P" and encoding == "label":
+                    array = np.array(img)  # palette indices are the labels
+                elif mode in ("1", "L", "I", "I;16", "I;16B", "F"):
+                    array = np.array(img)
+                else:
+                    array = np.array(img.convert("RGB"))
+        except UnidentifiedImageError as exc:
+            raise MedSAMError(f"{path}: not a readable mask image (Pillow cannot identify it)") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise MedSAMError(f"{path}: truncated or corrupt mask image ({exc})") from exc
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        image = MedicalImage(array=array, path=str(path), spacing=(1.0, 1.0), is_volume=False, meta={"mode": mode})
+        default_threshold = 127.0
+    else:
+        image = read_volume(path)
+        array = image.array
+        default_threshold = 0.0
+    threshold = default_threshold if threshold is None else float(threshold)
+    if encoding == "label":
+        if path.suffix.lower() in LOSSY_SUFFIXES:
+            raise MedSAMError(f"{path}: a JPEG mask cannot hold exact label values (lossy compression); "
+                              "use encoding 'binary' (thresholded) or 'rgb' with a palette")
+        if array.ndim == 3 and not image.is_volume:
+            if (array == array[..., :1]).all():
+                array = array[..., 0]
+            else:
+                raise MedSAMError(f"{path}: colour mask with encoding 'label'; use encoding 'rgb' with a palette "
+                                  "(label -> [r, g, b]) or 'binary'")
+        if np.issubdtype(array.dtype, np.floating):
+            rounded = np.rint(array)
+            if not np.array_equal(rounded, array):
+                raise MedSAMError(f"{path}: label map holds non-integer values (e.g. {array[rounded != array][0]}); "
+                                  "is this an image rather than a mask?")
+            array = rounded
+        if array.size and array.min() < 0:
+            raise MedSAMError(f"{path}: label map holds negative values (min {array.min()})")
+        labels = array
+    elif encoding == "binary":
+        fg = array > threshold
+        labels = fg.any(axis=-1) if (fg.ndim == 3 and not image.is_volume) else fg
+    else:
+        if not palette:
+            raise MedSAMError(f"{path}: encoding 'rgb' needs a palette (label -> [r, g, b])")
+        if array.ndim != 3 or image.is_volume or array.shape[2] < 3:
+            raise MedSAMError(f"{path}: encoding 'rgb' needs a colour image, got shape {array.shape}")
+        bits = array[..., :3] > threshold
+        code = bits[..., 0].astype(np.uint8) * 4 + bits[..., 1] * 2 + bits[..., 2]
+        labels = np.zeros(code.shape, dtype=np.int32)
+        for label, rgb in palette.items():
+            want = (int(rgb[0] > threshold) * 4 + int(rgb[1] > threshold) * 2 + int(rgb[2] > threshold))
+            if want == 0:
+                raise MedSAMError(f"{path}: palette colour {list(rgb)} for label {label} is background after "
+                                  f"thresholding at {threshold:g}")
+            labels[code == want] = int(label)
+    image.array = _smallest_int(np.asarray(labels))
+    return image
+
+
+def _smallest_int(labels: np.ndarray) -> np.ndarray:
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
+    return labels.astype(dtype, copy=False)
 
 
 def read_image(path: str | os.PathLike) -> MedicalImage:

@@ -1,0 +1,528 @@
+"""Curation (paper 3.1-3.2): a manifest's cases -> 256 x 256 slices and binary targets on disk.
+
+``curate(manifest, out, preset="paper")`` writes a *curated store*:
+
+    out/curation.json                 preset, image size, seed, manifests and their cases
+    out/cases/<data set>/<case>.npz   one file per case (a zip of .npy members, see below)
+    out/index.csv                     one row per (image key, slice, target): the table below
+
+Each case file is written in one atomic step (temporary file, then rename), so an interrupted run
+leaves either the whole case or nothing; a rerun skips every case whose file already holds the
+same inputs (same files by size and time, same data-set definition, same preset) and resumes.
+
+Per case, 3D volumes are read once (image volumes one at a time), windowed once (the preset's
+window over the whole volume) and then streamed slice by slice along the first array axis (the
+out-of-plane axis, paper 3.2): only slices that keep a target are normalised, resized and
+written. 2D images are treated as volumes of one slice.
+
+Targets: each manifest target gives one binary mask per slice (several label values merged);
+``instance`` targets give one per connected object (26-connected in 3D, 8-connected in 2D). A
+target covering fewer than 100 pixels at 256 x 256 is dropped (paper 3.2; ``official_code``
+instead removes small objects at native size, see ``preprocess.remove_small_objects``).
+
+Split (paper 3.2): per data set, a seeded 80/20 train/test split *by case* (a patient's volumes
+and slices never straddle the split); with two or more cases at least one is in each split. The
+released code instead takes the first 40 of 50 sorted cases, or calls ``random.sample`` unseeded.
+
+Index columns: dataset, case, volume, image_key, modality, task (paper task or ""), stand_in,
+synthetic, slice, n_slices, target, labels ("1;2"), instance (0 = whole target), split, x0, y0,
+x1, y1 (box at 256 x 256, x1/y1 inclusive as the released code's boxes), pixels (at 256 x 256),
+height, width (native), spacing_z, spacing_y, spacing_x (native mm; 1.0 where unknown),
+spacing_known, curated_spacing_y, curated_spacing_x (mm per pixel at 256 x 256), image_sha256,
+mask_sha256, file, image_member, mask_member, image_id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import paper
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
+from ..geometry import box_from_mask
+from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
+from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
+                         resize_mask)
+from .readers import MedicalImage, read_2d, read_mask, read_volume, file_kind
+
+STORE_VERSION = 1
+IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
+SAMPLE_SIZE = 2000  # raw/normalised intensity samples kept per image, for the histograms
+INDEX_COLUMNS = (
+    "dataset", "case", "volume", "image_key", "modality", "task", "stand_in", "synthetic", "slice", "n_slices",
+    "target", "labels", "instance", "split", "x0", "y0", "x1", "y1", "pixels", "height", "width",
+    "spacing_z", "spacing_y", "spacing_x", "spacing_known", "curated_spacing_y", "curated_spacing_x",
+    "image_sha256", "mask_sha256", "file", "image_member", "mask_member", "image_id")
+_STRING_COLUMNS = {c: str for c in ("dataset", "case", "volume", "image_key", "modality", "task", "target",
+                                    "labels", "split", "image_sha256", "mask_sha256", "file", "image_member",
+                                    "mask_member", "image_id")}
+
+
+@dataclass
+class CurationReport:
+    """What one ``curate`` call did."""
+
+    out: Path
+    preset: str
+    curated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
+    slices: int = 0
+    dropped_small: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = (f"{len(self.curated)} case(s) curated, {len(self.skipped)} already done, {len(self.failed)} failed; "
+                f"{self.rows} index rows in {self.out}")
+        for case, error in self.failed.items():
+            text += f"\n  failed {case}: {error}"
+        return text
+
+
+# --- splits ---------------------------------------------------------------------------------------
+
+def split_cases(case_ids, seed: int, dataset: str, train_fraction: float = paper.TRAIN_FRACTION) -> dict[str, str]:
+    """case id -> "train" / "test": a seeded permutation per data set (paper 3.2: 80/20 by case).
+
+    Deterministic for the same case list, seed and data-set name. With n >= 2 cases at least one
+    case goes to each split.
+    """
+    ids = sorted(set(case_ids))
+    n = len(ids)
+    n_test = int(round(n * (1.0 - train_fraction)))
+    if n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    rng = np.random.default_rng([int(seed), zlib.crc32(dataset.encode())])
+    order = rng.permutation(n)
+    test = {ids[i] for i in order[:n_test]}
+    return {c: ("test" if c in test else "train") for c in ids}
+
+
+# --- reading one case -----------------------------------------------------------------------------
+
+def _fingerprint(path: Path) -> list:
+    if path.is_dir():
+        return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in path.iterdir() if p.is_file())
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _sha256(path: Path) -> str:
+    if path.is_dir():  # DICOM series: hash of the sorted file hashes
+        digest = hashlib.sha256()
+        for p in sorted(q for q in path.iterdir() if q.is_file()):
+            digest.update(f"{p.name}:{sha256_file(p)}\n".encode())
+        return digest.hexdigest()
+    return sha256_file(path)
+
+
+def _as_stack(image: MedicalImage) -> np.ndarray:
+    """(Z, H, W[, C]) view: volumes as they are, a 2D image as one slice."""
+    return image.array if image.is_volume else image.array[None]
+
+
+def _geometry_problem(image: MedicalImage, mask: MedicalImage) -> str | None:
+    img_shape = _as_stack(image).shape[:3]
+    mask_shape = _as_stack(mask).shape[:3]
+    if img_shape != mask_shape:
+        what = "(Z, Y, X)" if image.is_volume else "(1, H, W)"
+        return f"shape {what} {img_shape} vs mask {mask_shape}"
+    if image.is_volume != mask.is_volume:
+        return "one is a volume and the other a 2D image"
+    if not image.is_volume:
+        return None
+    if not np.allclose(image.spacing, mask.spacing, rtol=1e-3, atol=1e-4):
+        return f"spacing (Z, Y, X) {tuple(round(s, 5) for s in image.spacing)} vs mask {tuple(round(s, 5) for s in mask.spacing)} mm"
+    if not np.allclose(image.origin, mask.origin, rtol=1e-4, atol=1e-2):
+        return f"origin {tuple(round(o, 3) for o in image.origin)} vs mask {tuple(round(o, 3) for o in mask.origin)}"
+    if not np.allclose(image.direction, mask.direction, atol=1e-4):
+        return f"direction {tuple(round(d, 4) for d in image.direction)} vs mask {tuple(round(d, 4) for d in mask.direction)}"
+    return None
+
+
+def _present_labels(labels: np.ndarray) -> set[int]:
+    if labels.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(labels.ravel())
+        return {int(v) for v in np.flatnonzero(counts)}
+    return {int(v) for v in np.unique(labels)}
+
+
+def _read_image(root: Path, path: str, channel: int | None) -> MedicalImage:
+    full = root / path
+    if file_kind(full) == "2d":
+        if channel is not None:
+            raise MedSAMError(f"{full}: 'channel' applies to 4D volumes, not to 2D images")
+        return read_2d(full)
+    return read_volume(full, channel=channel)
+
+
+class _CaseWriter:
+    """Members of one case file, streamed into a zip that ``np.load`` reads as an .npz."""
+
+    def __init__(self, path: Path):
+        self.zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        with self.zip.open(name + ".npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+    def add_json(self, name: str, value) -> None:
+        self.add(name, np.frombuffer(json.dumps(value).encode(), dtype=np.uint8))
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+def _case_key(dataset: DatasetSpec, case: CaseSpec, preset: str, fingerprints: dict) -> str:
+    definition = {k: v for k, v in dataset.raw.items() if k not in ("cases", "notes", "citation", "license", "title")}
+    payload = {"store_version": STORE_VERSION, "preset": preset, "size": IMAGE_SIZE, "dataset": definition,
+               "case": [case.volume, case.case, case.images, case.masks], "files": fingerprints}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _read_json_member(npz, name: str):
+    return json.loads(bytes(npz[name]).decode())
+
+
+def _case_done(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as npz:
+            return _read_json_member(npz, "meta").get("key") == key
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return False
+
+
+def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path, preset: str = "paper",
+                synthetic: bool = False, key: str = "") -> dict:
+    """Curate one case into ``out_file`` (atomically); returns {"rows", "slices", "dropped_small"}.
+
+    Raises MedSAMError naming the data set, case and file for any bad input; nothing is left behind.
+    """
+    spec = check_preset(preset)
+    where = f"{dataset.name}/{case.volume}"
+    masks: dict[str, MedicalImage] = {}
+    for m in dataset.masks:
+        masks[m.key] = read_mask(root / case.masks[m.key], m.encoding, m.threshold, m.palette)
+    reference = masks[dataset.masks[0].key]
+    for key_, m in masks.items():
+        problem = _geometry_problem(m, reference)
+        if problem:
+            raise MedSAMError(f"{where}: masks {m.path} and {reference.path} do not line up: {problem}")
+    present = {k: _present_labels(m.array) for k, m in masks.items()}
+    for t in dataset.targets:
+        if not (set(t.labels) & present[t.mask]) and not t.optional:
+            shown = sorted(present[t.mask] - {0})
+            raise MedSAMError(f"{where}: target {t.name!r} needs label(s) {list(t.labels)} but mask "
+                              f"{masks[t.mask].path} holds only {shown[:30]}{' ...' if len(shown) > 30 else ''}; "
+                              "fix the manifest's labels or mark the target optional")
+    stacks = {k: remove_small_objects(_as_stack(m), preset) for k, m in masks.items()}
+    n_slices, height, width = next(iter(stacks.values())).shape[:3]
+    instance_maps = {}
+    for t_idx, t in enumerate(dataset.targets):
+        if t.instance:
+            import cc3d
+
+            binary = np.isin(stacks[t.mask], t.labels)
+            if n_slices > 1:
+                instance_maps[t_idx] = cc3d.connected_components(binary, connectivity=26)
+            else:
+                instance_maps[t_idx] = cc3d.connected_components(np.ascontiguousarray(binary[0]), connectivity=8)[None]
+
+    if reference.is_volume:
+        spacing = tuple(float(s) for s in reference.spacing)
+        spacing_known = True
+    else:
+        sp = dataset.spacing_2d or (1.0, 1.0)
+        spacing = (1.0, float(sp[0]), float(sp[1]))
+        spacing_known = dataset.spacing_2d is not None
+    mask_hashes = ";".join(_sha256(root / case.masks[m.key]) for m in dataset.masks)
+    kept, dropped = [], 0
+    with atomic_path(out_file) as tmp:
+        writer = _CaseWriter(tmp)
+        try:
+            for z in range(n_slices):
+                for t_idx, t in enumerate(dataset.targets):
+                    if t_idx in instance_maps:
+                        comp = instance_maps[t_idx][z]
+                        ids = [int(i) for i in np.unique(comp) if i]
+                        pieces = [(i, comp == i) for i in ids]
+                    else:
+                        plane = stacks[t.mask][z]
+                        if not plane.any():
+                            continue
+                        pieces = [(0, np.isin(plane, t.labels))]
+                    for inst, binary in pieces:
+                        if not binary.any():
+                            continue
+                        small = resize_mask(binary, IMAGE_SIZE)
+                        pixels = int(small.sum())
+                        if pixels < spec.min_target_pixels:
+                            dropped += 1
+                            continue
+                        member = f"mask_{t_idx:02d}_{inst:04d}_{z:04d}"
+                        writer.add(member, small)
+                        kept.append((z, t_idx, inst, member, pixels, box_from_mask(small)))
+            rows, samples = [], {}
+            slices_needed = sorted({k[0] for k in kept})
+            for image_spec in dataset.images:
+                image = _read_image(root, case.images[image_spec.key], image_spec.channel)
+                problem = _geometry_problem(image, reference)
+                if problem:
+                    raise MedSAMError(f"{where}: image {image.path} and mask {reference.path} do not line up: "
+                                      f"{problem}; resample one onto the other")
+                stack = _as_stack(image)
+                if stack.ndim == 4 and stack.shape[3] == 3 and (stack == stack[..., :1]).all():
+                    stack = stack[..., 0]  # grey stored as RGB
+                source = f"{where} image {image_spec.key} ({image.path})"
+                if image_spec.intensity == "display":
+                    if stack.dtype != np.uint8:
+                        raise MedSAMError(f"{source}: intensity 'display' needs 8-bit pixels, got {stack.dtype}")
+                    window = Window(0.0, 255.0)
+                else:
+                    window = intensity_window(stack, image_spec.modality, preset, source)
+                rng = np.random.default_rng(zlib.crc32(f"{dataset.name}/{case.volume}/{image_spec.key}".encode()))
+                flat = stack.reshape(-1)
+                raw_sample = flat[rng.integers(0, flat.size, size=min(SAMPLE_SIZE, flat.size))].astype(np.float32)
+                writer.add(f"sample_raw_{image_spec.key}", raw_sample)
+                writer.add(f"sample_norm_{image_spec.key}", apply_window(raw_sample, window))
+                for z in slices_needed:
+                    writer.add(f"image_{image_spec.key}_{z:04d}", resize_image(apply_window(stack[z], window), IMAGE_SIZE))
+                image_hash = _sha256(root / case.images[image_spec.key])
+                del stack, flat, image
+                for z, t_idx, inst, member, pixels, box in kept:
+                    t = dataset.targets[t_idx]
+                    rows.append({
+                        "dataset": dataset.name, "case": case.case, "volume": case.volume,
+                        "image_key": image_spec.key, "modality": image_spec.modality,
+                        "task": t.paper_tasks.get(image_spec.key, ""), "stand_in": t.stand_in,
+                        "synthetic": synthetic, "slice": z, "n_slices": n_slices, "target": t.name,
+                        "labels": ";".join(str(v) for v in t.labels), "instance": inst,
+                        "x0": int(box[0]), "y0": int(box[1]), "x1": int(box[2]), "y1": int(box[3]), "pixels": pixels,
+                        "height": height, "width": width, "spacing_z": spacing[0], "spacing_y": spacing[1],
+                        "spacing_x": spacing[2], "spacing_known": spacing_known,
+                        "curated_spacing_y": spacing[1] * height / IMAGE_SIZE,
+                        "curated_spacing_x": spacing[2] * width / IMAGE_SIZE,
+                        "image_sha256": image_hash, "mask_sha256": mask_hashes,
+                        "image_member": f"image_{image_spec.key}_{z:04d}", "mask_member": member,
+                        "image_id": f"{dataset.name}/{case.volume}/{image_spec.key}/{z}"})
+            writer.add_json("rows", rows)
+            writer.add_json("meta", {"key": key, "dataset": dataset.name, "volume": case.volume, "case": case.case,
+                                     "preset": preset, "image_size": IMAGE_SIZE, "dropped_small": dropped,
+                                     "modalities": {i.key: i.modality for i in dataset.images}})
+        finally:
+            writer.close()
+    return {"rows": len(rows), "slices": len({(r["image_key"], r["slice"]) for r in rows}), "dropped_small": dropped}
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+def _load_store_info(out: Path) -> dict | None:
+    path = out / "curation.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MedSAMError(f"{path}: corrupt store description ({exc}); move the folder aside and curate again") from exc
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    for tmp in (out / "cases").rglob(".*.part*"):
+        tmp.unlink(missing_ok=True)
+
+
+def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, preset: str = "paper",
+           root: str | os.PathLike | None = None, seed: int = 0, datasets: list[str] | None = None,
+           keep_going: bool = False, progress: bool = True) -> CurationReport:
+    """Curate every case of ``manifest`` (or of the named ``datasets``) into the store at ``out``.
+
+    Resumable and idempotent (finished cases are skipped). On a bad case: MedSAMError naming it
+    (earlier cases stay, the failed one leaves nothing), or with ``keep_going`` it is reported and
+    the rest continue. The index (``index.csv``) is rebuilt at the end.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    check_preset(preset)
+    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    out = Path(out)
+    data_root = resolve_root(manifest, root)
+    chosen = [manifest.dataset(n) for n in datasets] if datasets else list(manifest.datasets)
+    resolved = {ds.name: resolve_cases(ds, data_root) for ds in chosen}  # fails early on missing files
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = _load_store_info(out) or {"store_version": STORE_VERSION, "preset": preset, "image_size": IMAGE_SIZE,
+                                     "manifests": {}}
+    if info.get("store_version") != STORE_VERSION or info.get("image_size") != IMAGE_SIZE:
+        raise MedSAMError(f"{out}: store written by another version (store_version {info.get('store_version')}, "
+                          f"image size {info.get('image_size')}); curate into a new folder")
+    if info["preset"] != preset:
+        raise MedSAMError(f"{out}: this store was curated with preset {info['preset']!r}, not {preset!r}; "
+                          "curate into another folder (one store per preset)")
+    info["seed"] = int(seed)
+    entry = info["manifests"].setdefault(manifest.name, {"datasets": {}})
+    entry.update({"sha256": manifest.sha256, "synthetic": manifest.synthetic})
+    for ds in chosen:
+        entry["datasets"][ds.name] = {
+            "cases": {c.volume: {"case": c.case, "file": f"cases/{ds.name}/{safe_name(c.volume)}.npz"}
+                      for c in resolved[ds.name]}}
+    (out / "cases").mkdir(exist_ok=True)
+    _remove_stale_temporaries(out)
+    atomic_write_text(out / "curation.json", json.dumps(info, indent=2))
+
+    report = CurationReport(out=out, preset=preset)
+    jobs = [(ds, c) for ds in chosen for c in resolved[ds.name]]
+    for ds, case in tqdm(jobs, desc=f"curating {manifest.name} ({preset})", unit="case", disable=not progress):
+        label = f"{ds.name}/{case.volume}"
+        out_file = out / "cases" / ds.name / f"{safe_name(case.volume)}.npz"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        files = [data_root / p for p in list(case.images.values()) + list(case.masks.values())]
+        key = _case_key(ds, case, preset, {str(p.relative_to(data_root)): _fingerprint(p) for p in files})
+        if _case_done(out_file, key):
+            report.skipped.append(label)
+            continue
+        try:
+            stats = curate_case(ds, case, data_root, out_file, preset, manifest.synthetic, key)
+        except Exception as exc:  # noqa: BLE001 - every failure names its case; KeyboardInterrupt passes
+            error = exc if isinstance(exc, MedSAMError) else MedSAMError(
+                f"{label}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            if not str(error).startswith(label):
+                error = MedSAMError(f"{label}: {error}")
+            if not keep_going:
+                raise error from exc
+            report.failed[label] = str(error)
+            continue
+        report.curated.append(label)
+        report.dropped_small += stats["dropped_small"]
+    index = build_index(out)
+    report.rows = len(index)
+    report.slices = int(index[["image_id"]].drop_duplicates().shape[0]) if len(index) else 0
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def build_index(out: str | os.PathLike):
+    """Rebuild ``index.csv`` from the case files the store's manifests list (splits from the seed)."""
+    import pandas as pd
+
+    out = Path(out)
+    info = _load_store_info(out)
+    if info is None:
+        raise MedSAMError(f"{out}: not a curated store (no curation.json); run `data curate` first")
+    rows = []
+    for entry in info["manifests"].values():
+        for ds_name, ds in entry["datasets"].items():
+            splits = split_cases([c["case"] for c in ds["cases"].values()], info.get("seed", 0), ds_name)
+            for volume, c in ds["cases"].items():
+                path = out / c["file"]
+                if not path.is_file():
+                    continue
+                with np.load(path) as npz:
+                    case_rows = _read_json_member(npz, "rows")
+                for row in case_rows:
+                    row["split"] = splits[c["case"]]
+                    row["file"] = c["file"]
+                rows.extend(case_rows)
+    frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    with atomic_path(out / "index.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def read_index(path: str | os.PathLike):
+    """``index.csv`` as a DataFrame with string ids kept as strings and empty tasks as ""."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=_STRING_COLUMNS, keep_default_na=False, na_values={"spacing_z": [""]})
+    return frame
+
+
+class CuratedDataset:
+    """Read API of a curated store.
+
+    ``ds = CuratedDataset(path)``; ``ds.index`` is the pandas index (one row per image key, slice
+    and target); ``ds.load(row)`` gives ``(image, mask)``: image (256, 256, 3) uint8, mask
+    (256, 256) bool. ``row`` is an index row (Series or dict) or its position in ``ds.index``.
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_files: int = 8):
+        self.path = Path(path)
+        self.info = _load_store_info(self.path)
+        index_path = self.path / "index.csv"
+        if self.info is None or not index_path.is_file():
+            raise MedSAMError(f"{self.path}: not a curated store (needs curation.json and index.csv); "
+                              "run `python -m medsam_lib data curate` first")
+        self.index = read_index(index_path)
+        self._open: OrderedDict[str, object] = OrderedDict()
+        self._cache_files = cache_files
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def preset(self) -> str:
+        return self.info["preset"]
+
+    def split(self, name: str):
+        return self.index[self.index["split"] == name]
+
+    def _row(self, row):
+        if isinstance(row, (int, np.integer)):
+            return self.index.iloc[int(row)]
+        return row
+
+    def _npz(self, file: str):
+        if file in self._open:
+            self._open.move_to_end(file)
+            return self._open[file]
+        path = self.path / file
+        if not path.is_file():
+            raise MedSAMError(f"{path}: case file missing from the curated store; curate again")
+        npz = np.load(path)
+        self._open[file] = npz
+        if len(self._open) > self._cache_files:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return npz
+
+    def load_image(self, row) -> np.ndarray:
+        """(256, 256, 3) uint8."""
+        row = self._row(row)
+        image = self._npz(row["file"])[row["image_member"]]
+        return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+
+    def load_mask(self, row) -> np.ndarray:
+        """(256, 256) bool."""
+        row = self._row(row)
+        return self._npz(row["file"])[row["mask_member"]].astype(bool)
+
+    def load(self, row) -> tuple[np.ndarray, np.ndarray]:
+        row = self._row(row)
+        return self.load_image(row), self.load_mask(row)
+
+    def samples(self, file: str, image_key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(raw, normalised) intensity samples of one image of a case (for histograms)."""
+        npz = self._npz(file)
+        return npz[f"sample_raw_{image_key}"], npz[f"sample_norm_{image_key}"]
+
+    def close(self) -> None:
+        for npz in self._open.values():
+            npz.close()
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
