@@ -62,7 +62,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
                 where = f"absent ({spec.how_to_get})"
             print(f"{spec.name:14s} {spec.description}\n{'':14s} {where}")
     elif args.action == "path":
-        print(zoo.cache_dir())
+        print(zoo.weights_path(args.name) if args.name else zoo.cache_dir())
     else:
         if not args.name:
             raise MedSAMError("weights fetch needs a model name, e.g. `weights fetch sam_vit_b`")
@@ -90,10 +90,17 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``error: ...``) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m medsam_lib",
+    parser = _OneLineParser(prog="python -m medsam_lib",
                                      description="MedSAM companion: segment, manage weights and data, rerun the notebooks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     seg = sub.add_parser("segment", help="segment one box in a 2D image or one slice of a volume")
     seg.add_argument("--image", required=True, help="PNG/JPEG/TIFF/GIF, NIfTI, NRRD, or a DICOM folder")

@@ -109,10 +109,12 @@ def _input_hashes(params: dict, out_dir: Path) -> dict:
     from .models import zoo
 
     inputs: dict = {"notebooks": {p.name: sha256_file(p) for p in notebook_paths()}}
+    model = str(params.get("model", zoo.DEFAULT_MODEL))
     try:
-        inputs["model"] = {params.get("model", zoo.DEFAULT_MODEL): sha256_file(zoo.weights_path(params.get("model", zoo.DEFAULT_MODEL)))}
-    except MedSAMError as exc:
-        inputs["model"] = {params.get("model"): f"unavailable: {exc}"}
+        weights = zoo.weights_path(model) if model in zoo.MODELS else (NOTEBOOKS_DIR / model)
+        inputs["model"] = {model: sha256_file(weights)}
+    except (MedSAMError, OSError) as exc:
+        inputs["model"] = {model: f"unavailable: {exc}"}
     if params.get("data_source") == "shared":
         inputs["data"] = _hash_tree(shared_data_dir())
     else:
@@ -152,15 +154,23 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
         chain_unchanged = False
         entry = {"name": path.name, "sha256": source_hash, "status": "running"}
         start = time.perf_counter()
+        failed_copy = out_dir / f"{path.stem}.failed.ipynb"
         try:
             with atomic_path(out_dir / path.name) as tmp:
-                pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                    kernel_name="python3", progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
+                try:
+                    pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                        kernel_name="python3", progress_bar=False,
+                                        execution_timeout=CELL_TIMEOUT_S)
+                except pm.PapermillExecutionError:
+                    if tmp.is_file():  # keep the executed notebook with its traceback for debugging
+                        tmp.replace(failed_copy)
+                    raise
+            failed_copy.unlink(missing_ok=True)
             entry["status"] = "ok"
         except Exception as exc:  # noqa: BLE001 - recorded, reported, and the chain stops
             entry["status"] = "failed"
             entry["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            print(f"error: {path.name} failed: {entry['error']}", file=sys.stderr)
+            print(f"error: {path.name} failed: {entry['error']} (see {failed_copy.name})", file=sys.stderr)
         entry["wall_s"] = round(time.perf_counter() - start, 2)
         record["notebooks"].append(entry)
         if entry["status"] != "ok":
