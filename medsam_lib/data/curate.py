@@ -286,8 +286,10 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
                     stack = stack[..., 0]  # grey stored as RGB
                 source = f"{where} image {image_spec.key} ({image.path})"
                 if image_spec.intensity == "display":
-                    if stack.dtype != np.uint8:
-                        raise MedSAMError(f"{source}: intensity 'display' needs 8-bit pixels, got {stack.dtype}")
+                    low, high = float(stack.min()), float(stack.max())
+                    if low < 0 or high > 255:
+                        raise MedSAMError(f"{source}: intensity 'display' needs values within 0-255, found "
+                                          f"{low:g}..{high:g}; use intensity 'raw' to apply the preset's window")
                     window = Window(0.0, 255.0)
                 else:
                     window = intensity_window(stack, image_spec.modality, preset, source)

@@ -96,6 +96,8 @@ class DatasetSpec:
     cases: tuple[CaseSpec, ...] | None  # None: discovered from the patterns
     spacing_2d: tuple[float, float] | None
     raw: dict
+    case_filter: str | None = None  # the {case} value of a discovered file must match this regular expression
+    skip_missing_masks: bool = False  # discovered images without a mask are left out, not an error
 
     @property
     def image_keys(self) -> tuple[str, ...]:
@@ -216,9 +218,15 @@ def _check_semantics(data: dict, source: str) -> None:
                     raise MedSAMError(f"{where}: target {t['name']!r}: {task!r} is not one of the paper's 30 tasks "
                                       f"(e.g. {PAPER_TASKS[0]!r})")
         patterns = [i.get("pattern") for i in ds["images"]] + [m.get("pattern") for m in ds["masks"]]
+        if ds.get("case_filter"):
+            try:
+                re.compile(ds["case_filter"])
+            except re.error as exc:
+                raise MedSAMError(f"{where}: case_filter {ds['case_filter']!r} is not a valid regular expression ({exc})")
         if "cases" in ds:
-            if any(patterns):
-                raise MedSAMError(f"{where}: give either an explicit 'cases' list or 'pattern' fields, not both")
+            if any(patterns) or ds.get("case_filter") or ds.get("skip_missing_masks"):
+                raise MedSAMError(f"{where}: give either an explicit 'cases' list or 'pattern' fields (with "
+                                  "case_filter / skip_missing_masks), not both")
             volumes = [c["id"] for c in ds["cases"]]
             dup = sorted({v for v in volumes if volumes.count(v) > 1})
             if dup:
@@ -272,7 +280,8 @@ def _build(data: dict, path: Path | None, digest: str) -> Manifest:
                           for c in ds["cases"])
         spacing = tuple(float(s) for s in ds["spacing_2d"]) if ds.get("spacing_2d") else None
         datasets.append(DatasetSpec(ds["name"], ds["title"], ds["modality"], ds["dimensionality"], images, masks,
-                                    targets, cases, spacing, ds))
+                                    targets, cases, spacing, ds, ds.get("case_filter"),
+                                    bool(ds.get("skip_missing_masks", False))))
     files = tuple(FileSpec(f["url"], f["file_name"], f.get("size"), dict(f.get("checksums", {})),
                            bool(f.get("extract", False)), f.get("extract_to", ""))
                   for f in data["obtain"].get("files", []))
@@ -360,6 +369,7 @@ def resolve_cases(dataset: DatasetSpec, root: str | os.PathLike) -> list[CaseSpe
         cases = list(dataset.cases)
     else:
         glob_str, regex, names = _compile(dataset.images[0].pattern)
+        keep = re.compile(dataset.case_filter) if dataset.case_filter else None
         cases, seen = [], {}
         for found in sorted(root.glob(glob_str)):
             rel = found.relative_to(root).as_posix()
@@ -368,6 +378,10 @@ def resolve_cases(dataset: DatasetSpec, root: str | os.PathLike) -> list[CaseSpe
                 continue
             values = match.groupdict()
             volume = "_".join(values[n] for n in names)
+            if keep is not None and not keep.fullmatch(values["case"]):
+                continue
+            if dataset.skip_missing_masks and not all((root / _fill(m.pattern, values)).exists() for m in dataset.masks):
+                continue
             if volume in seen:
                 raise MedSAMError(f"data set {dataset.name}: case id {volume!r} found twice ({seen[volume]} and {rel})")
             seen[volume] = rel
