@@ -102,6 +102,28 @@ def read_2d(path: str | os.PathLike) -> MedicalImage:
                         meta={"mode": mode})
 
 
+def _nifti_data_check(path: Path, array: np.ndarray) -> np.ndarray:
+    """Guard against two silent SimpleITK NIfTI behaviours (seen with SimpleITK 2.5):
+    a truncated file is read with the missing voxels set to 0, and NaN voxels come back as 0.
+
+    nibabel reads the same voxels and raises on a short file; its NaNs are put back so the
+    caller's NaN check sees them.
+    """
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises OSError/EOFError/zlib errors
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise MedSAMError(f"{path}: truncated or corrupt volume ({first.strip()})") from exc
+    if data.ndim == 3 and np.issubdtype(data.dtype, np.floating):
+        nan = np.isnan(data.transpose(2, 1, 0))
+        if nan.shape == array.shape and nan.any():
+            array = array.astype(np.float32, copy=True)
+            array[nan] = np.nan
+    return array
+
+
 def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalImage:
     """NIfTI, NRRD, MetaImage, or a DICOM series folder, via SimpleITK.
 
@@ -143,6 +165,8 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     array = sitk.GetArrayFromImage(image)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        array = _nifti_data_check(path, array)
     spacing_xyz = image.GetSpacing()
     return MedicalImage(array=array, path=str(path), spacing=tuple(float(s) for s in spacing_xyz[::-1]),
                         is_volume=True, origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
