@@ -147,6 +147,7 @@ def init_manifest(images: str | os.PathLike, masks: str | os.PathLike, modality:
             pairs.append((stem, image_files[stem], mask_files[stem]))
     if not mask_suffix and not pairs:
         common = os.path.commonprefix([s[::-1] for s in mask_files])[::-1]
+        common = common[min((i for i in (common.find("_"), common.find("-")) if i >= 0), default=len(common)):]
         if common:
             problems.append(f"hint: every mask name ends in {common!r}; pass --mask-suffix {common} if that marks masks")
     kinds = {file_kind(p[1]) for p in pairs} | {file_kind(p[2]) for p in pairs}

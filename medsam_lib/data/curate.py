@@ -149,6 +149,11 @@ def _geometry_problem(image: MedicalImage, mask: MedicalImage) -> str | None:
     return None
 
 
+def _smallest_uint(labels: np.ndarray) -> np.ndarray:
+    top = int(labels.max()) if labels.size else 0
+    return labels.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32, copy=False)
+
+
 def _present_labels(labels: np.ndarray) -> set[int]:
     if labels.dtype in (np.uint8, np.uint16):
         counts = np.bincount(labels.ravel())
@@ -215,7 +220,7 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
     for m in dataset.masks:
         masks[m.key] = read_mask(root / case.masks[m.key], m.encoding, m.threshold, m.palette)
     reference = masks[dataset.masks[0].key]
-    for key_, m in masks.items():
+    for m in masks.values():
         problem = _geometry_problem(m, reference)
         if problem:
             raise MedSAMError(f"{where}: masks {m.path} and {reference.path} do not line up: {problem}")
@@ -235,9 +240,10 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
 
             binary = np.isin(stacks[t.mask], t.labels)
             if n_slices > 1:
-                instance_maps[t_idx] = cc3d.connected_components(binary, connectivity=26)
+                components = cc3d.connected_components(binary, connectivity=26)
             else:
-                instance_maps[t_idx] = cc3d.connected_components(np.ascontiguousarray(binary[0]), connectivity=8)[None]
+                components = cc3d.connected_components(np.ascontiguousarray(binary[0]), connectivity=8)[None]
+            instance_maps[t_idx] = _smallest_uint(components)
 
     if reference.is_volume:
         spacing = tuple(float(s) for s in reference.spacing)
@@ -252,27 +258,43 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
         writer = _CaseWriter(tmp)
         try:
             for z in range(n_slices):
+                # Each label map (and instance map) of the slice is resized once (nearest neighbour
+                # commutes with picking label values) and stored once; a target's mask is then
+                # isin(map, its labels), or map == its instance number.
+                maps = {}
+                for mask_key, stack in stacks.items():
+                    if stack[z].any():
+                        maps[("labels", mask_key)] = stack[z]
+                for t_idx, comp in instance_maps.items():
+                    if comp[z].any():
+                        maps[("instances", t_idx)] = comp[z]
+                small, counts, written = {}, {}, set()
+                for map_key, plane in maps.items():
+                    small[map_key] = resize_mask(plane, IMAGE_SIZE)
+                    values, n = np.unique(small[map_key], return_counts=True)
+                    counts[map_key] = (dict(zip(values.tolist(), n.tolist())),
+                                       set(np.unique(plane).tolist()))
                 for t_idx, t in enumerate(dataset.targets):
+                    map_key = ("instances", t_idx) if t_idx in instance_maps else ("labels", t.mask)
+                    if map_key not in maps:
+                        continue
+                    small_counts, native_values = counts[map_key]
                     if t_idx in instance_maps:
-                        comp = instance_maps[t_idx][z]
-                        ids = [int(i) for i in np.unique(comp) if i]
-                        pieces = [(i, comp == i) for i in ids]
+                        pieces = [(i, (i,)) for i in sorted(native_values - {0})]
                     else:
-                        plane = stacks[t.mask][z]
-                        if not plane.any():
-                            continue
-                        pieces = [(0, np.isin(plane, t.labels))]
-                    for inst, binary in pieces:
-                        if not binary.any():
-                            continue
-                        small = resize_mask(binary, IMAGE_SIZE)
-                        pixels = int(small.sum())
-                        if pixels < spec.min_target_pixels:
+                        pieces = [(0, t.labels)] if native_values & set(t.labels) else []
+                    for inst, values in pieces:
+                        pixels = sum(small_counts.get(v, 0) for v in values)
+                        if pixels < spec.min_target_pixels or pixels == 0:
                             dropped += 1
                             continue
-                        member = f"mask_{t_idx:02d}_{inst:04d}_{z:04d}"
-                        writer.add(member, small)
-                        kept.append((z, t_idx, inst, member, pixels, box_from_mask(small)))
+                        member = f"{map_key[0]}_{map_key[1]}_{z:04d}" if map_key[0] == "labels" else \
+                            f"instances_{t_idx:02d}_{z:04d}"
+                        if member not in written:
+                            writer.add(member, small[map_key])
+                            written.add(member)
+                        box = box_from_mask(np.isin(small[map_key], values))
+                        kept.append((z, t_idx, inst, member, pixels, box))
             rows, samples = [], {}
             slices_needed = sorted({k[0] for k in kept})
             for image_spec in dataset.images:
@@ -505,9 +527,12 @@ class CuratedDataset:
         return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
     def load_mask(self, row) -> np.ndarray:
-        """(256, 256) bool."""
+        """(256, 256) bool: the row's label values (or its instance number) in the stored map."""
         row = self._row(row)
-        return self._npz(row["file"])[row["mask_member"]].astype(bool)
+        stored = self._npz(row["file"])[row["mask_member"]]
+        if int(row["instance"]) > 0:
+            return stored == int(row["instance"])
+        return np.isin(stored, [int(v) for v in str(row["labels"]).split(";")])
 
     def load(self, row) -> tuple[np.ndarray, np.ndarray]:
         row = self._row(row)
@@ -528,3 +553,33 @@ class CuratedDataset:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- the notebooks' entry point -------------------------------------------------------------------
+
+def curated_dir(results_dir: str | os.PathLike, preset: str = "paper") -> Path:
+    """Where a profile's curated store lives: ``{results_dir}/curated`` (paper preset) or
+    ``{results_dir}/curated_<preset>``."""
+    check_preset(preset)
+    return Path(results_dir) / ("curated" if preset == "paper" else f"curated_{preset}")
+
+
+def curate_profile(data_source: str, shared_data_dir: str | os.PathLike, results_dir: str | os.PathLike,
+                   seed: int = 0, preset: str = "paper", progress: bool = False) -> CuratedDataset:
+    """Curate a profile's data and open the store.
+
+    ``data_source="synthetic"``: the phantom set written (idempotently) to
+    ``{results_dir}/data/synthetic`` with manifest ``synthetic``; ``"shared"``: the real cases in
+    ``shared_data_dir`` with manifest ``shared_data``. Reruns reuse finished cases.
+    """
+    if data_source == "synthetic":
+        from .phantoms import write_synthetic_set
+
+        manifest, root = "synthetic", write_synthetic_set(Path(results_dir) / "data" / "synthetic", seed)
+    elif data_source == "shared":
+        manifest, root = "shared_data", Path(shared_data_dir)
+    else:
+        raise MedSAMError(f"data_source must be 'synthetic' or 'shared', got {data_source!r}")
+    out = curated_dir(results_dir, preset)
+    curate(manifest, out, preset=preset, root=root, seed=seed, progress=progress)
+    return CuratedDataset(out)
