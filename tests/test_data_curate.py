@@ -1,7 +1,6 @@
 """Curation: the real cases of ../shared/data, the paper's rules, splits, resumability and bad input."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

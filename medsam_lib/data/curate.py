@@ -30,6 +30,13 @@ x1, y1 (box at 256 x 256, x1/y1 inclusive as the released code's boxes), pixels 
 height, width (native), spacing_z, spacing_y, spacing_x (native mm; 1.0 where unknown),
 spacing_known, curated_spacing_y, curated_spacing_x (mm per pixel at 256 x 256), image_sha256,
 mask_sha256, file, image_member, mask_member, image_id.
+
+Case file members: ``image_<key>_<slice>`` (256, 256) or (256, 256, 3) uint8;
+``labels_<mask key>_<slice>`` the slice's label map resized to 256 x 256 (nearest), stored once and
+shared by every target on it (a target's mask = the pixels holding one of its ``labels``);
+``instances_<target>_<slice>`` the connected-object numbers of an instance target (mask = pixels
+equal to the row's ``instance``); ``sample_raw_<key>`` / ``sample_norm_<key>`` intensity samples;
+``rows`` and ``meta`` (JSON). ``CuratedDataset`` hides all of this behind ``load(row)``.
 """
 from __future__ import annotations
 
@@ -51,7 +58,7 @@ from ..geometry import box_from_mask
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
-from .readers import MedicalImage, read_2d, read_mask, read_volume, file_kind
+from .readers import MedicalImage, read_image, read_mask
 
 STORE_VERSION = 1
 IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
@@ -159,15 +166,6 @@ def _present_labels(labels: np.ndarray) -> set[int]:
         counts = np.bincount(labels.ravel())
         return {int(v) for v in np.flatnonzero(counts)}
     return {int(v) for v in np.unique(labels)}
-
-
-def _read_image(root: Path, path: str, channel: int | None) -> MedicalImage:
-    full = root / path
-    if file_kind(full) == "2d":
-        if channel is not None:
-            raise MedSAMError(f"{full}: 'channel' applies to 4D volumes, not to 2D images")
-        return read_2d(full)
-    return read_volume(full, channel=channel)
 
 
 class _CaseWriter:
@@ -295,10 +293,10 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
                             written.add(member)
                         box = box_from_mask(np.isin(small[map_key], values))
                         kept.append((z, t_idx, inst, member, pixels, box))
-            rows, samples = [], {}
+            rows = []
             slices_needed = sorted({k[0] for k in kept})
             for image_spec in dataset.images:
-                image = _read_image(root, case.images[image_spec.key], image_spec.channel)
+                image = read_image(root / case.images[image_spec.key], channel=image_spec.channel)
                 problem = _geometry_problem(image, reference)
                 if problem:
                     raise MedSAMError(f"{where}: image {image.path} and mask {reference.path} do not line up: "

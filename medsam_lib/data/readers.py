@@ -291,12 +291,14 @@ def _smallest_int(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype, copy=False)
 
 
-def read_image(path: str | os.PathLike) -> MedicalImage:
-    """Read any supported 2D image or 3D volume (see ``file_kind``)."""
+def read_image(path: str | os.PathLike, channel: int | None = None) -> MedicalImage:
+    """Read any supported 2D image or 3D volume (see ``file_kind``); ``channel`` as in ``read_volume``."""
     kind = file_kind(path)
     if kind == "2d":
+        if channel is not None:
+            raise MedSAMError(f"{path}: a channel applies to 4D / multi-component volumes, not to 2D images")
         return read_2d(path)
-    return read_volume(path)
+    return read_volume(path, channel=channel)
 
 
 def write_mask(mask: np.ndarray, path: str | os.PathLike, reference: MedicalImage | None = None,

@@ -27,8 +27,6 @@ def _data_label(index) -> np.ndarray:
 
 def counts_table(dataset: CuratedDataset):
     """Cases, slices and targets per (data, task) and split: one row per task, columns per split."""
-    import pandas as pd
-
     index = dataset.index.assign(data=_data_label(dataset.index),
                                  task=dataset.index["task"].replace("", NO_TASK),
                                  case_key=dataset.index["dataset"] + "/" + dataset.index["case"])
