@@ -58,7 +58,7 @@ from ..geometry import box_from_mask
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
-from .readers import MedicalImage, read_image, read_mask
+from .readers import MedicalImage, compact_labels, read_image, read_mask
 
 STORE_VERSION = 1
 IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
@@ -156,11 +156,6 @@ def _geometry_problem(image: MedicalImage, mask: MedicalImage) -> str | None:
     return None
 
 
-def _smallest_uint(labels: np.ndarray) -> np.ndarray:
-    top = int(labels.max()) if labels.size else 0
-    return labels.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32, copy=False)
-
-
 def _present_labels(labels: np.ndarray) -> set[int]:
     if labels.dtype in (np.uint8, np.uint16):
         counts = np.bincount(labels.ravel())
@@ -241,7 +236,7 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
                 components = cc3d.connected_components(binary, connectivity=26)
             else:
                 components = cc3d.connected_components(np.ascontiguousarray(binary[0]), connectivity=8)[None]
-            instance_maps[t_idx] = _smallest_uint(components)
+            instance_maps[t_idx] = compact_labels(components)
 
     if reference.is_volume:
         spacing = tuple(float(s) for s in reference.spacing)

@@ -279,11 +279,12 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
                 raise MedSAMError(f"{path}: palette colour {list(rgb)} for label {label} is background after "
                                   f"thresholding at {threshold:g}")
             labels[code == want] = int(label)
-    image.array = _smallest_int(np.asarray(labels))
+    image.array = compact_labels(np.asarray(labels))
     return image
 
 
-def _smallest_int(labels: np.ndarray) -> np.ndarray:
+def compact_labels(labels: np.ndarray) -> np.ndarray:
+    """A non-negative label array in the smallest of uint8 / uint16 / int32 that holds its values."""
     if labels.dtype == bool:
         return labels.astype(np.uint8)
     top = int(labels.max()) if labels.size else 0
