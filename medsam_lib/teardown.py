@@ -198,18 +198,31 @@ class PromptPredictor(_sam_predictor_class()):
     @torch.inference_mode()
     def set_image(self, image: np.ndarray, image_format: str = "RGB", modality: str | None = None,
                   source: str = "image") -> None:
-        """Embed one image: (H, W) of any dtype (brought to 8 bit by the paper's preset) or (H, W, 3)."""
+        """Embed one image: (H, W) of any dtype (brought to 8 bit by the paper's preset) or (H, W, 3).
+
+        The last embedding is kept: setting the same image again (as SamAutomaticMaskGenerator does
+        after ``reset_image``) costs no encoder pass.
+        """
+        import hashlib
+
         rgb = to_uint8_rgb(image, modality, source)
+        key = hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest() + str(rgb.shape)
+        cached = getattr(self, "_last", None)
+        if cached is not None and cached[0] == key:
+            _, self.features, self.original_size, self.input_size = cached
+            self.is_image_set = True
+            return
         if self.loaded.arch == "vit_b":
             super().set_image(rgb, "RGB")
-            return
-        import cv2
+        else:
+            import cv2
 
-        h, w = rgb.shape[:2]
-        nh, nw = self.transform.get_preprocess_shape(h, w, self.transform.target_length)
-        small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
-        tensor = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None]
-        self.set_torch_image(tensor, (h, w))
+            h, w = rgb.shape[:2]
+            nh, nw = self.transform.get_preprocess_shape(h, w, self.transform.target_length)
+            small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+            tensor = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None]
+            self.set_torch_image(tensor, (h, w))
+        self._last = (key, self.features, self.original_size, self.input_size)
 
     @torch.inference_mode()
     def predict(self, *args, **kwargs):
@@ -337,6 +350,7 @@ def segment_everything(predictor: PromptPredictor, image: np.ndarray, modality: 
     rgb = to_uint8_rgb(image, modality)
     with torch.inference_mode():
         records = generator.generate(rgb)
+    predictor.set_image(rgb)  # the generator resets the predictor; the embedding is still cached
     return sorted(records, key=lambda r: -r["area"])
 
 
@@ -442,6 +456,7 @@ def modes_table(modes: ThreeModes, data_label: str, target: str = "target"):
                      "masks": 1, "masks passing SAM's filters": None, "predicted IoU": round(step.score, 3),
                      dice_col: round(step.dice, 3)})
     table = pd.DataFrame(rows)
+    table["masks passing SAM's filters"] = table["masks passing SAM's filters"].astype("Int64")
     table.insert(0, "data", data_label)
     return table
 
@@ -489,28 +504,25 @@ def plot_three_modes(ct: CTSlice, modes: ThreeModes, model_label: str):
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6))
     kind = "SYNTHETIC " if ct.synthetic else ""
     rng = np.random.default_rng(0)
-    _show(axes[0], ct.image, ct.modality, f"(a) segment everything
-{len(modes.everything)} masks, "
+    _show(axes[0], ct.image, ct.modality, f"(a) segment everything\n{len(modes.everything)} masks, "
           f"{modes.n_sam_quality} pass SAM's filters")
     for record in modes.everything[::-1]:
         _fill(axes[0], record["segmentation"], rng.uniform(0.2, 1.0, 3), alpha=0.5)
-    _show(axes[1], ct.image, ct.modality, f"(b) box mode
-IoU score {modes.box.score:.3f}, Dice {modes.box.dice:.3f}")
+    _show(axes[1], ct.image, ct.modality, f"(b) box mode\nIoU score {modes.box.score:.3f}, Dice {modes.box.dice:.3f}")
     _fill(axes[1], modes.box.mask, (0.12, 0.56, 1.0))
     x0, y0, x1, y1 = modes.box.box
     axes[1].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, edgecolor="lime"))
     for i, step in enumerate(modes.points):
         ax = axes[2 + i]
         n_bg = int((step.point_labels == 0).sum())
-        _show(ax, ct.image, ct.modality, f"({chr(ord('c') + i)}) points: 1 fg + {n_bg} bg
-"
+        _show(ax, ct.image, ct.modality, f"({chr(ord('c') + i)}) points: 1 fg + {n_bg} bg\n"
               f"IoU score {step.score:.3f}, Dice {step.dice:.3f}")
         _fill(ax, step.mask, (1.0, 0.5, 0.05))
         _clicks(ax, step.points, step.point_labels)
     for ax in axes[1:]:
         ax.contour(ct.truth.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
     fig.suptitle(f"{model_label} on a {kind}CT slice: {ct.name} (yellow: reference {ct.target})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 
@@ -523,8 +535,7 @@ def plot_multimask(ct: CTSlice, point: np.ndarray, outputs: dict[str, tuple[np.n
         best = int(np.argmax(scores))
         for i, ax in enumerate(row):
             pick = " (SAM's pick)" if i == best else ""
-            _show(ax, ct.image, ct.modality, f"{label}
-candidate {i + 1}: IoU score {scores[i]:.3f}{pick}")
+            _show(ax, ct.image, ct.modality, f"{label}\ncandidate {i + 1}: IoU score {scores[i]:.3f}{pick}")
             _fill(ax, masks[i], (0.84, 0.15, 0.16))
             _clicks(ax, np.asarray([point]), np.array([1]))
     kind = "SYNTHETIC " if ct.synthetic else ""

@@ -135,6 +135,7 @@ class BoxPromptSession:
         self.rejected: list[str] = []  # why each dropped box was dropped
         self.last_callback_s: float | None = None
         self._syncing = False
+        self._reported: set[str] = set()
         self._slice_error: str | None = None
         self.current_slice: int | None = None
         self._build_widgets()
@@ -259,24 +260,24 @@ class BoxPromptSession:
         self._render()
 
     # --- the callback ----------------------------------------------------------------------------
-    def _to_image_box(self, raw: dict) -> tuple[tuple[float, float, float, float] | None, str]:
-        """A widget box dict -> (x0, y0, x1, y1) in image pixels, or (None, why it is dropped)."""
+    def _to_image_box(self, raw: dict) -> tuple[tuple[float, float, float, float] | None, str, str]:
+        """A widget box dict -> ((x0, y0, x1, y1) in image pixels, "", "ok") or (None, why, kind)."""
         try:
             x, y, width, height = (float(raw[k]) for k in ("x", "y", "width", "height"))
         except (KeyError, TypeError, ValueError):
-            return None, f"box {raw!r} is not of the form {{x, y, width, height, label}}"
+            return None, f"box {raw!r} is not of the form {{x, y, width, height, label}}", "malformed"
         if not all(map(math.isfinite, (x, y, width, height))):
-            return None, f"box {raw!r} has a non-finite coordinate"
+            return None, f"box {raw!r} has a non-finite coordinate", "malformed"
         s = self.display_scale
         h, w = self.image_size
         x0, y0, x1, y1 = x / s, y / s, (x + width) / s, (y + height) / s
         text = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
         if width <= 0 or height <= 0:
-            return None, f"box {text} has zero area; press and drag to draw a box"
+            return None, f"box {text} has zero area; press and drag to draw a box", "zero"
         cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
         if cx1 <= cx0 or cy1 <= cy0:
-            return None, f"box {text} lies outside the image ({w} x {h} pixels)"
-        return (cx0, cy0, cx1, cy1), ""
+            return None, f"box {text} lies outside the image ({w} x {h} pixels)", "outside"
+        return (cx0, cy0, cx1, cy1), "", "ok"
 
     def _on_boxes(self, change) -> None:
         if self._syncing:
@@ -284,44 +285,69 @@ class BoxPromptSession:
         self._guarded(self._update_boxes, list(change["new"]))
 
     def _update_boxes(self, raw_boxes: list[dict]) -> None:
+        """The callback: every box list the widget sends (on mouse down and on mouse release).
+
+        On mouse down the widget sends the new box with zero size, last in the list; it becomes a
+        real box on release after a drag. A release without a drag sends the same list again, which
+        the kernel never sees (the value did not change). So a zero-size box is left alone while it
+        is last (a drag may be under way) and dropped, with a message, once another box follows it.
+        """
         start = time.perf_counter()
-        self.received.append([dict(b) for b in raw_boxes])
-        kept, keep_raw, dropped = [], [], []
-        for raw in raw_boxes:
-            box, why = self._to_image_box(raw)
-            label = str(raw.get("label") or self.labels[0]) if isinstance(raw, dict) else self.labels[0]
+        self.received.append([dict(b) if isinstance(b, dict) else b for b in raw_boxes])
+        kept, keep_raw, dropped, drawing = [], [], [], None
+        for index, raw in enumerate(raw_boxes):
+            raw = raw if isinstance(raw, dict) else {"value": raw}
+            box, why, kind = self._to_image_box(raw)
+            label = str(raw.get("label") or self.labels[0])
+            if kind == "zero" and index == len(raw_boxes) - 1:
+                drawing = raw
+                keep_raw.append(raw)
+                continue
             if box is not None and self._slice_error is not None:
                 box, why = None, f"no mask on this slice: {self._slice_error}"
             if box is not None and label not in self.labels:
                 box, why = None, f"label {label!r} is not one of {self.labels}"
             if box is None:
-                dropped.append(why)
+                key = json.dumps(raw, sort_keys=True, default=str)
+                if key not in self._reported:
+                    self._reported.add(key)
+                    dropped.append(why)
+                    self.rejected.append(why)
                 continue
             kept.append((box, label))
             keep_raw.append(raw)
         annotations = [self._annotate(box, label) for box, label in kept]
         previous = self.annotations.get(self.current_slice, [])
         self.annotations[self.current_slice] = annotations
-        if dropped:
-            self.rejected.extend(dropped)
-            self._syncing = True
+        if drawing is None and len(keep_raw) != len(raw_boxes):
+            self._syncing = True  # no drag under way: take the dropped boxes out of the picture too
             try:
-                self.widget.bboxes = keep_raw  # the dropped boxes disappear from the picture too
+                self.widget.bboxes = keep_raw
             finally:
                 self._syncing = False
-        self._render()
+            self._reported.clear()
+        old_keys = [(a.box, a.label) for a in previous]
+        new_keys = [(a.box, a.label) for a in annotations]
+        if new_keys != old_keys:
+            self._render()
         self.last_callback_s = time.perf_counter() - start
-        old_keys = {(a.box, a.label) for a in previous}
-        fresh = [a for a in annotations if (a.box, a.label) not in old_keys]
+        fresh = [a for a in annotations if (a.box, a.label) not in set(old_keys)]
         unit = "slice" if self.is_volume else "image"
-        if dropped:
-            self._note("ignored: " + "; ".join(dropped))
-        elif fresh:
+        notes = []
+        if fresh:
             a = fresh[-1]
-            self._note(f"box {annotations.index(a) + 1} ({a.label}) at ({', '.join(f'{v:.0f}' for v in a.box)}): "
-                       f"{int(a.mask.sum())} pixels, predicted IoU {a.score:.3f}")
-        else:
-            self._note(f"{len(annotations)} box(es) on this {unit}")
+            notes.append(f"box {annotations.index(a) + 1} ({a.label}) at ({', '.join(f'{v:.0f}' for v in a.box)}): "
+                         f"{int(a.mask.sum())} pixels, predicted IoU {a.score:.3f}")
+        elif new_keys != old_keys:
+            notes.append(f"{len(annotations)} box(es) on this {unit}")
+        if dropped:
+            notes.append("ignored: " + "; ".join(dropped))
+        if drawing is not None and not notes:
+            s = self.display_scale
+            notes.append(f"box started at ({float(drawing.get('x', 0)) / s:.0f}, {float(drawing.get('y', 0)) / s:.0f}): "
+                         "drag to size it (a click alone draws nothing)")
+        if notes:
+            self._note("\n".join(notes))
         self._autosave()
 
     def _annotate(self, box: tuple[float, float, float, float], label: str) -> Annotation:
@@ -385,23 +411,35 @@ class BoxPromptSession:
         Takes exactly the path of a box drawn with the mouse; raises MedSAMError where the widget
         would drop the box with a message.
         """
-        values = np.asarray(box, dtype=np.float64).ravel() if np.ndim(box) else np.array([])
+        try:
+            values = np.asarray(box, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            values = np.array([])
         if values.shape != (4,):
             raise MedSAMError(f"box must be 4 numbers (x0, y0, x1, y1) in image pixels, got {box!r}")
         label = self.labels[0] if label is None else str(label)
         if label not in self.labels:
             raise MedSAMError(f"label {label!r} is not one of {self.labels}")
         x0, y0, x1, y1 = values
+        if not np.isfinite(values).all() or x1 <= x0 or y1 <= y0:
+            why = f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area or is inverted; need x0 < x1 and y0 < y1"
+            self.rejected.append(why)
+            self._note(f"ignored: {why}")
+            raise MedSAMError(f"{self.source}: {why}")
         s = self.display_scale
         raw = {"x": x0 * s, "y": y0 * s, "width": (x1 - x0) * s, "height": (y1 - y0) * s, "label": label}
-        before = len(self.rejected)
+        parsed, why, _ = self._to_image_box(raw)
+        if parsed is None or self._slice_error is not None:
+            why = why or f"no mask on this slice: {self._slice_error}"
+            self.rejected.append(why)
+            self._note(f"ignored: {why}")
+            raise MedSAMError(f"{self.source}: {why}")
         errors_before = len(self.messages)
         self.widget.bboxes = [*self.widget.bboxes, raw]
-        if len(self.rejected) > before:
-            raise MedSAMError(f"{self.source}: {self.rejected[-1]}")
         unexpected = [m for m in self.messages[errors_before:] if m.startswith(("error", "unexpected"))]
-        if unexpected:
-            raise MedSAMError(f"{self.source}: {unexpected[-1]}")
+        if unexpected or not self.current or self.current[-1].box != parsed:
+            detail = unexpected[-1] if unexpected else "see the widget's message"
+            raise MedSAMError(f"{self.source}: the box was not segmented ({detail})")
         return self.current[-1]
 
     def undo(self) -> Annotation | None:

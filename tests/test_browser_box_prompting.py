@@ -1,0 +1,256 @@
+"""A person's session with notebook 07, in a real browser: JupyterLab + Debian's Chromium via Playwright.
+
+The test starts JupyterLab on 127.0.0.1 (random free port, a token, throw-away config, settings,
+workspace and runtime folders), opens a copy of notebook 07 whose parameters point at a real
+ultrasound image from ../shared/data, runs all cells, drags a box with the mouse over the target
+(the ground-truth box mapped to screen pixels through the widget's svg), then checks that
+- the kernel received that box (the autosave the notebook writes after every box), and
+- the mask the page shows (read back from the widget's <img>) has Dice >= 0.8 against ground truth.
+Screenshots before and after the drag go to test-artifacts/.
+
+Never ``playwright install``: Debian's /usr/bin/chromium is used (``make browser-deps``).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "07_box_prompting.ipynb"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CASE_FOLDER = "us_carotid_artery"
+CASE_NAME = "202201121815070032VAS_slice_470.png"
+SERVER_START_S = 90
+KERNEL_READY_S = 120
+RUN_ALL_S = 240
+MASK_S = 60
+
+pytestmark = [pytest.mark.browser, pytest.mark.shared, pytest.mark.slow]
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
+        return
+    message = f"{CHROMIUM} not found: install Debian's chromium (make browser-deps)"
+    if os.environ.get("MEDSAM_REQUIRE_SHARED") == "1":
+        pytest.fail(message + "; MEDSAM_REQUIRE_SHARED=1 makes this a failure")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(condition, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last error on timeout
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def _api(base: str, token: str, path: str):
+    request = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _write_notebook_copy(folder: Path, params: dict) -> Path:
+    """notebook 07 with a cell of parameters injected after the parameters cell, as papermill does."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    source = "# Parameters injected by the browser test\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    path = folder / NOTEBOOK.name
+    nbformat.write(nb, str(path))
+    return path
+
+
+def _lab_settings(folder: Path) -> None:
+    notification = folder / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+def _shown_image(page, img) -> np.ndarray:
+    """The pixels of the widget's <img> as the page decoded them: (H, W, 3) uint8 at natural size."""
+    data_url = img.evaluate("""(el) => {
+        const c = document.createElement('canvas');
+        c.width = el.naturalWidth; c.height = el.naturalHeight;
+        c.getContext('2d').drawImage(el, 0, 0);
+        return c.toDataURL('image/png');
+    }""")
+    from PIL import Image
+
+    raw = base64.b64decode(data_url.split(",", 1)[1])
+    return np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
+def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    from medsam_lib.data.readers import read_image
+    from medsam_lib.geometry import box_from_mask
+    from medsam_lib.metrics import dice
+    from medsam_lib.models.predictor import to_uint8_rgb
+
+    image_path = shared_data / CASE_FOLDER / "images" / CASE_NAME
+    mask_path = shared_data / CASE_FOLDER / "masks" / CASE_NAME
+    truth = read_image(mask_path).array > 0
+    truth = truth[..., 0] if truth.ndim == 3 else truth
+    x0, y0, x1, y1 = box_from_mask(truth)
+    target_box = np.array([x0, y0, x1 + 1, y1 + 1])  # outer pixel edges
+    base_rgb = to_uint8_rgb(read_image(image_path).array)
+
+    root, results = tmp_path / "root", tmp_path / "results"
+    for folder in (root, results):
+        folder.mkdir()
+    _write_notebook_copy(root, {"results_dir": str(results), "image_path": str(image_path),
+                                "mask_path": str(mask_path), "labels": ["artery", "other"], "box": None})
+    autosave = results / "07_box_prompting" / "autosave" / "boxes.json"
+    env = dict(os.environ)
+    for name in ("config", "settings", "workspaces", "runtime", "data"):
+        (tmp_path / name).mkdir()
+    _lab_settings(tmp_path / "settings")
+    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONUNBUFFERED": "1",
+                "MPLBACKEND": "Agg"})
+    port, token = _free_port(), uuid.uuid4().hex
+    base = f"http://127.0.0.1:{port}"
+    log_path = artifacts_dir / "browser_box_prompting_jupyterlab.log"
+    log = open(log_path, "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: _api(base, token, "/api/status") is not None, SERVER_START_S, "JupyterLab to answer")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
+
+                def kernel_ready():
+                    sessions = _api(base, token, "/api/sessions")
+                    for s in sessions:
+                        kernel = s.get("kernel") or {}
+                        if s.get("path", "").endswith(NOTEBOOK.name) and kernel.get("execution_state") == "idle" \
+                                and kernel.get("connections", 0) >= 1:
+                            return kernel["id"]
+                    return None
+
+                kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, "the notebook's kernel to be idle and connected")
+                page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
+                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+
+                # the widget's drawing surface: the svg beside its <img> (it exists once the image loaded)
+                svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
+                svg.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
+                # every cell has run: no busy prompt left and the kernel is idle again
+                _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
+                          and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
+                          RUN_ALL_S, "Run All to finish")
+                _wait_for(autosave.is_file, RUN_ALL_S, "the widget's first autosave")
+                img = page.locator(".jp-OutputArea-output img[alt='annotate me']").first
+                _wait_for(lambda: img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
+                          "the widget's image to load")
+                svg.scroll_into_view_if_needed()
+                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_before.png"), full_page=False)
+                shown_before = _shown_image(page, img)
+                src_before = img.get_attribute("src")
+
+                box = svg.bounding_box()
+                natural = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+                sx, sy = box["width"] / natural[0], box["height"] / natural[1]
+                start = (box["x"] + target_box[0] * sx, box["y"] + target_box[1] * sy)
+                end = (box["x"] + target_box[2] * sx, box["y"] + target_box[3] * sy)
+                page.mouse.move(*start)
+                page.mouse.down()
+                page.mouse.move(*end, steps=12)
+                page.mouse.up()
+
+                def kernel_has_box():
+                    state = json.loads(autosave.read_text())
+                    return state if state["annotations"] else None
+
+                state = _wait_for(kernel_has_box, MASK_S, "the kernel to receive the box")
+                _wait_for(lambda: img.get_attribute("src") != src_before
+                          and img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
+                          "the widget to show the mask")
+                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_after.png"), full_page=False)
+                shown_after = _shown_image(page, img)
+            finally:
+                browser.close()
+    finally:
+        _stop(server)
+        log.close()
+
+    # the kernel received the box drawn (display scale 1: widget pixels are image pixels)
+    assert state["display_scale"] == 1
+    assert len(state["annotations"]) == 1, state
+    received = np.array(state["annotations"][0]["box"])
+    tolerance = 2.0 + max(1 / sx, 1 / sy)
+    assert np.abs(received - target_box).max() <= tolerance, (received, target_box)
+    assert state["annotations"][0]["label"] == "artery"
+    # the mask the kernel computed, and the mask the page shows, both match the ground truth
+    kernel_mask = np.load(results / "07_box_prompting" / "autosave" / "masks.npz")["masks"][0]
+    assert dice(kernel_mask, truth) >= 0.8
+    assert np.array_equal(shown_before, base_rgb), "before the drag the widget shows the plain image"
+    shown_mask = np.any(shown_after != base_rgb, axis=2)
+    assert dice(shown_mask, truth) >= 0.8, dice(shown_mask, truth)
+    assert dice(shown_mask, kernel_mask) >= 0.99
+    shutil.copy(autosave, artifacts_dir / "browser_box_prompting_boxes.json")

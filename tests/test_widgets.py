@@ -1,0 +1,315 @@
+"""The box-prompting widget without a browser: the kernel side of every mouse event, export, bad input."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medsam_lib.data.phantoms import CASES, write_synthetic_set
+from medsam_lib.data.readers import read_image
+from medsam_lib.fileio import MedSAMError
+from medsam_lib.geometry import box_from_mask
+from medsam_lib.metrics import dice
+from medsam_lib.models.predictor import BoxPredictor
+from medsam_lib import widgets
+
+BY_ID = {c.case_id: c for c in CASES}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return write_synthetic_set(tmp_path_factory.mktemp("synthetic"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def predictor(lite_model):
+    return BoxPredictor(lite_model)
+
+
+@pytest.fixture(scope="module")
+def us_case(synthetic):
+    case = BY_ID["synthetic_us_breast"]
+    truth = read_image(synthetic / case.mask).array > 0
+    x0, y0, x1, y1 = box_from_mask(truth)
+    return synthetic / case.image, truth, np.array([x0, y0, x1 + 1, y1 + 1])
+
+
+def _drag(session, box, label=None, existing=()):
+    """What the widget sends for one drag: a zero-size box on mouse down, the full list on release."""
+    x0, y0, x1, y1 = box
+    label = label or session.labels[0]
+    s = session.display_scale
+    start = {"x": x0 * s, "y": y0 * s, "width": 0, "height": 0, "label": label}
+    session.widget.bboxes = [*existing, start]
+    full = {"x": x0 * s, "y": y0 * s, "width": (x1 - x0) * s, "height": (y1 - y0) * s, "label": label}
+    session.widget.bboxes = [*existing, full]
+    return full
+
+
+def _decoded(session):
+    return np.array(Image.open(io.BytesIO(session.widget.image_bytes)).convert("RGB"))
+
+
+def test_drag_gives_mask_overlay_and_autosave(us_case, predictor, tmp_path):
+    path, truth, box = us_case
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion", "other"], autosave_dir=tmp_path)
+    assert session.display_scale == 2  # a 256-pixel image is shown at 512
+    before = _decoded(session)
+    assert before.shape == (512, 512, 3)
+    _drag(session, box)
+    assert len(session.current) == 1
+    annotation = session.current[0]
+    assert annotation.box == tuple(float(v) for v in box)
+    assert dice(annotation.mask, truth) >= 0.8
+    assert "predicted IoU" in session.message.value
+    # the picture the widget shows changed exactly where the (enlarged) mask is
+    shown = _decoded(session)
+    changed = np.any(shown != before, axis=2)
+    assert np.array_equal(changed, annotation.mask.repeat(2, 0).repeat(2, 1))
+    # autosave: what the kernel received and the mask
+    state = json.loads((tmp_path / "boxes.json").read_text())
+    assert state["annotations"][0]["box"] == [float(v) for v in box]
+    assert state["last_boxes_received"][0]["width"] == (box[2] - box[0]) * 2
+    masks = np.load(tmp_path / "masks.npz")["masks"]
+    assert masks.shape == (1, *truth.shape) and np.array_equal(masks[0], annotation.mask)
+
+
+def test_click_without_drag_is_ignored_with_a_message(us_case, predictor):
+    path, truth, box = us_case
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    first = _drag(session, box)
+    click = {"x": 20, "y": 30, "width": 0, "height": 0, "label": "lesion"}
+    session.widget.bboxes = [first, click]  # mouse down: may become a drag
+    assert len(session.current) == 1 and not session.rejected
+    assert "drag to size it" in session.message.value
+    # mouse up without moving sends the same list: no change, no callback. The next drag shows it was a click.
+    session.widget.bboxes = [first, click, {"x": 100, "y": 100, "width": 0, "height": 0, "label": "lesion"}]
+    assert "zero area" in session.message.value and "ignored" in session.message.value
+    assert len(session.widget.bboxes) == 3  # nothing is taken out of the widget while a drag is under way
+    second = {"x": 100, "y": 100, "width": 150, "height": 140, "label": "lesion"}
+    session.widget.bboxes = [first, click, second]  # release: the click is not reported twice
+    assert len(session.current) == 2 and session.rejected.count(session.rejected[0]) == 1
+    assert "box 2" in session.message.value
+    assert session.widget.bboxes == [first, second]  # the empty box is taken out of the picture
+    session.widget.bboxes = [first]  # the widget's x on a box removes it
+    assert len(session.current) == 1 and "1 box(es)" in session.message.value
+
+
+def test_boxes_outside_or_malformed_are_ignored_and_partial_ones_clipped(us_case, predictor):
+    path, truth, box = us_case
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    outside = {"x": 600, "y": 10, "width": 50, "height": 50, "label": "lesion"}  # display px; image is 512 wide
+    session.widget.bboxes = [outside]
+    assert not session.current and "outside the image" in session.message.value
+    session.widget.bboxes = [{"x": "left", "y": 1}]
+    assert not session.current and "not of the form" in session.message.value
+    session.widget.bboxes = [{"x": 400, "y": 400, "width": 200, "height": 200, "label": "lesion"}]
+    assert session.current[0].box == (200.0, 200.0, 256.0, 256.0)
+    with pytest.raises(MedSAMError, match="zero area"):
+        session.apply_box([5, 5, 5, 40])
+    with pytest.raises(MedSAMError, match="outside"):
+        session.apply_box([300, 300, 400, 400])
+    with pytest.raises(MedSAMError, match="not one of"):
+        session.apply_box(box, "liver")
+    with pytest.raises(MedSAMError, match="4 numbers"):
+        session.apply_box([1, 2, 3])
+    assert len(session.current) == 1
+
+
+def test_several_boxes_labels_cache_and_undo(us_case, predictor):
+    path, truth, box = us_case
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion", "background"])
+    calls = []
+    original = session.predictor.predict
+    session.predictor.predict = lambda boxes: calls.append(boxes) or original(boxes)
+    try:
+        a = session.apply_box(box, "lesion")
+        b = session.apply_box([5, 5, 60, 50], "background")
+        assert len(calls) == 2  # the first box was not decoded again
+        assert [x.label for x in session.current] == ["lesion", "background"]
+        colours = {tuple(_decoded(session)[int(y) * 2, int(x) * 2]) for x, y in
+                   (np.argwhere(a.mask & ~b.mask)[0][::-1], np.argwhere(b.mask & ~a.mask)[0][::-1])}
+        assert len(colours) == 2  # each label in its own colour
+        by_label = session.masks_by_label()
+        assert set(by_label) == {"lesion", "background"} and np.array_equal(by_label["lesion"], a.mask)
+        removed = session.undo()
+        assert removed.label == "background" and len(session.current) == 1
+        assert len(session.widget.bboxes) == 1 and session.widget.bboxes[0]["label"] == "lesion"
+        assert len(calls) == 2  # undo re-draws from the cache
+        session.undo()
+        assert session.undo() is None and "nothing to undo" in session.message.value
+        assert np.array_equal(_decoded(session), session.overlay())
+    finally:
+        session.predictor.predict = original
+
+
+def test_export_png_and_bad_folders(us_case, predictor, tmp_path):
+    path, truth, box = us_case
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    with pytest.raises(MedSAMError, match="nothing to export"):
+        session.export(tmp_path)
+    session.apply_box(box)
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(MedSAMError, match="does not exist"):
+        session.export(missing)
+    assert not missing.exists()
+    # the button shows the error instead of raising
+    session.export_dir.value = str(missing)
+    session.export_button.click()
+    assert "does not exist" in session.message.value
+    session.export_dir.value = str(tmp_path)
+    session.export_button.click()
+    assert "exported" in session.message.value
+    png = tmp_path / "synthetic_us_breast_lesion.png"
+    written = np.array(Image.open(png))
+    assert set(np.unique(written)) == {0, 255}
+    assert np.array_equal(written > 0, session.current[0].mask)
+    boxes = json.loads((tmp_path / "synthetic_us_breast_boxes.json").read_text())
+    assert boxes["annotations"][0]["label"] == "lesion"
+    assert not list(tmp_path.glob("*.part*"))
+
+
+def test_volume_slices_and_nifti_export_keep_geometry(synthetic, predictor, tmp_path):
+    case = BY_ID["synthetic_ct_abdomen"]
+    labels = read_image(synthetic / case.mask).array
+    session = widgets.BoxPromptSession(synthetic / case.image, model=predictor, labels=["liver", "kidney"],
+                                       modality="CT", slice_index=3)
+    assert session.is_volume and session.slider is not None and session.slider.value == 3
+    assert session.display_scale == 4  # 128 -> 512
+    liver3 = np.isin(labels[3], (1, 2))
+    x0, y0, x1, y1 = box_from_mask(liver3)
+    _drag(session, [x0, y0, x1 + 1, y1 + 1])
+    assert session.current[0].slice_index == 3
+    assert dice(session.current[0].mask, liver3) >= 0.8
+    session.slider.value = 7  # the slider moves to another slice: its own (empty) box list
+    assert session.current_slice == 7 and session.current == [] and session.widget.bboxes == []
+    kidney7 = labels[7] == 3
+    kx0, ky0, kx1, ky1 = box_from_mask(kidney7)
+    session.apply_box([kx0, ky0, kx1 + 1, ky1 + 1], "kidney")
+    session.slider.value = 3  # back: the box of slice 3 is shown again
+    assert len(session.widget.bboxes) == 1 and session.widget.bboxes[0]["x"] == x0 * 4
+    written = session.export(tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == ["synthetic_ct_abdomen_boxes.json", "synthetic_ct_abdomen_kidney.nii.gz",
+                     "synthetic_ct_abdomen_liver.nii.gz"]
+    source = read_image(synthetic / case.image)
+    liver = read_image(tmp_path / "synthetic_ct_abdomen_liver.nii.gz")
+    assert liver.array.shape == source.array.shape
+    assert liver.spacing == pytest.approx(source.spacing) and liver.origin == pytest.approx(source.origin)
+    assert liver.direction == pytest.approx(source.direction)
+    assert liver.array[3].sum() > 0 and liver.array.sum() == liver.array[3].sum()
+    kidney = read_image(tmp_path / "synthetic_ct_abdomen_kidney.nii.gz").array
+    assert dice(kidney[7] > 0, kidney7) >= 0.7 and kidney.sum() == kidney[7].sum()
+    with pytest.raises(MedSAMError, match="out of range"):
+        session.set_slice(12)
+
+
+def test_bad_inputs(tmp_path, predictor, synthetic):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(MedSAMError, match="broken.png"):
+        widgets.BoxPromptSession(broken, model=predictor)
+    with pytest.raises(MedSAMError, match="no such file"):
+        widgets.BoxPromptSession(tmp_path / "missing.nii.gz", model=predictor)
+    with pytest.raises(MedSAMError, match="out of range"):
+        widgets.BoxPromptSession(synthetic / BY_ID["synthetic_ct_abdomen"].image, model=predictor, slice_index=40)
+    with pytest.raises(MedSAMError, match="2D image"):
+        widgets.BoxPromptSession(synthetic / BY_ID["synthetic_us_breast"].image, model=predictor, slice_index=2)
+    with pytest.raises(MedSAMError, match="autosave folder"):
+        widgets.BoxPromptSession(synthetic / BY_ID["synthetic_us_breast"].image, model=predictor,
+                                 autosave_dir=tmp_path / "nope")
+    with pytest.raises(MedSAMError, match="distinct"):
+        widgets.BoxPromptSession(synthetic / BY_ID["synthetic_us_breast"].image, model=predictor, labels=["a", "a"])
+
+
+def test_one_slice_volume_and_constant_slice(tmp_path, predictor):
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(0)
+    volume = np.zeros((1, 64, 80), np.int16)
+    volume[0, 20:44, 25:60] = 300
+    volume[0] += rng.integers(0, 20, size=(64, 80)).astype(np.int16)
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((0.7, 0.7, 5.0))
+    image.SetOrigin((10.0, -4.0, 2.5))
+    path = tmp_path / "one_slice.nii.gz"
+    sitk.WriteImage(image, str(path))
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["block"])
+    assert not session.is_volume and session.slider is None and "one slice" in session.messages[0]
+    session.apply_box([22, 18, 63, 46])
+    assert dice(session.current[0].mask, volume[0] > 150) >= 0.8
+    written = session.export(tmp_path)
+    out = read_image(written[0])
+    assert written[0].name == "one_slice_block.nii.gz"
+    assert out.array.shape == (1, 64, 80) and out.origin == pytest.approx((10.0, -4.0, 2.5))
+    assert out.spacing == pytest.approx((5.0, 0.7, 0.7))
+
+    two = np.zeros((2, 32, 32), np.int16)
+    two[1, 8:20, 8:20] = 500
+    path2 = tmp_path / "two.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(two), str(path2))
+    session = widgets.BoxPromptSession(path2, model=predictor, slice_index=0, modality="CT")
+    assert "constant" in session.message.value  # slice 0 is all zeros: said, not raised
+    session.widget.bboxes = [{"x": 10, "y": 10, "width": 100, "height": 100, "label": "target"}]
+    assert not session.current and "no mask on this slice" in session.message.value
+    session.slider.value = 1
+    session.apply_box([6, 6, 22, 22])
+    assert session.current[0].slice_index == 1
+
+
+def test_resolve_case_and_box(tmp_path, synthetic):
+    case = widgets.resolve_case("synthetic", "unused", tmp_path, seed=0)
+    assert case.synthetic and case.image_path.name == "synthetic_ct_abdomen.nii.gz" and case.modality == "CT"
+    labels = read_image(case.mask_path).array
+    assert case.slice_index == int(np.argmax(np.isin(labels, (1, 2)).sum(axis=(1, 2))))
+    box = widgets.resolve_box("from_mask", case, case.slice_index)
+    x0, y0, x1, y1 = box_from_mask(np.isin(labels[case.slice_index], (1, 2)))
+    assert box.tolist() == [x0, y0, x1 + 1, y1 + 1]
+    assert widgets.resolve_box(None, case, 3) is None
+    assert widgets.resolve_box([1, 2, 3, 4], case, 3).tolist() == [1, 2, 3, 4]
+    with pytest.raises(MedSAMError, match="from_mask"):
+        widgets.resolve_box("mask", case, 3)
+    us = synthetic / BY_ID["synthetic_us_breast"].image
+    own = widgets.resolve_case("synthetic", "unused", tmp_path, image_path=us)
+    assert own.labels == ["target", "other"] and own.mask_path is None
+    with pytest.raises(MedSAMError, match="needs a reference mask"):
+        widgets.resolve_box("from_mask", own, None)
+    with pytest.raises(MedSAMError, match="without image_path"):
+        widgets.resolve_case("synthetic", "unused", tmp_path, mask_path=us)
+    with pytest.raises(MedSAMError, match="data_source"):
+        widgets.resolve_case("cloud", "unused", tmp_path)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with pytest.raises(MedSAMError, match="bad.nii.gz"):
+        widgets.resolve_case("synthetic", "unused", tmp_path, image_path=bad)
+
+
+def test_summary_table_scores_target_boxes(us_case, predictor, synthetic):
+    path, truth, box = us_case
+    case = widgets.resolve_case("synthetic", "unused", synthetic.parent, image_path=path,
+                                mask_path=synthetic / BY_ID["synthetic_us_breast"].mask, labels=["lesion", "other"])
+    session = widgets.BoxPromptSession(path, model=predictor, labels=case.labels)
+    session.apply_box(box, "lesion")
+    session.apply_box([5, 5, 40, 40], "other")
+    table = widgets.summary_table(session, case)
+    assert list(table["label"]) == ["lesion", "other"]
+    assert table["Dice vs reference"][0] == pytest.approx(dice(session.current[0].mask, truth), abs=1e-3)
+    assert pd.isna(table["Dice vs reference"][1])  # "other" is not the reference's target
+
+
+@pytest.mark.shared
+def test_real_ultrasound_box_with_jitter(shared_data, predictor):
+    """A person's box is never exact: a few pixels off, the carotid mask still matches (the browser test's case)."""
+    image = shared_data / "us_carotid_artery" / "images" / "202201121815070032VAS_slice_470.png"
+    truth = read_image(shared_data / "us_carotid_artery" / "masks" / image.name).array > 0
+    session = widgets.BoxPromptSession(image, model=predictor, labels=["artery"])
+    x0, y0, x1, y1 = box_from_mask(truth)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        jitter = rng.integers(-3, 4, size=4)
+        a = session.apply_box(np.array([x0, y0, x1 + 1, y1 + 1]) + jitter)
+        assert dice(a.mask, truth) >= 0.85
