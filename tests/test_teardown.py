@@ -1,0 +1,124 @@
+"""SAM taken apart: parameter and FLOP counts, segment-anything's predictor driving LiteMedSAM, the three modes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medsam_lib import teardown
+from medsam_lib.fileio import MedSAMError
+from medsam_lib.metrics import dice
+from medsam_lib.models import zoo
+from medsam_lib.models.predictor import BoxPredictor
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    return teardown.reference_ct_slice("synthetic", "unused", tmp_path_factory.mktemp("results"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def lite_predictor(lite_model, ct):
+    predictor = teardown.PromptPredictor(lite_model)
+    predictor.set_image(ct.image, modality=ct.modality, source=ct.name)
+    return predictor
+
+
+def test_parameter_counts_add_up(lite_model):
+    counts = teardown.parameter_counts(lite_model.model)
+    assert set(counts) == {"image_encoder", "prompt_encoder", "mask_decoder", "total"}
+    assert counts["total"] == sum(counts[c] for c in teardown.COMPONENTS)
+    state = zoo.load_state_dict(lite_model.checkpoint)
+    encoder_in_file = sum(v.numel() for k, v in state.items() if k.startswith("image_encoder.")
+                          and "running_" not in k and "num_batches" not in k)
+    assert counts["image_encoder"] == encoder_in_file
+    with pytest.raises(MedSAMError, match="no image_encoder"):
+        teardown.parameter_counts(nn.Linear(2, 2))
+
+
+def test_flops_on_meta_equal_a_real_pass(lite_model):
+    meta = teardown.count_flops(lite_model.model, lite_model.image_size)
+    real = teardown.count_flops(lite_model.model, lite_model.image_size, on_meta=False)
+    assert meta.encoder_per_image == real.encoder_per_image > 0
+    assert meta.decoder_per_box == real.decoder_per_box > 0
+    assert meta.embedding_shape == real.embedding_shape == (1, 256, 64, 64)
+    assert meta.mask_logits_shape == (1, 3, 256, 256)  # three multimask candidates
+    assert next(lite_model.model.parameters()).device.type == "cpu"  # the model itself stays put
+
+
+def test_sam_vit_b_random_init_when_weights_absent(monkeypatch, tmp_path, lite_model):
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path))
+    state = torch.random.get_rng_state()
+    vit, pretrained = teardown.sam_vit_b(seed=3)
+    assert not pretrained and "random init (seed 3" in vit.checkpoint
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    counts = teardown.parameter_counts(vit.model)
+    # SAM ViT-B: ~89.7 M encoder parameters (Kirillov et al. 2023); decoder and prompt encoder as LiteMedSAM's
+    assert 85e6 < counts["image_encoder"] < 95e6
+    lite_counts = teardown.parameter_counts(lite_model.model)
+    assert counts["mask_decoder"] == lite_counts["mask_decoder"]
+    assert counts["prompt_encoder"] == lite_counts["prompt_encoder"]
+    flops = teardown.count_flops(vit.model, vit.image_size)
+    lite_flops = teardown.count_flops(lite_model.model, lite_model.image_size)
+    assert flops.embedding_shape == (1, 256, 64, 64)
+    assert flops.encoder_per_image > 10 * lite_flops.encoder_per_image
+    table = teardown.architecture_table({"lite": lite_model, "vit": vit}, {"lite": lite_flops, "vit": flops})
+    assert list(table["model"]) == ["lite", "vit"]
+    assert table["encoder GFLOPs / image"][1] == round(flops.encoder_per_image / 1e9, 2)
+
+
+def test_prompt_predictor_box_matches_box_predictor(lite_model, lite_predictor, ct):
+    reference = BoxPredictor(lite_model)
+    reference.set_image(ct.image, modality=ct.modality)
+    expected = reference.predict([ct.box])
+    result = teardown.box_mode(lite_predictor, ct.box, ct.truth)
+    assert dice(result.mask, expected.masks[0]) == 1.0
+    assert result.score == pytest.approx(float(expected.scores[0]), abs=1e-5)
+    assert result.dice >= 0.9
+
+
+def test_multimask_and_point_mode(lite_predictor, ct):
+    click = teardown.deepest_point(ct.truth)
+    assert ct.truth[int(click[1]), int(click[0])]
+    masks, scores = teardown.multimask_outputs(lite_predictor, click)
+    assert masks.shape == (3, *ct.image.shape) and masks.dtype == bool and scores.shape == (3,)
+    steps = teardown.point_mode(lite_predictor, ct.truth, n_background=2)
+    assert len(steps) == 3
+    assert steps[0].score == pytest.approx(float(scores.max()), abs=1e-6)  # SAM's pick of the three
+    for n, step in enumerate(steps):
+        assert list(step.point_labels) == [1] + [0] * n
+        for (x, y), label in zip(step.points[1:], step.point_labels[1:]):
+            assert not ct.truth[int(y), int(x)]  # background clicks land off the target
+        assert step.dice == pytest.approx(dice(step.mask, ct.truth))
+    with pytest.raises(MedSAMError, match="empty region"):
+        teardown.deepest_point(np.zeros((4, 4), bool))
+
+
+def test_segment_everything_keeps_the_embedding(lite_predictor, ct):
+    features = lite_predictor.features
+    records = teardown.segment_everything(lite_predictor, ct.image, ct.modality, points_per_side=4,
+                                          pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    assert records and all(r["segmentation"].shape == ct.image.shape for r in records)
+    assert [r["area"] for r in records] == sorted((r["area"] for r in records), reverse=True)
+    assert lite_predictor.is_image_set and lite_predictor.features is features  # no second encoder pass
+    modes = teardown.three_modes(lite_predictor, ct, points_per_side=4, n_background=1)
+    table = teardown.modes_table(modes, "synthetic", ct.target)
+    assert list(table["panel"])[:2] == ["segment everything", "box"]
+    assert table["masks"][0] == len(modes.everything)
+    assert table["Dice vs liver"][1] == round(modes.box.dice, 3)
+    assert (table["data"] == "synthetic").all()
+
+
+def test_reference_slice_bad_source():
+    with pytest.raises(MedSAMError, match="data_source"):
+        teardown.reference_ct_slice("cloud", "unused", "unused")
+
+
+@pytest.mark.shared
+def test_real_ct_slice(shared_data, lite_model):
+    ct = teardown.reference_ct_slice("shared", shared_data, "unused")
+    assert not ct.synthetic and ct.image.shape == (512, 512) and ct.truth.sum() > 10_000
+    predictor = teardown.PromptPredictor(lite_model)
+    predictor.set_image(ct.image, modality=ct.modality)
+    assert teardown.box_mode(predictor, ct.box, ct.truth).dice >= 0.9
