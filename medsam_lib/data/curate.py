@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import find_objects
 
 from .. import paper
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
-from ..geometry import box_from_mask
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
@@ -261,24 +261,25 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
                 for t_idx, comp in instance_maps.items():
                     if comp[z].any():
                         maps[("instances", t_idx)] = comp[z]
-                small, counts, written = {}, {}, set()
+                small, stats, written = {}, {}, set()
                 for map_key, plane in maps.items():
                     small[map_key] = resize_mask(plane, IMAGE_SIZE)
-                    values, n = np.unique(small[map_key], return_counts=True)
-                    counts[map_key] = (dict(zip(values.tolist(), n.tolist())),
-                                       set(np.unique(plane).tolist()))
+                    stats[map_key] = (np.bincount(small[map_key].ravel()),  # pixels per value at 256 x 256
+                                      find_objects(small[map_key]),  # bounding slices per value
+                                      set(np.flatnonzero(np.bincount(plane.ravel())).tolist()))  # native values
                 for t_idx, t in enumerate(dataset.targets):
                     map_key = ("instances", t_idx) if t_idx in instance_maps else ("labels", t.mask)
                     if map_key not in maps:
                         continue
-                    small_counts, native_values = counts[map_key]
+                    counts, objects, native_values = stats[map_key]
                     if t_idx in instance_maps:
                         pieces = [(i, (i,)) for i in sorted(native_values - {0})]
                     else:
                         pieces = [(0, t.labels)] if native_values & set(t.labels) else []
                     for inst, values in pieces:
-                        pixels = sum(small_counts.get(v, 0) for v in values)
-                        if pixels < spec.min_target_pixels or pixels == 0:
+                        present = [v for v in values if v < len(counts) and counts[v]]
+                        pixels = int(sum(counts[v] for v in present))
+                        if not present or pixels < spec.min_target_pixels:
                             dropped += 1
                             continue
                         member = f"{map_key[0]}_{map_key[1]}_{z:04d}" if map_key[0] == "labels" else \
@@ -286,7 +287,9 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
                         if member not in written:
                             writer.add(member, small[map_key])
                             written.add(member)
-                        box = box_from_mask(np.isin(small[map_key], values))
+                        rows_, cols_ = zip(*(objects[v - 1] for v in present))
+                        box = (min(c.start for c in cols_), min(r.start for r in rows_),
+                               max(c.stop for c in cols_) - 1, max(r.stop for r in rows_) - 1)
                         kept.append((z, t_idx, inst, member, pixels, box))
             rows = []
             slices_needed = sorted({k[0] for k in kept})

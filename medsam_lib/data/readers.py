@@ -106,21 +106,48 @@ def _nifti_data_check(path: Path, array: np.ndarray) -> np.ndarray:
     """Guard against two silent SimpleITK NIfTI behaviours (seen with SimpleITK 2.5):
     a truncated file is read with the missing voxels set to 0, and NaN voxels come back as 0.
 
-    nibabel reads the same voxels and raises on a short file; its NaNs are put back so the
-    caller's NaN check sees them.
+    The voxel bytes are streamed once (1 MiB at a time, no second copy of the volume): a short
+    stream is a truncated file; float voxels are checked for NaN on the way. Only when a NaN is
+    found is the volume read with nibabel, so the NaNs can be put back for the caller's NaN check.
     """
+    import gzip
+    import zlib
+
     import nibabel as nib
 
     try:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-    except Exception as exc:  # noqa: BLE001 - nibabel raises OSError/EOFError/zlib errors
+        proxy = nib.load(str(path)).dataobj  # header only; the proxy knows where the voxels start
+        dtype = np.dtype(proxy.dtype)
+        expected = int(np.prod(proxy.shape, dtype=np.int64)) * dtype.itemsize
+        offset = int(proxy.offset)
+        check_nan = np.issubdtype(dtype, np.floating)
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        found_nan, received, carry = False, 0, b""
+        with opener(path, "rb") as handle:
+            handle.read(offset)
+            while received < expected:
+                block = handle.read(min(1 << 20, expected - received))
+                if not block:
+                    break
+                received += len(block)
+                if check_nan and not found_nan:
+                    block, carry = carry + block, b""
+                    usable = len(block) - len(block) % dtype.itemsize
+                    block, carry = block[:usable], block[usable:]
+                    found_nan = bool(np.isnan(np.frombuffer(block, dtype=dtype)).any())
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise MedSAMError(f"{path}: truncated or corrupt volume ({first.strip()})") from exc
-    if data.ndim == 3 and np.issubdtype(data.dtype, np.floating):
-        nan = np.isnan(data.transpose(2, 1, 0))
-        if nan.shape == array.shape and nan.any():
-            array = array.astype(np.float32, copy=True)
-            array[nan] = np.nan
+    if received < expected:
+        raise MedSAMError(f"{path}: truncated or corrupt volume (voxel data ends after {received} of "
+                          f"{expected} bytes)")
+    if found_nan:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+        if data.ndim == 3:
+            nan = np.isnan(data.transpose(2, 1, 0))
+            if nan.shape == array.shape:
+                array = array.astype(np.float32, copy=True)
+                array[nan] = np.nan
     return array
 
 
@@ -253,14 +280,16 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
             else:
                 raise MedSAMError(f"{path}: colour mask with encoding 'label'; use encoding 'rgb' with a palette "
                                   "(label -> [r, g, b]) or 'binary'")
-        if np.issubdtype(array.dtype, np.floating):
-            rounded = np.rint(array)
-            if not np.array_equal(rounded, array):
-                raise MedSAMError(f"{path}: label map holds non-integer values (e.g. {array[rounded != array][0]}); "
-                                  "is this an image rather than a mask?")
-            array = rounded
         if array.size and array.min() < 0:
             raise MedSAMError(f"{path}: label map holds negative values (min {array.min()})")
+        if np.issubdtype(array.dtype, np.floating):  # e.g. BraTS stores labels as float32
+            for plane in (array if array.ndim == 3 else [array]):  # slice by slice: no full-size copy
+                bad = plane != np.rint(plane)
+                if bad.any():
+                    raise MedSAMError(f"{path}: label map holds non-integer values (e.g. {plane[bad][0]}); "
+                                      "is this an image rather than a mask?")
+            top = float(array.max()) if array.size else 0.0
+            array = array.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32)
         labels = array
     elif encoding == "binary":
         fg = array > threshold
