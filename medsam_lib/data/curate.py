@@ -60,7 +60,7 @@ from .preprocess import (Window, apply_window, check_preset, intensity_window, r
                          resize_mask)
 from .readers import MedicalImage, compact_labels, read_image, read_mask
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # part of every case key: bump when a case file's content changes (older cases are redone)
 IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
 SAMPLE_SIZE = 2000  # raw/normalised intensity samples kept per image, for the histograms
 INDEX_COLUMNS = (
@@ -384,9 +384,10 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
     out.mkdir(parents=True, exist_ok=True)
     info = _load_store_info(out) or {"store_version": STORE_VERSION, "preset": preset, "image_size": IMAGE_SIZE,
                                      "manifests": {}}
-    if info.get("store_version") != STORE_VERSION or info.get("image_size") != IMAGE_SIZE:
-        raise MedSAMError(f"{out}: store written by another version (store_version {info.get('store_version')}, "
-                          f"image size {info.get('image_size')}); curate into a new folder")
+    if info.get("image_size") != IMAGE_SIZE:
+        raise MedSAMError(f"{out}: store of {info.get('image_size')}-pixel images, not {IMAGE_SIZE}; "
+                          "curate into a new folder")
+    info["store_version"] = STORE_VERSION  # cases of an older version do not match their key: redone
     if info["preset"] != preset:
         raise MedSAMError(f"{out}: this store was curated with preset {info['preset']!r}, not {preset!r}; "
                           "curate into another folder (one store per preset)")
