@@ -201,6 +201,87 @@ def _case_done(path: Path, key: str) -> bool:
         return False
 
 
+def _write_masks(writer: _CaseWriter, dataset: DatasetSpec, stacks: dict, instance_maps: dict,
+                 min_pixels: int) -> tuple[list, int]:
+    """Resize and store each slice's label maps; return the kept targets and how many were dropped.
+
+    Each label map (and instance map) of a slice is resized once (nearest neighbour commutes with
+    picking label values) and stored once; a target's mask is then isin(map, its labels), or
+    map == its instance number. Kept entries: (slice, target index, instance, member, pixels, box).
+    """
+    kept, dropped = [], 0
+    n_slices = next(iter(stacks.values())).shape[0]
+    for z in range(n_slices):
+        maps = {("labels", key): stack[z] for key, stack in stacks.items() if stack[z].any()}
+        maps.update({("instances", t_idx): comp[z] for t_idx, comp in instance_maps.items() if comp[z].any()})
+        small, stats, written = {}, {}, set()
+        for map_key, plane in maps.items():
+            small[map_key] = resize_mask(plane, IMAGE_SIZE)
+            stats[map_key] = (np.bincount(small[map_key].ravel()),  # pixels per value at 256 x 256
+                              find_objects(small[map_key]),  # bounding slices per value
+                              set(np.flatnonzero(np.bincount(plane.ravel())).tolist()))  # values at native size
+        for t_idx, t in enumerate(dataset.targets):
+            map_key = ("instances", t_idx) if t_idx in instance_maps else ("labels", t.mask)
+            if map_key not in maps:
+                continue
+            counts, objects, native_values = stats[map_key]
+            if t_idx in instance_maps:
+                pieces = [(i, (i,)) for i in sorted(native_values - {0})]
+            else:
+                pieces = [(0, t.labels)] if native_values & set(t.labels) else []
+            for inst, values in pieces:
+                present = [v for v in values if v < len(counts) and counts[v]]
+                pixels = int(sum(counts[v] for v in present))
+                if not present or pixels < min_pixels:
+                    dropped += 1
+                    continue
+                member = (f"labels_{t.mask}_{z:04d}" if map_key[0] == "labels" else f"instances_{t_idx:02d}_{z:04d}")
+                if member not in written:
+                    writer.add(member, small[map_key])
+                    written.add(member)
+                rows_, cols_ = zip(*(objects[v - 1] for v in present))
+                box = (min(c.start for c in cols_), min(r.start for r in rows_),
+                       max(c.stop for c in cols_) - 1, max(r.stop for r in rows_) - 1)
+                kept.append((z, t_idx, inst, member, pixels, box))
+    return kept, dropped
+
+
+def _write_images(writer: _CaseWriter, dataset: DatasetSpec, case: CaseSpec, root: Path, reference: MedicalImage,
+                  preset: str, slices: list[int]) -> dict[str, str]:
+    """Window each image of the case once, then normalise, resize and store the needed slices one at
+    a time (plus intensity samples); returns image key -> source SHA-256."""
+    where = f"{dataset.name}/{case.volume}"
+    hashes = {}
+    for image_spec in dataset.images:
+        image = read_image(root / case.images[image_spec.key], channel=image_spec.channel)
+        problem = _geometry_problem(image, reference)
+        if problem:
+            raise MedSAMError(f"{where}: image {image.path} and mask {reference.path} do not line up: "
+                              f"{problem}; resample one onto the other")
+        stack = _as_stack(image)
+        if stack.ndim == 4 and stack.shape[3] == 3 and (stack == stack[..., :1]).all():
+            stack = stack[..., 0]  # grey stored as RGB
+        source = f"{where} image {image_spec.key} ({image.path})"
+        if image_spec.intensity == "display":
+            low, high = float(stack.min()), float(stack.max())
+            if low < 0 or high > 255:
+                raise MedSAMError(f"{source}: intensity 'display' needs values within 0-255, found "
+                                  f"{low:g}..{high:g}; use intensity 'raw' to apply the preset's window")
+            window = Window(0.0, 255.0)
+        else:
+            window = intensity_window(stack, image_spec.modality, preset, source)
+        rng = np.random.default_rng(zlib.crc32(f"{where}/{image_spec.key}".encode()))
+        flat = stack.reshape(-1)
+        raw_sample = flat[rng.integers(0, flat.size, size=min(SAMPLE_SIZE, flat.size))].astype(np.float32)
+        writer.add(f"sample_raw_{image_spec.key}", raw_sample)
+        writer.add(f"sample_norm_{image_spec.key}", apply_window(raw_sample, window))
+        for z in slices:
+            writer.add(f"image_{image_spec.key}_{z:04d}", resize_image(apply_window(stack[z], window), IMAGE_SIZE))
+        hashes[image_spec.key] = _sha256(root / case.images[image_spec.key])
+        del stack, flat, image  # one image volume in memory at a time
+    return hashes
+
+
 def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path, preset: str = "paper",
                 synthetic: bool = False, key: str = "") -> dict:
     """Curate one case into ``out_file`` (atomically); returns {"rows", "slices", "dropped_small"}.
@@ -209,9 +290,7 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
     """
     spec = check_preset(preset)
     where = f"{dataset.name}/{case.volume}"
-    masks: dict[str, MedicalImage] = {}
-    for m in dataset.masks:
-        masks[m.key] = read_mask(root / case.masks[m.key], m.encoding, m.threshold, m.palette)
+    masks = {m.key: read_mask(root / case.masks[m.key], m.encoding, m.threshold, m.palette) for m in dataset.masks}
     reference = masks[dataset.masks[0].key]
     for m in masks.values():
         problem = _geometry_problem(m, reference)
@@ -237,105 +316,33 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
             else:
                 components = cc3d.connected_components(np.ascontiguousarray(binary[0]), connectivity=8)[None]
             instance_maps[t_idx] = compact_labels(components)
-
     if reference.is_volume:
-        spacing = tuple(float(s) for s in reference.spacing)
-        spacing_known = True
+        spacing, spacing_known = tuple(float(s) for s in reference.spacing), True
     else:
         sp = dataset.spacing_2d or (1.0, 1.0)
-        spacing = (1.0, float(sp[0]), float(sp[1]))
-        spacing_known = dataset.spacing_2d is not None
+        spacing, spacing_known = (1.0, float(sp[0]), float(sp[1])), dataset.spacing_2d is not None
     mask_hashes = ";".join(_sha256(root / case.masks[m.key]) for m in dataset.masks)
-    kept, dropped = [], 0
+
     with atomic_path(out_file) as tmp:
         writer = _CaseWriter(tmp)
         try:
-            for z in range(n_slices):
-                # Each label map (and instance map) of the slice is resized once (nearest neighbour
-                # commutes with picking label values) and stored once; a target's mask is then
-                # isin(map, its labels), or map == its instance number.
-                maps = {}
-                for mask_key, stack in stacks.items():
-                    if stack[z].any():
-                        maps[("labels", mask_key)] = stack[z]
-                for t_idx, comp in instance_maps.items():
-                    if comp[z].any():
-                        maps[("instances", t_idx)] = comp[z]
-                small, stats, written = {}, {}, set()
-                for map_key, plane in maps.items():
-                    small[map_key] = resize_mask(plane, IMAGE_SIZE)
-                    stats[map_key] = (np.bincount(small[map_key].ravel()),  # pixels per value at 256 x 256
-                                      find_objects(small[map_key]),  # bounding slices per value
-                                      set(np.flatnonzero(np.bincount(plane.ravel())).tolist()))  # native values
-                for t_idx, t in enumerate(dataset.targets):
-                    map_key = ("instances", t_idx) if t_idx in instance_maps else ("labels", t.mask)
-                    if map_key not in maps:
-                        continue
-                    counts, objects, native_values = stats[map_key]
-                    if t_idx in instance_maps:
-                        pieces = [(i, (i,)) for i in sorted(native_values - {0})]
-                    else:
-                        pieces = [(0, t.labels)] if native_values & set(t.labels) else []
-                    for inst, values in pieces:
-                        present = [v for v in values if v < len(counts) and counts[v]]
-                        pixels = int(sum(counts[v] for v in present))
-                        if not present or pixels < spec.min_target_pixels:
-                            dropped += 1
-                            continue
-                        member = f"{map_key[0]}_{map_key[1]}_{z:04d}" if map_key[0] == "labels" else \
-                            f"instances_{t_idx:02d}_{z:04d}"
-                        if member not in written:
-                            writer.add(member, small[map_key])
-                            written.add(member)
-                        rows_, cols_ = zip(*(objects[v - 1] for v in present))
-                        box = (min(c.start for c in cols_), min(r.start for r in rows_),
-                               max(c.stop for c in cols_) - 1, max(r.stop for r in rows_) - 1)
-                        kept.append((z, t_idx, inst, member, pixels, box))
-            rows = []
-            slices_needed = sorted({k[0] for k in kept})
-            for image_spec in dataset.images:
-                image = read_image(root / case.images[image_spec.key], channel=image_spec.channel)
-                problem = _geometry_problem(image, reference)
-                if problem:
-                    raise MedSAMError(f"{where}: image {image.path} and mask {reference.path} do not line up: "
-                                      f"{problem}; resample one onto the other")
-                stack = _as_stack(image)
-                if stack.ndim == 4 and stack.shape[3] == 3 and (stack == stack[..., :1]).all():
-                    stack = stack[..., 0]  # grey stored as RGB
-                source = f"{where} image {image_spec.key} ({image.path})"
-                if image_spec.intensity == "display":
-                    low, high = float(stack.min()), float(stack.max())
-                    if low < 0 or high > 255:
-                        raise MedSAMError(f"{source}: intensity 'display' needs values within 0-255, found "
-                                          f"{low:g}..{high:g}; use intensity 'raw' to apply the preset's window")
-                    window = Window(0.0, 255.0)
-                else:
-                    window = intensity_window(stack, image_spec.modality, preset, source)
-                rng = np.random.default_rng(zlib.crc32(f"{dataset.name}/{case.volume}/{image_spec.key}".encode()))
-                flat = stack.reshape(-1)
-                raw_sample = flat[rng.integers(0, flat.size, size=min(SAMPLE_SIZE, flat.size))].astype(np.float32)
-                writer.add(f"sample_raw_{image_spec.key}", raw_sample)
-                writer.add(f"sample_norm_{image_spec.key}", apply_window(raw_sample, window))
-                for z in slices_needed:
-                    writer.add(f"image_{image_spec.key}_{z:04d}", resize_image(apply_window(stack[z], window), IMAGE_SIZE))
-                image_hash = _sha256(root / case.images[image_spec.key])
-                del stack, flat, image
-                for z, t_idx, inst, member, pixels, box in kept:
-                    t = dataset.targets[t_idx]
-                    rows.append({
-                        "dataset": dataset.name, "case": case.case, "volume": case.volume,
-                        "image_key": image_spec.key, "modality": image_spec.modality,
-                        "task": t.paper_tasks.get(image_spec.key, ""), "stand_in": t.stand_in,
-                        "synthetic": synthetic, "slice": z, "n_slices": n_slices, "target": t.name,
-                        "labels": ";".join(str(v) for v in t.labels), "instance": inst,
-                        "x0": int(box[0]), "y0": int(box[1]), "x1": int(box[2]), "y1": int(box[3]), "pixels": pixels,
-                        "height": height, "width": width, "spacing_z": spacing[0], "spacing_y": spacing[1],
-                        "spacing_x": spacing[2], "spacing_known": spacing_known,
-                        "curated_spacing_y": spacing[1] * height / IMAGE_SIZE,
-                        "curated_spacing_x": spacing[2] * width / IMAGE_SIZE,
-                        "image_sha256": image_hash, "mask_sha256": mask_hashes,
-                        "image_member": f"image_{image_spec.key}_{z:04d}", "mask_member": member,
-                        "image_id": f"{dataset.name}/{case.volume}/{image_spec.key}/{z}"})
+            kept, dropped = _write_masks(writer, dataset, stacks, instance_maps, spec.min_target_pixels)
+            image_hashes = _write_images(writer, dataset, case, root, reference, preset, sorted({k[0] for k in kept}))
+            rows = [{
+                "dataset": dataset.name, "case": case.case, "volume": case.volume,
+                "image_key": image_spec.key, "modality": image_spec.modality,
+                "task": dataset.targets[t_idx].paper_tasks.get(image_spec.key, ""),
+                "stand_in": dataset.targets[t_idx].stand_in, "synthetic": synthetic, "slice": z, "n_slices": n_slices,
+                "target": dataset.targets[t_idx].name, "labels": ";".join(map(str, dataset.targets[t_idx].labels)),
+                "instance": inst, "x0": int(box[0]), "y0": int(box[1]), "x1": int(box[2]), "y1": int(box[3]),
+                "pixels": pixels, "height": height, "width": width, "spacing_z": spacing[0],
+                "spacing_y": spacing[1], "spacing_x": spacing[2], "spacing_known": spacing_known,
+                "curated_spacing_y": spacing[1] * height / IMAGE_SIZE,
+                "curated_spacing_x": spacing[2] * width / IMAGE_SIZE,
+                "image_sha256": image_hashes[image_spec.key], "mask_sha256": mask_hashes,
+                "image_member": f"image_{image_spec.key}_{z:04d}", "mask_member": member,
+                "image_id": f"{dataset.name}/{case.volume}/{image_spec.key}/{z}"}
+                for image_spec in dataset.images for z, t_idx, inst, member, pixels, box in kept]
             writer.add_json("rows", rows)
             writer.add_json("meta", {"key": key, "dataset": dataset.name, "volume": case.volume, "case": case.case,
                                      "preset": preset, "image_size": IMAGE_SIZE, "dropped_small": dropped,
