@@ -157,7 +157,12 @@ class BoxPredictor:
 
     @torch.inference_mode()
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model.image_encoder(batch.to(self.device))
+        """(B, 3, S, S) model input -> (B, 256, 64, 64) embeddings."""
+        batch = batch.to(self.device)
+        if self.device.type == "cpu" and self.loaded.arch == "lite":
+            # channels-last input: oneDNN runs TinyViT's full-resolution convolutions without reorders
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.model.image_encoder(batch).contiguous()
 
     # --- public API -------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, modality: str | None = None, source: str = "image") -> None:
