@@ -199,7 +199,7 @@ class BoxPromptSession:
         if self.is_volume:
             self.slider = w.IntSlider(min=0, max=self.image.n_slices - 1, description="slice",
                                       continuous_update=False)
-            self.slider.observe(lambda change: self._guarded(self.set_slice, change["new"]), names=["value"])
+            self.slider.observe(self._on_slider, names=["value"])
         self.undo_button = w.Button(description="Undo", tooltip="remove the last box on this slice")
         self.clear_button = w.Button(description="Clear", tooltip="remove every box on this slice")
         self.export_button = w.Button(description="Export", tooltip="write masks to the folder beside")
@@ -208,6 +208,10 @@ class BoxPromptSession:
         self.undo_button.on_click(lambda _: self._guarded(self.undo))
         self.clear_button.on_click(lambda _: self._guarded(self.clear))
         self.export_button.on_click(lambda _: self._guarded(self._export_clicked))
+
+    def _on_slider(self, change) -> None:
+        if not self._syncing:
+            self._guarded(self.set_slice, change["new"])
 
     def view(self):
         """The widget to display: picture (draw boxes on it), slice slider, buttons, messages."""
