@@ -158,12 +158,13 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                                 "mask_path": str(mask_path), "labels": ["artery", "other"], "box": None})
     autosave = results / "07_box_prompting" / "autosave" / "boxes.json"
     env = dict(os.environ)
-    for name in ("config", "settings", "workspaces", "runtime", "data"):
+    for name in ("config", "settings", "workspaces", "runtime", "data", "ipython"):
         (tmp_path / name).mkdir()
     _lab_settings(tmp_path / "settings")
     env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
                 "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONUNBUFFERED": "1",
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+                "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1",
                 "MPLBACKEND": "Agg"})
     port, token = _free_port(), uuid.uuid4().hex
     base = f"http://127.0.0.1:{port}"
@@ -172,8 +173,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
          "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for(lambda: _api(base, token, "/api/status") is not None, SERVER_START_S, "JupyterLab to answer")
