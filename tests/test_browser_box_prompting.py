@@ -41,6 +41,7 @@ SERVER_START_S = 90
 KERNEL_READY_S = 120
 RUN_ALL_S = 240
 MASK_S = 60
+ACTION_S = 120  # Playwright's wait for any one element or action (a loaded CI machine is slow)
 
 pytestmark = [pytest.mark.browser, pytest.mark.shared, pytest.mark.slow]
 
@@ -180,7 +181,8 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                page = browser.new_page(viewport={"width": 1500, "height": 1200})
+                page.set_default_timeout(ACTION_S * 1000)
                 page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
 
                 def kernel_ready():
@@ -208,7 +210,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 img = page.locator(".jp-OutputArea-output img[alt='annotate me']").first
                 _wait_for(lambda: img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
                           "the widget's image to load")
-                svg.scroll_into_view_if_needed()
+                svg.evaluate("el => el.scrollIntoView({block: 'center', inline: 'center'})")
                 page.screenshot(path=str(artifacts_dir / "browser_box_prompting_before.png"), full_page=False)
                 shown_before = _shown_image(page, img)
                 src_before = img.get_attribute("src")
@@ -218,6 +220,12 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 sx, sy = box["width"] / natural[0], box["height"] / natural[1]
                 start = (box["x"] + target_box[0] * sx, box["y"] + target_box[1] * sy)
                 end = (box["x"] + target_box[2] * sx, box["y"] + target_box[3] * sy)
+                for point in (start, end):  # both ends on screen, on the widget's svg, nothing in front
+                    assert page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y);"
+                                         " return !!e && !!e.closest('svg') && e.closest('svg') === "
+                                         "document.querySelector(\"img[alt='annotate me']\")"
+                                         ".parentElement.parentElement.querySelector(':scope > svg'); }",
+                                         list(point)), f"point {point} is not on the widget's svg"
                 # time stamps in the page: the mouse release, and the new picture loaded in the <img>
                 img.evaluate("""(el) => {
                     window.__medsam = {released: null, shown: null};
