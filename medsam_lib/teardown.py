@@ -87,11 +87,11 @@ def count_flops(model: nn.Module, image_size: int, on_meta: bool = True) -> Flop
             logits, _ = net.mask_decoder(image_embeddings=embedding, image_pe=net.prompt_encoder.get_dense_pe(),
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                          multimask_output=True)
-    by_module = {}
-    for counter, prefix in ((encoder_counter, ""), (decoder_counter, "")):
+    by_module: dict[str, int] = {}  # top-level modules (the counter names them by class)
+    for counter in (encoder_counter, decoder_counter):
         for key, ops in counter.get_flop_counts().items():
             if key != "Global" and "." not in key:
-                by_module[prefix + key] = by_module.get(prefix + key, 0) + int(sum(ops.values()))
+                by_module[key] = by_module.get(key, 0) + int(sum(ops.values()))
     return FlopCount(encoder_per_image=int(encoder_counter.get_total_flops()),
                      decoder_per_box=int(decoder_counter.get_total_flops()),
                      embedding_shape=tuple(embedding.shape), mask_logits_shape=tuple(logits.shape),

@@ -275,3 +275,16 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
     # to benchmarks/widget_callback.py, and this machine's load varies
     latency = {"mouse_release_to_mask_shown_s": round((stamps["shown"] - stamps["released"]) / 1000, 3)}
     (artifacts_dir / "browser_box_prompting_latency.json").write_text(json.dumps(latency))
+
+
+def test_missing_chromium_skips_or_fails(monkeypatch, tmp_path):
+    """Without /usr/bin/chromium the browser test skips, unless MEDSAM_REQUIRE_SHARED=1 (CI): then it fails."""
+    import _pytest.outcomes
+
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("MEDSAM_REQUIRE_SHARED", raising=False)
+    with pytest.raises(_pytest.outcomes.Skipped):
+        _require_chromium()
+    monkeypatch.setenv("MEDSAM_REQUIRE_SHARED", "1")
+    with pytest.raises(_pytest.outcomes.Failed, match="MEDSAM_REQUIRE_SHARED=1"):
+        _require_chromium()
