@@ -53,10 +53,10 @@ class ImageTerms:
 
 
 class Workspace:
-    """Reusable output buffers for the large (N, L, C) intermediates of ``decode``.
+    """Reusable buffers for the large intermediates of ``decode``.
 
     Fresh multi-megabyte tensors cost page faults on every call; a predictor keeps one workspace
-    and passes it to each ``decode`` (one call at a time).
+    and passes it to each ``decode`` (one call at a time). A buffer made for N boxes serves fewer.
     """
 
     def __init__(self) -> None:
@@ -64,9 +64,10 @@ class Workspace:
 
     def get(self, name: str, like: Tensor, shape: tuple[int, ...]) -> Tensor:
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        if (buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != like.dtype
+                or buf.device != like.device):
             buf = self._buffers[name] = like.new_empty(shape)
-        return buf
+        return buf[:shape[0]]
 
 
 def _is_sam(obj: object, qualname: str) -> bool:
@@ -98,7 +99,8 @@ def supports(model: nn.Module) -> bool:
 
     decoder = getattr(model, "mask_decoder", None)
     prompt = getattr(model, "prompt_encoder", None)
-    if decoder is None or prompt is None or not hasattr(prompt, "no_mask_embed"):
+    if (decoder is None or prompt is None or not hasattr(prompt, "no_mask_embed")
+            or not _is_sam(prompt, "PromptEncoder.forward")):
         return False
     predict = getattr(type(decoder), "predict_masks", None)
     if not (_is_sam(decoder, "MaskDecoder.forward")
@@ -110,6 +112,7 @@ def supports(model: nn.Module) -> bool:
         return False
     for i, block in enumerate(tr.layers):
         if not (_is_sam(block, "TwoWayAttentionBlock.forward") and block.skip_first_layer_pe == (i == 0)
+                and type(block.norm4) is nn.LayerNorm
                 and all(_plain_attention(getattr(block, a)) for a in
                         ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token"))):
             return False
@@ -173,14 +176,14 @@ def _token_to_image(attn: nn.Module, q_in: Tensor, keys: Tensor, keys_pe: Tensor
 
 
 def _image_to_token(attn: nn.Module, norm: nn.Module, residual: Tensor, pos: Tensor, keys_pe: Tensor | None,
-                    q_pre: Tensor | None, k_in: Tensor, v_in: Tensor, tile: int,
-                    out: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+                    q_pre: Tensor | None, k_in: Tensor, v_in: Tensor, out: tuple[Tensor, Tensor],
+                    workspace: "Workspace") -> tuple[Tensor, Tensor]:
     """Image tokens attend to the prompt tokens (N, T, C), then residual + LayerNorm (rewrite 3).
 
     Image queries come either projected (``q_pre`` (B, L, H*d), layer 0) or as keys + pe (N, L, C).
     ``residual`` is (B, L, C), B in (1, N). The new keys and keys + pe, both (N, L, C), are written
-    into ``out`` (neither may alias ``residual``), ``tile`` tokens at a time so each intermediate is
-    used while it is in cache.
+    into the buffers ``out`` (new keys must not alias ``residual``; new keys + pe may alias
+    ``keys_pe``, which is read first).
     """
     n, t, c = k_in.shape
     heads = attn.num_heads
@@ -205,44 +208,61 @@ def _image_to_token(attn: nn.Module, norm: nn.Module, residual: Tensor, pos: Ten
     values_out = torch.einsum("nthd,chd->nhtc", v, attn.out_proj.weight.view(c, heads, d))
     # each head's weights sum to 1, so out_proj's bias enters as bias / H on every head's rows
     values_out = values_out.reshape(n, heads * t, c) + attn.out_proj.bias / heads
-    keys, keys_pe = out
-    for start in range(0, length, tile):
-        rows = slice(start, min(start + tile, length))
-        out = torch.baddbmm(residual[:, rows], weights[:, :, rows].transpose(1, 2), values_out)
-        keys[:, rows] = F.layer_norm(out, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        torch.add(keys[:, rows], pos[:, rows], out=keys_pe[:, rows])
-    return keys, keys_pe
+    new_keys, new_keys_pe = out
+    # whole-tensor operations into reused buffers: few parallel regions (each one a thread barrier)
+    torch.baddbmm(residual, weights.transpose(1, 2), values_out, out=new_keys_pe)  # as scratch
+    mean, rstd = (workspace.get(name, new_keys, (n, length, 1)) for name in ("mean", "rstd"))
+    torch.ops.aten.native_layer_norm.out(new_keys_pe, list(norm.normalized_shape), norm.weight, norm.bias,
+                                         norm.eps, out0=new_keys, out1=mean, out2=rstd)
+    torch.add(new_keys, pos, out=new_keys_pe)
+    return new_keys, new_keys_pe
 
 
-def _upscale(up: nn.Sequential, keys: Tensor, hw: tuple[int, int], hyper: Tensor, tile: int = 512) -> Tensor:
+def _activation_(act: nn.Module, x: Tensor) -> Tensor:
+    """``act(x)``, in place for GELU (saves a fresh buffer of x's size)."""
+    if type(act) is nn.GELU:
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
+def _upscale(up: nn.Sequential, keys: Tensor, hw: tuple[int, int], hyper: Tensor, workspace: "Workspace",
+             tile: int) -> Tensor:
     """keys (N, L, C) -> masks (N, M, 4h, 4w) for hypernetwork outputs ``hyper`` (N, M, C/8).
 
-    Works on ``tile`` image tokens at a time so the 16x larger intermediates stay in cache.
+    ``tile`` image tokens at a time (of one box), intermediates in reused buffers.
     """
     conv1, norm, act1, conv2, act2 = up
     n, length, c = keys.shape
     h, w = hw
     c1, c2 = conv1.out_channels, conv2.out_channels
     m = hyper.shape[1]
+    tile = min(tile, length)
     # weight columns ordered (row offset, column offset, channel): channels stay last throughout
     w1, b1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1), conv1.bias.repeat(4)
     w2, b2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2), conv2.bias.repeat(4)
+    y = workspace.get("up_y", keys, (tile * 4, c1))
+    y_norm = workspace.get("up_y_norm", keys, (tile * 4, c1))
+    mean, rstd = (workspace.get(name, keys, (tile * 4, 1)) for name in ("up_mean", "up_rstd"))
+    z = workspace.get("up_z", keys, (tile * 4, 4 * c2))
     hyper_t = hyper.transpose(1, 2)
     logits = keys.new_empty(n, length * 16, m)
     for i in range(n):
         for start in range(0, length, tile):
             stop = min(start + tile, length)
-            y = torch.addmm(b1, keys[i, start:stop], w1).view(-1, c1)
-            y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
-            z = act2(torch.addmm(b2, y, w2)).view(-1, c2)
-            torch.mm(z, hyper_t[i], out=logits[i, start * 16:stop * 16])
+            rows = (stop - start) * 4
+            torch.addmm(b1, keys[i, start:stop], w1, out=y[:rows].view(stop - start, 4 * c1))
+            torch.ops.aten.native_layer_norm.out(y[:rows], [c1], norm.weight, norm.bias, norm.eps,
+                                                 out0=y_norm[:rows], out1=mean[:rows], out2=rstd[:rows])
+            act = _activation_(act1, y_norm[:rows])
+            out = _activation_(act2, torch.addmm(b2, act, w2, out=z[:rows]))
+            torch.mm(out.view(-1, c2), hyper_t[i], out=logits[i, start * 16:stop * 16])
     logits = logits.view(n, h, w, 2, 2, 2, 2, m)  # (n, y, x, i, j, k, l, m)
     # pixel (4y + 2i + k, 4x + 2j + l)
     return logits.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(n, m, 4 * h, 4 * w)
 
 
 def decode(model: nn.Module, terms: ImageTerms, sparse: Tensor, multimask_output: bool,
-           workspace: Workspace | None = None, tile: int = 512) -> tuple[Tensor, Tensor]:
+           workspace: Workspace | None = None, tile: int = 1024) -> tuple[Tensor, Tensor]:
     """Mask logits (N, M, 4h, 4w) and predicted IoU (N, M) for sparse prompt embeddings (N, T', C).
 
     ``terms`` holds one image (shared by all N prompts) or N images (one prompt each).
@@ -270,8 +290,8 @@ def decode(model: nn.Module, terms: ImageTerms, sparse: Tensor, multimask_output
         queries = block.norm3(queries + block.mlp(queries))
         keys, keys_pe = _image_to_token(
             block.cross_attn_image_to_token, block.norm4, keys, terms.pos, keys_pe, terms.q0 if i == 0 else None,
-            queries + tokens, queries, tile=max(64, tile // n),
-            out=(workspace.get(f"keys{i % 2}", keys, shape), workspace.get(f"keys_pe{i % 2}", keys, shape)))
+            queries + tokens, queries,
+            (workspace.get(f"keys{i % 2}", keys, shape), workspace.get("keys_pe", keys, shape)), workspace)
 
     # only the IoU token and the kept mask tokens are read after the final attention (rows are independent)
     kept = list(range(1, decoder.num_mask_tokens)) if multimask_output else [0]
@@ -281,4 +301,4 @@ def decode(model: nn.Module, terms: ImageTerms, sparse: Tensor, multimask_output
     queries = tr.norm_final_attn(queries + attn)
     hyper = torch.stack([decoder.output_hypernetworks_mlps[j](queries[:, 1 + r]) for r, j in enumerate(kept)], dim=1)
     iou = decoder.iou_prediction_head(queries[:, 0])[:, kept]
-    return _upscale(decoder.output_upscaling, keys, terms.hw, hyper, tile), iou
+    return _upscale(decoder.output_upscaling, keys, terms.hw, hyper, workspace, tile), iou

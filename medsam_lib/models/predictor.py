@@ -42,7 +42,7 @@ from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 VIT_PREPROCESS = ("paper", "official_code")
 # sigmoid(x) > p  <=>  x > log(p / (1 - p)): the mask threshold on logits (0.0 for p = 0.5)
 LOGIT_THRESHOLD = math.log(paper.MASK_THRESHOLD / (1.0 - paper.MASK_THRESHOLD))
-DECODE_CHUNK = 8  # boxes decoded together on the CPU path (bounds memory; larger gains nothing)
+DECODE_CHUNK = 4  # boxes decoded together on the CPU path (bounds the workspace: 3 x 4 x 4 MiB)
 
 
 @dataclass
