@@ -118,6 +118,27 @@ def sam_vit_b(seed: int = 0, device: str | torch.device | None = "cpu") -> tuple
     return zoo.load_model("sam_vit_b", device=device), True
 
 
+def load_models(model: str = zoo.DEFAULT_MODEL, seed: int = 0,
+                device: str | torch.device | None = None) -> tuple[dict[str, zoo.LoadedModel], bool]:
+    """The two models the notebook compares: ``model`` (LiteMedSAM by default) and SAM ViT-B.
+
+    Returns ({label: model}, whether SAM ViT-B has its real weights); labels say "(random init)".
+    """
+    first = zoo.load_model(model, device=device)
+    vit_b, pretrained = sam_vit_b(seed=seed, device=device)
+    first_label = "LiteMedSAM" if first.name == "litemedsam" else first.name
+    vit_label = "SAM ViT-B" + ("" if pretrained else " (random init)")
+    return {first_label: first, vit_label: vit_b}, pretrained
+
+
+def weights_note(loaded: zoo.LoadedModel) -> str:
+    """Where a model's weights came from, in words."""
+    if loaded.checkpoint.startswith("random init"):
+        return loaded.checkpoint
+    return f"weights {Path(loaded.checkpoint).name} (checksum verified)" if loaded.name in zoo.MODELS \
+        else f"weights {Path(loaded.checkpoint).name}"
+
+
 def architecture_table(models: dict[str, zoo.LoadedModel], flops: dict[str, FlopCount] | None = None):
     """One row per model: parameters per component (millions), FLOPs, input and embedding shapes."""
     import pandas as pd
@@ -431,6 +452,21 @@ def three_modes(predictor: PromptPredictor, ct: CTSlice, points_per_side: int = 
     best = max((dice(r["segmentation"], ct.truth) for r in everything), default=float("nan"))
     return ThreeModes(everything, int(n_quality), best, box_mode(predictor, ct.box, ct.truth),
                       point_mode(predictor, ct.truth, n_background), points_per_side)
+
+
+def fig2_predictor(choice: str, predictors: dict[str, "PromptPredictor"], ct: "CTSlice",
+                   device: str | torch.device | None = None) -> tuple[str, "PromptPredictor"]:
+    """The model for Fig. 2: ``"auto"`` = SAM ViT-B when it has real weights, else the first model;
+    a label or zoo name of one of ``predictors``; or any other zoo name or checkpoint path (loaded)."""
+    if choice == "auto":
+        label = next((k for k in predictors if k == "SAM ViT-B"), next(iter(predictors)))
+        return label, predictors[label]
+    for label, predictor in predictors.items():
+        if choice in (label, predictor.loaded.name):
+            return label, predictor
+    predictor = PromptPredictor(zoo.load_model(choice, device=device))
+    predictor.set_image(ct.image, modality=ct.modality, source=ct.name)
+    return predictor.loaded.name, predictor
 
 
 def _points_text(step: ModeResult) -> str:

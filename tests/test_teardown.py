@@ -50,9 +50,14 @@ def test_flops_on_meta_equal_a_real_pass(lite_model):
 def test_sam_vit_b_random_init_when_weights_absent(monkeypatch, tmp_path, lite_model):
     monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path))
     state = torch.random.get_rng_state()
-    vit, pretrained = teardown.sam_vit_b(seed=3)
-    assert not pretrained and "random init (seed 3" in vit.checkpoint
+    vit, pretrained = teardown.sam_vit_b(seed=3, device="cpu")
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    assert not pretrained and "random init (seed 3" in vit.checkpoint
+    monkeypatch.setattr(teardown, "sam_vit_b", lambda seed, device: (vit, False))
+    models, pretrained = teardown.load_models("litemedsam", seed=3, device="cpu")
+    assert list(models) == ["LiteMedSAM", "SAM ViT-B (random init)"] and not pretrained
+    assert teardown.weights_note(vit) == vit.checkpoint
+    assert "checksum verified" in teardown.weights_note(models["LiteMedSAM"])
     counts = teardown.parameter_counts(vit.model)
     # SAM ViT-B: ~89.7 M encoder parameters (Kirillov et al. 2023); decoder and prompt encoder as LiteMedSAM's
     assert 85e6 < counts["image_encoder"] < 95e6
@@ -76,6 +81,19 @@ def test_prompt_predictor_box_matches_box_predictor(lite_model, lite_predictor, 
     assert dice(result.mask, expected.masks[0]) == 1.0
     assert result.score == pytest.approx(float(expected.scores[0]), abs=1e-5)
     assert result.dice >= 0.9
+
+
+def test_fig2_model_choice(lite_predictor, ct):
+    from types import SimpleNamespace
+
+    predictors = {"LiteMedSAM": lite_predictor,
+                  "SAM ViT-B (random init)": SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b"))}
+    assert teardown.fig2_predictor("auto", predictors, ct) == ("LiteMedSAM", lite_predictor)
+    assert teardown.fig2_predictor("litemedsam", predictors, ct)[1] is lite_predictor
+    with_weights = {"LiteMedSAM": lite_predictor, "SAM ViT-B": lite_predictor}
+    assert teardown.fig2_predictor("auto", with_weights, ct)[0] == "SAM ViT-B"
+    with pytest.raises(MedSAMError, match="unknown model"):
+        teardown.fig2_predictor("sam_vit_h", predictors, ct)
 
 
 def test_multimask_and_point_mode(lite_predictor, ct):
