@@ -5,7 +5,7 @@
     initialised SAM ViT-B;
 (c) stock segment-anything 1.0 ``MaskDecoder`` cannot decode that batch, the patched one can;
 (d) the CT demo box gives the mask an independent, plain computation gives;
-plus the rewritten decoder (``fast_decode``) against the model's own decoder.
+plus the CPU fast paths (``fast_decode``, ``fast_encode``) against the model's own modules.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from medsam_lib.data.phantoms import CASES, make_case
 from medsam_lib.data.readers import read_image
 from medsam_lib.geometry import box_from_mask
 from medsam_lib.metrics import dice
-from medsam_lib.models import fast_decode
+from medsam_lib.models import fast_decode, fast_encode
 from medsam_lib.models.decoder import patch_batched_decoder
 from medsam_lib.models.predictor import DECODE_CHUNK, BoxPredictor
 from medsam_lib.models.zoo import LoadedModel, build_model
@@ -65,9 +65,10 @@ def random_vit_b() -> LoadedModel:
     return LoadedModel(model=build_model("vit_b").eval(), name="random vit_b", arch="vit_b", checkpoint="")
 
 
-def test_cpu_uses_the_fast_decoder(predictor, random_vit_b):
+def test_cpu_uses_the_fast_paths(predictor, random_vit_b):
     assert predictor._fast  # both architectures have SAM's decoder unmodified
     assert fast_decode.supports(random_vit_b.model)
+    assert fast_encode.supports(predictor.model.image_encoder)
 
 
 # --- (a) many boxes on one image ------------------------------------------------------------------
@@ -124,6 +125,39 @@ def test_a_modified_decoder_is_not_rewritten(lite_model):
     assert fast_decode.supports(lite_model.model)
     assert not fast_decode.supports(model)
     assert not BoxPredictor(LoadedModel(model, "custom", "lite", ""))._fast
+
+
+def test_fast_encoder_matches_the_module(lite_model):
+    encoder = lite_model.model.image_encoder
+    assert fast_encode.supports(encoder)
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 256, 256)
+    with torch.inference_mode():
+        want = encoder(x)
+        got = fast_encode.encode(encoder, x.contiguous(memory_format=torch.channels_last))
+        got_nchw = fast_encode.encode(encoder, x)
+    span = float(want.abs().max())
+    assert got.shape == want.shape == (2, 256, 64, 64)
+    assert torch.allclose(got, want, rtol=0, atol=1e-4 * span)
+    assert torch.allclose(got_nchw, want, rtol=0, atol=1e-4 * span)
+
+
+def test_fast_encoder_only_for_the_stock_encoder_in_eval_mode(lite_model, random_vit_b):
+    model = copy.deepcopy(lite_model.model)
+    model.image_encoder.train()
+    assert not fast_encode.supports(model.image_encoder)  # BatchNorm would use batch statistics
+    model.image_encoder.eval()
+    assert fast_encode.supports(model.image_encoder)
+    block = model.image_encoder.layers[1].blocks[0]
+    base = type(block)
+
+    class Custom(base):
+        def forward(self, x):
+            return base.forward(self, x)
+
+    block.__class__ = Custom
+    assert not fast_encode.supports(model.image_encoder)
+    assert not fast_encode.supports(random_vit_b.model.image_encoder)
 
 
 def test_cache_off_still_predicts(lite_model):

