@@ -323,3 +323,53 @@ def test_multichannel_manifest_with_patterns(tmp_path):
     assert set(prostate["task"]) == {"Prostate (MR-T2)", "Prostate (MR-ADC)"}
     assert set(index["image_key"]) == {"t2", "adc"} and set(index["modality"]) == {"MR-T2", "MR-ADC"}
     assert sorted(index.drop_duplicates("case")["split"]) == ["test", "train", "train"]
+
+
+def test_kill_9_mid_run_then_rerun_gives_the_same_store(tmp_path):
+    """A real SIGKILL of ``python -m medsam_lib data curate`` after its first case: the rerun resumes (finished
+    cases skipped, nothing half-written used) and ends with the same index as an uninterrupted run."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    names = [f"c{i:02d}" for i in range(10)]
+    for name in names:
+        _ct_case(tmp_path, name, size=192, slices=40)
+    manifest_file = tmp_path / "m.json"
+    manifest_file.write_text(json.dumps(_manifest(tmp_path, names)))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "medsam_lib", "data", "curate", "--manifest", str(manifest_file),
+               "--root", str(tmp_path), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cases = out / "cases" / "toy"
+    deadline = time.monotonic() + 120
+    try:
+        while not (cases.is_dir() and any(not p.name.startswith(".") for p in cases.glob("*.npz"))):
+            assert process.poll() is None, "curation ended before it could be killed"
+            assert time.monotonic() < deadline, "no case was written within 120 s"
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    done = sorted(p.stem for p in cases.glob("*.npz") if not p.name.startswith("."))
+    assert 1 <= len(done) < len(names), f"the kill came too late to test anything: {done}"
+
+    report = curate(str(manifest_file), out, root=tmp_path, progress=False)
+    assert report.skipped == [f"toy/{n}" for n in done]
+    assert sorted(report.curated + report.skipped) == [f"toy/{n}" for n in names] and not report.failed
+    assert not [p for p in out.rglob(".*") if ".part" in p.name]
+
+    clean = tmp_path / "clean"
+    curate(str(manifest_file), clean, root=tmp_path, progress=False)
+    resumed, fresh = CuratedDataset(out).index, CuratedDataset(clean).index
+    key = ["volume", "slice", "target"]
+    pd.testing.assert_frame_equal(resumed.sort_values(key).reset_index(drop=True),
+                                  fresh.sort_values(key).reset_index(drop=True))
+    for _, row in fresh.sample(20, random_state=0).iterrows():
+        np.testing.assert_array_equal(CuratedDataset(out).load_mask(row), CuratedDataset(clean).load_mask(row))
