@@ -144,6 +144,7 @@ def plot_slice_grid(dataset: CuratedDataset, path: str | Path, per_task: int = 3
             tag = "SYNTHETIC " if bool(row["synthetic"]) else ""
             what = f"{row['dataset']}: {row['target']}" if group == NO_TASK else group
             ax.set_title(f"{tag}{what}\n{row['volume']} z={row['slice']} ({row['split']})", fontsize=6.5)
-    fig.suptitle("Curated 256 x 256 slices with target masks and boxes", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    height = fig.get_figheight()  # the title sits in a fixed 0.45 inch band, however many rows there are
+    fig.suptitle("Curated 256 x 256 slices with target masks and boxes", fontsize=11, y=1 - 0.1 / height, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
     return _save(fig, path)
