@@ -367,9 +367,9 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_store(tmp_path):
 
     clean = tmp_path / "clean"
     curate(str(manifest_file), clean, root=tmp_path, progress=False)
-    resumed, fresh = CuratedDataset(out).index, CuratedDataset(clean).index
-    key = ["volume", "slice", "target"]
-    pd.testing.assert_frame_equal(resumed.sort_values(key).reset_index(drop=True),
-                                  fresh.sort_values(key).reset_index(drop=True))
-    for _, row in fresh.sample(20, random_state=0).iterrows():
-        np.testing.assert_array_equal(CuratedDataset(out).load_mask(row), CuratedDataset(clean).load_mask(row))
+    with CuratedDataset(out) as resumed, CuratedDataset(clean) as fresh:
+        key = ["volume", "slice", "target"]
+        pd.testing.assert_frame_equal(resumed.index.sort_values(key).reset_index(drop=True),
+                                      fresh.index.sort_values(key).reset_index(drop=True))
+        for _, row in fresh.index.sample(20, random_state=0).iterrows():
+            np.testing.assert_array_equal(resumed.load_mask(row), fresh.load_mask(row))
