@@ -14,7 +14,8 @@ from pathlib import Path
 from .fileio import MedSAMError, ensure_parent_exists
 
 # Subcommands contributed by the task modules: each module has register(subparsers).
-COMMAND_MODULES = ("medsam_lib.data.cli",)
+COMMAND_MODULES = ("medsam_lib.data.cli", "medsam_lib.embeddings.cli", "medsam_lib.training.cli",
+                   "medsam_lib.evaluation.cli")
 
 
 def _parse_box(text: str) -> list[float]:
@@ -136,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+            if not exc.name or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise  # a module that exists but fails to import is a bug, not a missing command
             continue
         module.register(sub)
     return parser

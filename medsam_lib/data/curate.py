@@ -46,7 +46,6 @@ import os
 import time
 import zipfile
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,18 +58,11 @@ from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_c
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
 from .readers import MedicalImage, compact_labels, read_image, read_mask
+from .store import INDEX_COLUMNS, CuratedDataset, _load_store_info, curated_dir, read_index  # noqa: F401
 
 STORE_VERSION = 2  # part of every case key: bump when a case file's content changes (older cases are redone)
 IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
 SAMPLE_SIZE = 2000  # raw/normalised intensity samples kept per image, for the histograms
-INDEX_COLUMNS = (
-    "dataset", "case", "volume", "image_key", "modality", "task", "stand_in", "synthetic", "slice", "n_slices",
-    "target", "labels", "instance", "split", "x0", "y0", "x1", "y1", "pixels", "height", "width",
-    "spacing_z", "spacing_y", "spacing_x", "spacing_known", "curated_spacing_y", "curated_spacing_x",
-    "image_sha256", "mask_sha256", "file", "image_member", "mask_member", "image_id")
-_STRING_COLUMNS = {c: str for c in ("dataset", "case", "volume", "image_key", "modality", "task", "target",
-                                    "labels", "split", "image_sha256", "mask_sha256", "file", "image_member",
-                                    "mask_member", "image_id")}
 
 
 @dataclass
@@ -354,16 +346,6 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
 
 # --- the store ------------------------------------------------------------------------------------
 
-def _load_store_info(out: Path) -> dict | None:
-    path = out / "curation.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MedSAMError(f"{path}: corrupt store description ({exc}); move the folder aside and curate again") from exc
-
-
 def _remove_stale_temporaries(out: Path) -> None:
     for tmp in (out / "cases").rglob(".*.part*"):
         tmp.unlink(missing_ok=True)
@@ -468,105 +450,7 @@ def build_index(out: str | os.PathLike):
     return frame
 
 
-def read_index(path: str | os.PathLike):
-    """``index.csv`` as a DataFrame with string ids kept as strings and empty tasks as ""."""
-    import pandas as pd
-
-    frame = pd.read_csv(path, dtype=_STRING_COLUMNS, keep_default_na=False, na_values={"spacing_z": [""]})
-    return frame
-
-
-class CuratedDataset:
-    """Read API of a curated store.
-
-    ``ds = CuratedDataset(path)``; ``ds.index`` is the pandas index (one row per image key, slice
-    and target); ``ds.load(row)`` gives ``(image, mask)``: image (256, 256, 3) uint8, mask
-    (256, 256) bool. ``row`` is an index row (Series or dict) or its position in ``ds.index``.
-    """
-
-    def __init__(self, path: str | os.PathLike, cache_files: int = 8):
-        self.path = Path(path)
-        self.info = _load_store_info(self.path)
-        index_path = self.path / "index.csv"
-        if self.info is None or not index_path.is_file():
-            raise MedSAMError(f"{self.path}: not a curated store (needs curation.json and index.csv); "
-                              "run `python -m medsam_lib data curate` first")
-        self.index = read_index(index_path)
-        self._open: OrderedDict[str, object] = OrderedDict()
-        self._cache_files = cache_files
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def preset(self) -> str:
-        return self.info["preset"]
-
-    def split(self, name: str):
-        return self.index[self.index["split"] == name]
-
-    def _row(self, row):
-        if isinstance(row, (int, np.integer)):
-            return self.index.iloc[int(row)]
-        return row
-
-    def _npz(self, file: str):
-        if file in self._open:
-            self._open.move_to_end(file)
-            return self._open[file]
-        path = self.path / file
-        if not path.is_file():
-            raise MedSAMError(f"{path}: case file missing from the curated store; curate again")
-        npz = np.load(path)
-        self._open[file] = npz
-        if len(self._open) > self._cache_files:
-            _, old = self._open.popitem(last=False)
-            old.close()
-        return npz
-
-    def load_image(self, row) -> np.ndarray:
-        """(256, 256, 3) uint8."""
-        row = self._row(row)
-        image = self._npz(row["file"])[row["image_member"]]
-        return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-
-    def load_mask(self, row) -> np.ndarray:
-        """(256, 256) bool: the row's label values (or its instance number) in the stored map."""
-        row = self._row(row)
-        stored = self._npz(row["file"])[row["mask_member"]]
-        if int(row["instance"]) > 0:
-            return stored == int(row["instance"])
-        return np.isin(stored, [int(v) for v in str(row["labels"]).split(";")])
-
-    def load(self, row) -> tuple[np.ndarray, np.ndarray]:
-        row = self._row(row)
-        return self.load_image(row), self.load_mask(row)
-
-    def samples(self, file: str, image_key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(raw, normalised) intensity samples of one image of a case (for histograms)."""
-        npz = self._npz(file)
-        return npz[f"sample_raw_{image_key}"], npz[f"sample_norm_{image_key}"]
-
-    def close(self) -> None:
-        for npz in self._open.values():
-            npz.close()
-        self._open.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 # --- the notebooks' entry point -------------------------------------------------------------------
-
-def curated_dir(results_dir: str | os.PathLike, preset: str = "paper") -> Path:
-    """Where a profile's curated store lives: ``{results_dir}/curated`` (paper preset) or
-    ``{results_dir}/curated_<preset>``."""
-    check_preset(preset)
-    return Path(results_dir) / ("curated" if preset == "paper" else f"curated_{preset}")
-
 
 def curate_profile(data_source: str, shared_data_dir: str | os.PathLike, results_dir: str | os.PathLike,
                    seed: int = 0, preset: str = "paper", progress: bool = False) -> CuratedDataset:

@@ -26,7 +26,6 @@ the stock ones, the model's own forward runs unchanged.
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,17 +33,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import paper
-from ..data.preprocess import normalize_intensity
 from ..fileio import MedSAMError
 from . import fast_decode, fast_encode
+from .transforms import LOGIT_THRESHOLD, VIT_PREPROCESS, Prepared, for_model, to_uint8_rgb  # noqa: F401
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
-VIT_PREPROCESS = ("paper", "official_code")
-# sigmoid(x) > p  <=>  x > log(p / (1 - p)): the mask threshold on logits (0.0 for p = 0.5)
-LOGIT_THRESHOLD = math.log(paper.MASK_THRESHOLD / (1.0 - paper.MASK_THRESHOLD))
 DECODE_CHUNK = 4  # boxes decoded together on the CPU path (bounds the workspace: 3 x 4 x 4 MiB)
 
 
@@ -53,35 +48,6 @@ class Prediction:
     masks: np.ndarray  # (N, H, W) bool
     scores: np.ndarray  # (N,) predicted IoU
     low_res_logits: torch.Tensor  # (N, 1, 256, 256) decoder logits before any resizing
-
-
-@dataclass
-class _Prepared:
-    tensor: torch.Tensor  # (3, S, S) model input
-    original_size: tuple[int, int]  # (H, W)
-    input_size: tuple[int, int]  # (h, w) of the resized image inside the S x S input
-    box_scale: tuple[float, float]  # x and y factors from original pixels to model input pixels
-
-
-def to_uint8_rgb(image: np.ndarray, modality: str | None = None, source: str = "image") -> np.ndarray:
-    """(H, W) / (H, W, 1|3|4) of any numeric dtype -> (H, W, 3) uint8, validating on the way."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[2] in (1, 3, 4):
-        image = image[..., :3] if image.shape[2] != 1 else image[..., 0]
-    elif image.ndim != 2:
-        raise MedSAMError(f"{source}: expected a 2D image (H, W) or (H, W, 3), got shape {image.shape}")
-    if min(image.shape[:2]) < 2:
-        raise MedSAMError(f"{source}: image of size {image.shape[:2]} is too small to segment")
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        bad = int((~np.isfinite(image)).sum())
-        raise MedSAMError(f"{source}: {bad} pixels are NaN or infinite; fix or mask them before segmenting")
-    if image.min() == image.max():
-        raise MedSAMError(f"{source}: the image is constant (every pixel is {image.flat[0]}); nothing to segment")
-    if image.dtype != np.uint8:
-        image = np.round(normalize_intensity(image, modality, "paper", source)).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return np.ascontiguousarray(image)
 
 
 def validate_boxes(boxes, size: tuple[int, int], source: str = "image") -> np.ndarray:
@@ -115,48 +81,22 @@ class BoxPredictor:
             raise MedSAMError(f"vit_preprocess must be one of {VIT_PREPROCESS}, got {vit_preprocess!r}")
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         self.model = self.loaded.model
+        self.transform = for_model(self.loaded, vit_preprocess)
         self.device = next(self.model.parameters()).device
         self.vit_preprocess = vit_preprocess
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._embedding: torch.Tensor | None = None
-        self._prepared: _Prepared | None = None
+        self._prepared: Prepared | None = None
         # CPU: the rewritten decoder (fast_decode), when the model has SAM's decoder unmodified
         self._fast = self.device.type == "cpu" and fast_decode.supports(self.model)
         self._terms: fast_decode.ImageTerms | None = None
         self._workspace = fast_decode.Workspace()
         self._lock = threading.Lock()
 
-    # --- preprocessing ----------------------------------------------------------------------------
-    def _prepare(self, rgb: np.ndarray) -> _Prepared:
-        h, w = rgb.shape[:2]
-        size = self.loaded.image_size
-        if self.loaded.arch == "lite":
-            import cv2
-
-            scale = size / max(h, w)
-            nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
-            small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32)
-            small = (small - small.min()) / np.clip(small.max() - small.min(), 1e-8, None)
-            padded = np.zeros((size, size, 3), dtype=np.float32)
-            padded[:nh, :nw] = small
-            tensor = torch.from_numpy(padded).permute(2, 0, 1)
-            return _Prepared(tensor, (h, w), (nh, nw), (scale, scale))
-        if self.vit_preprocess == "paper":
-            from segment_anything.utils.transforms import ResizeLongestSide
-
-            resized = ResizeLongestSide(size).apply_image(rgb)
-            nh, nw = resized.shape[:2]
-            x = torch.from_numpy(resized).permute(2, 0, 1).float()
-            mean = torch.tensor(paper.SAM_PIXEL_MEAN).view(3, 1, 1)
-            std = torch.tensor(paper.SAM_PIXEL_STD).view(3, 1, 1)
-            x = F.pad((x - mean) / std, (0, size - nw, 0, size - nh))
-            scale = ResizeLongestSide.get_preprocess_shape(h, w, size)
-            return _Prepared(x, (h, w), (nh, nw), (scale[1] / w, scale[0] / h))
-        x = torch.from_numpy(rgb).permute(2, 0, 1).float()[None]
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
-        x = (x - x.min()) / torch.clamp(x.max() - x.min(), min=1e-8)
-        return _Prepared(x, (h, w), (size, size), (size / w, size / h))
+    # --- preprocessing (models/transforms.py) ----------------------------------------------------
+    def _prepare(self, rgb: np.ndarray) -> Prepared:
+        return self.transform.prepare(rgb)
 
     @torch.inference_mode()
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
@@ -183,6 +123,20 @@ class BoxPredictor:
                 self._cache.popitem(last=False)
         self._embedding = embedding
         self._terms = self._precompute(embedding) if self._fast else None
+        self._source = source
+
+    def set_embedding(self, embedding, original_size: tuple[int, int], source: str = "embedding") -> None:
+        """Use a precomputed (256, 64, 64) or (1, 256, 64, 64) image embedding (e.g. from an embedding
+        store) for an image of size ``original_size`` (H, W), instead of encoding the image."""
+        emb = torch.as_tensor(np.asarray(embedding) if not torch.is_tensor(embedding) else embedding)
+        if emb.ndim == 3:
+            emb = emb[None]
+        if emb.ndim != 4 or emb.shape[0] != 1 or emb.shape[1] != 256:
+            raise MedSAMError(f"{source}: expected an embedding of shape (256, h, w), got {tuple(emb.shape)}")
+        dtype = next(self.model.parameters()).dtype
+        self._prepared = self.transform.geometry(original_size)
+        self._embedding = emb.to(device=self.device, dtype=dtype)
+        self._terms = self._precompute(self._embedding) if self._fast else None
         self._source = source
 
     @torch.inference_mode()
@@ -219,30 +173,11 @@ class BoxPredictor:
                 iou.append(chunk[1][:, 0])
         return torch.cat(logits), torch.cat(iou)
 
-    @torch.inference_mode()
-    def _to_original(self, logits: torch.Tensor, prepared: _Prepared) -> np.ndarray:
-        """(N, M, s, s) logits -> (N, H, W) bool masks of the first mask, at the original size."""
-        size = self.loaded.image_size
-        nh, nw = prepared.input_size
-        if logits.device.type == "cpu":  # in chunks, thresholding the logits (no sigmoid)
-            masks = np.empty((len(logits), *prepared.original_size), dtype=bool)
-            for start in range(0, len(logits), DECODE_CHUNK):
-                x = logits[start:start + DECODE_CHUNK, :1].float()
-                if x.shape[-1] != size:
-                    x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-                x = F.interpolate(x[..., :nh, :nw], prepared.original_size, mode="bilinear", align_corners=False)
-                masks[start:start + DECODE_CHUNK] = (x[:, 0] > LOGIT_THRESHOLD).numpy()
-            return masks
-        x = logits.float()
-        if x.shape[-1] != size:
-            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-        x = F.interpolate(x[..., :nh, :nw], prepared.original_size, mode="bilinear", align_corners=False)
-        return (torch.sigmoid(x[:, 0]) > paper.MASK_THRESHOLD).cpu().numpy()
+    def _to_original(self, logits: torch.Tensor, prepared: Prepared) -> np.ndarray:
+        return self.transform.logits_to_masks(logits, prepared)
 
-    def _boxes_to_model(self, boxes: np.ndarray, prepared: _Prepared) -> torch.Tensor:
-        sx, sy = prepared.box_scale
-        scaled = boxes * np.array([sx, sy, sx, sy])
-        return torch.as_tensor(scaled, dtype=torch.float32, device=self.device)
+    def _boxes_to_model(self, boxes: np.ndarray, prepared: Prepared) -> torch.Tensor:
+        return torch.as_tensor(self.transform.boxes_to_model(boxes, prepared), device=self.device)
 
     def predict(self, boxes: Sequence[Sequence[float]] | np.ndarray) -> Prediction:
         """Segment every box (x0, y0, x1, y1, original pixels) of the current image in one batch."""

@@ -1,0 +1,61 @@
+"""Where a run's outputs go: one layout for every notebook and command under ``results/<profile>/``.
+
+    layout = ResultsLayout(results_dir)      # e.g. results/demo
+    layout.synthetic_data                    # the generated phantom set
+    layout.curated("paper")                  # curated store of a preset
+    layout.embeddings("litemedsam")          # embedding store of a model on the paper-preset store
+    layout.training("decoder")               # a fine-tuning run (last.pt, best.pt, metrics.csv)
+    layout.evaluation("litemedsam")          # per-target metrics of one model
+    layout.tables, layout.figures            # what notebooks 05-06 write
+
+Interactive work (the widget's autosaves and exports) never goes here: see ``user_dir``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "unnamed"
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def synthetic_data(self) -> Path:
+        return self.root / "data" / "synthetic"
+
+    def curated(self, preset: str = "paper") -> Path:
+        return self.root / ("curated" if preset == "paper" else f"curated_{preset}")
+
+    def embeddings(self, model: str, preset: str = "paper") -> Path:
+        suffix = "" if preset == "paper" else f"_{preset}"
+        return self.root / "embeddings" / f"{_slug(Path(str(model)).stem if os.sep in str(model) else model)}{suffix}"
+
+    def training(self, run: str = "decoder") -> Path:
+        return self.root / "training" / _slug(run)
+
+    def evaluation(self, name: str) -> Path:
+        return self.root / "evaluation" / _slug(name)
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+
+def user_dir() -> Path:
+    """A folder of the user's for interactive outputs: ``$MEDSAM_USER_DIR``, else ``~/medsam_annotations``."""
+    env = os.environ.get("MEDSAM_USER_DIR")
+    return Path(env) if env else Path.home() / "medsam_annotations"
