@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from medsam_lib.data.readers import read_image  # noqa: E402
 from medsam_lib.geometry import box_from_mask  # noqa: E402
-from medsam_lib.metrics import dice  # noqa: E402
+from medsam_lib.evaluation import dice  # noqa: E402
 from medsam_lib.models import zoo  # noqa: E402
 from medsam_lib.shared import shared_data_dir  # noqa: E402
 from medsam_lib.widgets import BoxPromptSession, encode_png, paint  # noqa: E402

@@ -30,7 +30,7 @@ from .data.phantoms import CASES, write_synthetic_set
 from .data.readers import read_image
 from .fileio import MedSAMError
 from .geometry import box_from_mask
-from .metrics import dice
+from .evaluation.metrics import dice
 from .models import zoo
 from .models.predictor import to_uint8_rgb
 

@@ -635,7 +635,7 @@ def summary_table(session: BoxPromptSession, case: PromptCase | None = None):
     """One row per box drawn: slice, label, box, predicted IoU, pixels, Dice against the reference."""
     import pandas as pd
 
-    from .metrics import dice
+    from .evaluation.metrics import dice
 
     data = "synthetic" if case is not None and case.synthetic else "real" if case is not None else "user"
     rows = []

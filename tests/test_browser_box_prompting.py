@@ -141,7 +141,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
 
     from medsam_lib.data.readers import read_image
     from medsam_lib.geometry import box_from_mask
-    from medsam_lib.metrics import dice
+    from medsam_lib.evaluation import dice
     from medsam_lib.models.predictor import to_uint8_rgb
 
     image_path = shared_data / CASE_FOLDER / "images" / CASE_NAME

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from medsam_lib.data.phantoms import CASES, make_case
 from medsam_lib.data.readers import read_image
 from medsam_lib.geometry import box_from_mask
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models import fast_decode, fast_encode
 from medsam_lib.models.decoder import patch_batched_decoder
 from medsam_lib.models.predictor import DECODE_CHUNK, BoxPredictor

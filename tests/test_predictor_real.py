@@ -15,7 +15,7 @@ import torch
 from medsam_lib.data.readers import read_image
 from medsam_lib.examples import OFFICIAL_DEMO_BOX
 from medsam_lib.geometry import box_from_mask
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models.predictor import BoxPredictor
 
 pytestmark = pytest.mark.shared

@@ -8,7 +8,7 @@ from torch import nn
 
 from medsam_lib import teardown
 from medsam_lib.fileio import MedSAMError
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models import zoo
 from medsam_lib.models.predictor import BoxPredictor
 

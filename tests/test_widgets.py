@@ -13,7 +13,7 @@ from medsam_lib.data.phantoms import CASES, write_synthetic_set
 from medsam_lib.data.readers import read_image
 from medsam_lib.fileio import MedSAMError
 from medsam_lib.geometry import box_from_mask
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models.predictor import BoxPredictor
 from medsam_lib import widgets
 
