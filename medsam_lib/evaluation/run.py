@@ -211,10 +211,56 @@ def evaluate_store(store, model, out_dir=None, options: EvalOptions = EvalOption
     predictions = predict_store(store, model, options, embeddings, device, progress, cache)
     frame = score_predictions(predictions, options, store, source_root)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "metrics.csv") as tmp:
-            frame.to_csv(tmp, index=False)
-        atomic_write_text(out_dir / "evaluation.json", json.dumps(
-            {**identity, "options": options.record(), "store": str(store.path), "preset": store.preset,
-             "targets": len(frame)}, indent=2))
+        write_metrics(frame, out_dir, model, options, store, identity=identity, overwrite=True)
     return frame
+
+
+def write_metrics(frame, out_dir, model, options: EvalOptions, store, identity: dict | None = None,
+                  overwrite: bool = False) -> Path:
+    """``metrics.csv`` and ``evaluation.json`` (model, its checksum, options, store), atomically."""
+    out_dir = Path(out_dir)
+    identity = identity or model_identity(model)
+    check_out_dir(out_dir, identity, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(
+        {**identity, "options": options.record(), "store": str(store.path), "preset": store.preset,
+         "targets": len(frame)}, indent=2))
+    return out_dir / "metrics.csv"
+
+
+def save_predictions(predictions: list[PredictedTarget], path, record: dict) -> Path:
+    """All targets' masks (packed bits), boxes and metadata in one .npz, written atomically;
+    ``record`` (model, options) is stored beside them so a reader can check what it loads."""
+    arrays = {"record": np.frombuffer(json.dumps(record, default=str).encode(), dtype=np.uint8)}
+    meta = []
+    for i, t in enumerate(predictions):
+        arrays[f"gt_{i}"], arrays[f"pred_{i}"] = np.packbits(t.gt), np.packbits(t.pred)
+        meta.append({"meta": {k: (v.item() if hasattr(v, "item") else v) for k, v in t.meta.items()},
+                     "shape": list(t.gt.shape), "z0": t.z0, "boxes": {str(z): list(map(float, b)) for z, b in t.boxes.items()},
+                     "row": {k: (v.item() if hasattr(v, "item") else v) for k, v in t.row.items()}})
+    arrays["targets"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+    return Path(path)
+
+
+def load_predictions(path, record: dict | None = None) -> list[PredictedTarget] | None:
+    """What ``save_predictions`` wrote, or None when absent or made with another ``record``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as npz:
+        stored = json.loads(npz["record"].tobytes().decode())
+        if record is not None and stored != json.loads(json.dumps(record, default=str)):
+            return None
+        out = []
+        for i, t in enumerate(json.loads(npz["targets"].tobytes().decode())):
+            n = int(np.prod(t["shape"]))
+            gt = np.unpackbits(npz[f"gt_{i}"])[:n].reshape(t["shape"]).astype(bool)
+            pred = np.unpackbits(npz[f"pred_{i}"])[:n].reshape(t["shape"]).astype(bool)
+            boxes = {int(z): np.array(b) for z, b in t["boxes"].items()}
+            out.append(PredictedTarget(meta=t["meta"], gt=gt, pred=pred, z0=int(t["z0"]), boxes=boxes, row=t["row"]))
+    return out
