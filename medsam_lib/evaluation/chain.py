@@ -150,11 +150,12 @@ def _averages(frame, table_of) -> dict:
 
 
 def choice_effects(store, models: Models, predictions: dict, options: EvalOptions, source_root=None,
-                   official_store=None, progress: bool = False):
+                   official_store=None, official_predictions: dict | None = None, progress: bool = False):
     """How each paper-vs-code choice moves the table averages (mean over task labels of each
     table, %), one choice changed at a time from ``options``. ``official_store``: the same data
     curated with preset ``official_code`` (CT window [-160, 240], MR percentiles of voxels > 0,
-    small objects removed at native size), predicted here with the same models and boxes."""
+    small objects removed at native size), predicted with the same models and boxes
+    (``official_predictions`` when already made, e.g. by ``predictions(ctx, store=official_store)``)."""
     import pandas as pd
 
     from .tables import PAPER_TASKS, paper_table_of
@@ -174,8 +175,8 @@ def choice_effects(store, models: Models, predictions: dict, options: EvalOption
             rows.append({"choice": choice, "setting": value, "model": name, **_averages(frame, table_of)})
     if official_store is not None:
         for name, predictor in models.pairs:
-            preds = predict_store(official_store, predictor, options, progress=progress,
-                                  cache=EmbeddingCache(predictor))
+            preds = official_predictions[name] if official_predictions is not None else predict_store(
+                official_store, predictor, options, progress=progress, cache=EmbeddingCache(predictor))
             frame = score_predictions(preds, options, official_store)
             rows.append({"choice": "preprocessing preset (CT window)", "setting": "official_code", "model": name,
                          **_averages(frame, table_of)})
@@ -238,21 +239,22 @@ def prepare(profile: str, results_dir, data_source: str, shared_data_dir, model:
                    data_source, str(shared_data_dir))
 
 
-def predictions(ctx: Context, progress: bool = True) -> dict:
-    """Each model's predictions on the split, reused from ``layout.evaluation(...)/predictions.npz``
-    when the same model (checksum), store and options made them."""
+def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "") -> dict:
+    """Each model's predictions on the split (of ``store``, default the paper-preset store), reused
+    from ``layout.evaluation(<model>[_finetuned]<tag>)/predictions.npz`` when the same model
+    (checksum), store index and options made them."""
     from .run import load_predictions, model_identity, save_predictions
 
+    store = store if store is not None else ctx.store
     layout = ResultsLayout(ctx.results_dir)
     out = {}
     for name, predictor in ctx.models.pairs:
-        record = {**model_identity(predictor), "options": ctx.options.record(),
-                  "index_sha256": _index_hash(ctx.store)}
-        where = layout.evaluation(_slug(ctx, name)) / "predictions.npz"
+        record = {**model_identity(predictor), "options": ctx.options.record(), "index_sha256": _index_hash(store)}
+        where = layout.evaluation(_slug(ctx, name) + tag) / "predictions.npz"
         found = load_predictions(where, record)
         if found is None:
-            found = predict_store(ctx.store, predictor, ctx.options, progress=progress,
-                                  cache=ctx.models.cache_for(predictor))
+            cache = ctx.models.cache_for(predictor) if store is ctx.store else EmbeddingCache(predictor)
+            found = predict_store(store, predictor, ctx.options, progress=progress, cache=cache)
             where.parent.mkdir(parents=True, exist_ok=True)
             save_predictions(found, where, record)
         out[name] = found

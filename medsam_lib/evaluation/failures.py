@@ -219,7 +219,8 @@ def plot_box_sweep(sweep, path, title: str, seed: int = 0):
             stats = [(margin, g["dsc"].mean(), *bootstrap_ci(g["dsc"], seed)) for margin, g in m.groupby("margin")]
             x, mean, lo, hi = (np.array(v, dtype=float) for v in zip(*stats))
             colour = PALETTE[k % len(PALETTE)]
-            ax.plot(x, mean, marker="o", color=colour, label=f"{modality} (n={m['image_id'].nunique()})")
+            n_targets = int((m["margin"] == m["margin"].min()).sum())
+            ax.plot(x, mean, marker="o", color=colour, label=f"{modality} (n={n_targets} targets)")
             if not np.isnan(lo).all():
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.2)
         ax.set_title(f"{name} model", fontsize=9)
