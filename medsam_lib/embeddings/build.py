@@ -142,16 +142,32 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 
 class _Builder:
-    def __init__(self, path: Path, header: dict, dataset: CuratedDataset, loaded: LoadedModel, encoder: BatchEncoder,
-                 transform, batch_size: int, progress_bar):
+    def __init__(self, path: Path, header: dict, dataset: CuratedDataset, model, device: torch.device,
+                 vit_preprocess: str, compile: bool, batch_size: int, progress_bar):
         self.path, self.header, self.dataset = path, header, dataset
-        self.loaded, self.encoder, self.transform = loaded, encoder, transform
+        self._model, self._device, self._vit_preprocess, self._compile = model, device, vit_preprocess, compile
+        self._encoder: BatchEncoder | None = None
+        self.rank = 0
         self.batch_size = batch_size
         self.bar = progress_bar
         self.key = store_key(header)
         self.computed = self.copied = self.kept = 0
         self.reuse = self._reusable()
         self.rows = {r["image_id"]: r for _, r in dataset.index.drop_duplicates("image_id").iterrows()}
+
+    @property
+    def encoder(self) -> BatchEncoder:
+        """The model and its encoder path, loaded on first use (a finished store needs neither)."""
+        if self._encoder is None:
+            model = self._model
+            self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=self._device)
+            self.transform = for_model(self.loaded, self._vit_preprocess)
+            self._encoder = BatchEncoder(self.loaded, self._device, compile=self._compile)
+        return self._encoder
+
+    @property
+    def encoder_path(self) -> str | None:
+        return self._encoder.path if self._encoder is not None else None
 
     def _reusable(self) -> dict:
         """(image_id, pixels hash) -> (chunk file, row) from every committed, intact chunk there is."""
@@ -198,20 +214,21 @@ class _Builder:
         self._write(k, ids, array)
 
     def _encode_rows(self, ids: list[str], todo: list[int], array: np.ndarray) -> None:
+        encoder = self.encoder
         tensors = [self.transform.prepare(self.dataset.load_image(self.rows[ids[r]])).tensor for r in todo]
         done = 0
         while done < len(todo):
             batch = torch.stack(tensors[done:done + self.batch_size])
             try:
-                emb = self.encoder(batch)
+                emb = encoder(batch)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc):
                     raise
                 if self.batch_size == 1:
-                    raise MedSAMError(f"out of memory on {self.encoder.device} encoding one image at a time "
+                    raise MedSAMError(f"out of memory on {encoder.device} encoding one image at a time "
                                       f"with {self.loaded.name}; free the device or use --device cpu") from exc
                 self.batch_size //= 2
-                log(f"out of memory on {self.encoder.device} at batch {len(batch)}: batch size halved to "
+                log(f"out of memory on {encoder.device} at batch {len(batch)}: batch size halved to "
                     f"{self.batch_size}, going on")
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -232,7 +249,8 @@ class _Builder:
             stat = file.stat()
             marker = {"chunk": k, "key": self.key, "ids": ids, "pixels_sha256": digests, "file": file.name,
                       "shape": list(array.shape), "dtype": str(array.dtype), "bytes": stat.st_size,
-                      "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(file), "encoder": self.encoder.path}
+                      "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(file), "encoder": self.encoder_path,
+                      "rank": self.rank}
             atomic_write_text(chunk_marker(self.path, k), json.dumps(marker))
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -283,17 +301,14 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     if problem:
         raise MedSAMError(problem)
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=dev)
-    encoder = BatchEncoder(loaded, dev, compile=compile)
-    transform = for_model(loaded, vit_preprocess)
     mine = [k for k in range(n_chunks(header)) if k % dist.world == dist.rank]
     from tqdm.auto import tqdm
 
     total = sum(len(header["images"]) - k * header["chunk_size"] if k == n_chunks(header) - 1
                 else header["chunk_size"] for k in mine)
-    bar = tqdm(total=total, desc=f"embedding ({loaded.name})", unit="img",
-               disable=not progress or dist.rank != 0)
-    builder = _Builder(out, header, dataset, loaded, encoder, transform, int(batch_size), bar)
+    bar = tqdm(total=total, desc=f"embedding ({header['model']})", unit="img", disable=not progress or dist.rank != 0)
+    builder = _Builder(out, header, dataset, model, dev, vit_preprocess, compile, int(batch_size), bar)
+    builder.rank = dist.rank
     compute_started = time.perf_counter()
     with _flock(out / "store.lock", fcntl.LOCK_SH):
         deferred = []
@@ -328,7 +343,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     store.stats = {"images": len(store), "computed": builder.computed, "copied": builder.copied,
                    "kept": builder.kept, "seconds": time.perf_counter() - started, "encode_seconds": seconds,
                    "images_per_s": builder.computed / seconds if builder.computed and seconds > 0 else None,
-                   "encoder": encoder.path, "batch_size": builder.batch_size, "size_bytes": store.size_bytes,
+                   "encoder": builder.encoder_path, "batch_size": builder.batch_size, "size_bytes": store.size_bytes,
                    "rank": dist.rank, "world_size": dist.world}
     return store
 

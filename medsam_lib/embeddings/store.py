@@ -130,6 +130,7 @@ class EmbeddingStore:
     def __init__(self, path: str | os.PathLike, header: dict, markers: list[dict]):
         self.path = Path(path)
         self.meta = header
+        self.markers = markers  # one completion marker per chunk (ids, file, bytes, sha256, rank, encoder)
         self._files = [self.path / "chunks" / m["file"] for m in markers]
         self._maps: dict[int, np.ndarray] = {}
         self._where = {image_id: (info["chunk"], info["row"]) for image_id, info in header["images"].items()}
