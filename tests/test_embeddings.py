@@ -16,6 +16,12 @@ from medsam_lib.models.transforms import for_model
 N_IMAGES = 3  # chunks of 2: one full chunk and one partial
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Checkpoint hashes are remembered in the cache folder: a temporary one here."""
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def demo_curated(tmp_path_factory):
     return curate_demo(tmp_path_factory.mktemp("demo"))
@@ -243,3 +249,18 @@ def test_disk_full_leaves_a_consistent_store_that_a_rerun_completes(store16, cur
     assert not list((out / "chunks").glob(".*part*"))
     for image_id in store16.ids():
         np.testing.assert_array_equal(store.get(image_id), store16.get(image_id))
+
+
+def test_weights_sha256_is_computed_once_per_checkpoint(tmp_path, monkeypatch):
+    import medsam_lib.embeddings.keys as keys
+    from medsam_lib.fileio import sha256_file
+
+    path = _random_lite_checkpoint(tmp_path / "user.pth")
+    calls = []
+    monkeypatch.setattr(keys, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 1
+    assert keys.weights_sha256(str(path)) == sha256_file(path) and len(calls) == 1  # this process remembers
+    keys._MEMO.clear()
+    assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 1  # the cache file remembers
+    path.write_bytes(path.read_bytes() + b"\0")  # another file now: hashed again
+    assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 2

@@ -69,11 +69,12 @@ class _Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.td = None
+        self.td, self.owned = None, False
         if self.world > 1:
             import torch.distributed as td
 
             if not td.is_initialized():
+                self.owned = True
                 if device_type == "cuda":
                     torch.cuda.set_device(self.local_rank)
                 td.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=12))
@@ -89,6 +90,11 @@ class _Dist:
     def barrier(self) -> None:
         if self.td is not None:
             self.td.barrier()
+
+    def close(self) -> None:
+        """End the process group if this build started it (a caller's own group is left alone)."""
+        if self.owned:
+            self.td.destroy_process_group()
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
@@ -336,6 +342,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     if dist.rank == 0:
         _collect_garbage(out, header)
     dist.barrier()
+    dist.close()
     header, markers, problems = load_store(out)
     if problems:
         raise MedSAMError(f"{problems[0]}; the store is still incomplete after building: rerun the same command")
