@@ -264,3 +264,28 @@ def test_weights_sha256_is_computed_once_per_checkpoint(tmp_path, monkeypatch):
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 1  # the cache file remembers
     path.write_bytes(path.read_bytes() + b"\0")  # another file now: hashed again
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 2
+
+
+def test_vit_b_checkpoint_store_equals_segment_anythings_own_predictor(demo_curated, tmp_path):
+    """A user ViT-B checkpoint (random weights, official format) at 1024: the stored embedding is what
+    segment_anything's SamPredictor computes on the same curated image (its own resize + normalisation)."""
+    from segment_anything import SamPredictor
+
+    from medsam_lib.data.store import CuratedDataset
+    from medsam_lib.models.zoo import build_model, load_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "vit_b_random.pth"
+    torch.save(build_model("vit_b").state_dict(), path)
+    one = subset_store(demo_curated, tmp_path / "one", 1)
+    loaded = load_model(path, device="cpu")
+    store = build_store(one, loaded, tmp_path / "emb", dtype="float32", progress=False)
+    assert store.meta["transform"] == "vit1024-paper" and store.meta["image_size"] == 1024
+    assert store.meta["model"] == "vit_b_random.pth" and store.stats["encoder"] == "module-cpu-float32"
+    ds = CuratedDataset(one)
+    sam = SamPredictor(loaded.model)
+    sam.set_image(ds.load_image(0))
+    expected = sam.get_image_embedding()[0].numpy()
+    got = store.get(ds.index["image_id"][0])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    assert open_store(store.path, model=path).meta["weights_sha256"] == store.meta["weights_sha256"]

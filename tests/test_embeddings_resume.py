@@ -92,3 +92,14 @@ def test_two_ranks_under_torchrun_equal_the_one_process_store(curated, reference
     store = open_store(out)
     assert [m["rank"] for m in store.markers] == [0, 1, 0]  # chunk k on rank k % 2
     _assert_same(store, reference)
+
+
+def test_two_processes_writing_one_store_share_the_work(curated, reference, tmp_path):
+    out = tmp_path / "shared"
+    runs = [subprocess.Popen([sys.executable, *_embed_args(curated, out)], env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in results]
+    computed = [int(re.search(r"\((\d+) computed", stdout)[1]) for stdout, _ in results]
+    assert sum(computed) == N_IMAGES, computed  # each chunk computed once, by one of them
+    _assert_same(open_store(out, verify="full"), reference)

@@ -18,7 +18,6 @@ Out of GPU memory: the batch is halved (with a message) until it fits.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -26,7 +25,6 @@ import json
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from ..models.transforms import for_model
 from ..models.zoo import LoadedModel, load_model
 from .encoder import BatchEncoder
 from .keys import expected_key
+from .parallel import Dist, flock, resolve_device
 from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER, EmbeddingStore, check_dtype,
                     chunk_marker, chunk_problem, key_differences, load_store, marker_matches, n_chunks,
                     plan_ids, read_header, read_json, store_key)
@@ -45,69 +44,6 @@ from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER,
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int, blocking: bool = True):
-    """An advisory lock on ``path`` (created); yields False when non-blocking and held elsewhere."""
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, mode | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        handle.close()  # releases the lock; a killed process releases it too
-
-
-class _Dist:
-    """torchrun's rank and world size from the environment (one process when absent)."""
-
-    def __init__(self, device_type: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.td, self.owned = None, False
-        if self.world > 1:
-            import torch.distributed as td
-
-            if not td.is_initialized():
-                self.owned = True
-                if device_type == "cuda":
-                    torch.cuda.set_device(self.local_rank)
-                td.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=12))
-            self.td = td
-
-    def broadcast(self, obj):
-        if self.td is None:
-            return obj
-        box = [obj]
-        self.td.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.td is not None:
-            self.td.barrier()
-
-    def close(self) -> None:
-        """End the process group if this build started it (a caller's own group is left alone)."""
-        if self.owned:
-            self.td.destroy_process_group()
-
-
-def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    text = "auto" if device is None else str(device)
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MedSAMError(f"device {device!r}: CUDA is not available on this machine; use --device cpu or auto")
-        return torch.device(text if ":" in text else f"cuda:{local_rank}")
-    if text != "cpu":
-        raise MedSAMError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device("cpu")
 
 
 def pixels_sha256(rgb: np.ndarray) -> str:
@@ -292,7 +228,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
         raise MedSAMError(f"{out}: exists and is not a folder; choose another --out")
     key = {**expected_key(model, vit_preprocess), "preset": dataset.preset, "dtype": dtype}
     dev = resolve_device(device)
-    dist = _Dist(dev.type)
+    dist = Dist(dev.type)
     if dev.type == "cuda" and dist.world > 1:
         dev = torch.device(f"cuda:{dist.local_rank}")
     started = time.perf_counter()
@@ -316,14 +252,14 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     builder = _Builder(out, header, dataset, model, dev, vit_preprocess, compile, int(batch_size), bar)
     builder.rank = dist.rank
     compute_started = time.perf_counter()
-    with _flock(out / "store.lock", fcntl.LOCK_SH):
+    with flock(out / "store.lock", fcntl.LOCK_SH):
         deferred = []
         for k in mine:
             if builder.committed(k, say=True):
                 builder.kept += len(builder.chunk_ids(k))
                 bar.update(len(builder.chunk_ids(k)))
                 continue
-            with _flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX, blocking=False) as got:
+            with flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX, blocking=False) as got:
                 if not got:
                     deferred.append(k)  # another process is writing it: come back at the end
                     continue
@@ -333,7 +269,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
                     builder.kept += len(builder.chunk_ids(k))
                     bar.update(len(builder.chunk_ids(k)))
         for k in deferred:
-            with _flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX):
+            with flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX):
                 if not builder.committed(k):
                     builder.run_chunk(k)
     seconds = time.perf_counter() - compute_started
@@ -369,7 +305,7 @@ def _write_plan(out: Path, dataset: CuratedDataset, key: dict, chunk_size: int |
         chunk_size = existing["chunk_size"]
     header = _plan(dataset, key, int(chunk_size or DEFAULT_CHUNK_SIZE))
     (out / "chunks").mkdir(parents=True, exist_ok=True)
-    with _flock(out / "store.lock", fcntl.LOCK_EX):
+    with flock(out / "store.lock", fcntl.LOCK_EX):
         if read_header(out) != header:
             atomic_write_text(out / HEADER, json.dumps(header, indent=1))
     return header
@@ -378,7 +314,7 @@ def _write_plan(out: Path, dataset: CuratedDataset, key: dict, chunk_size: int |
 def _collect_garbage(out: Path, header: dict) -> None:
     """Remove chunk files no marker of the finished plan points to (old plans), unless another
     build holds the store."""
-    with _flock(out / "store.lock", fcntl.LOCK_EX, blocking=False) as got:
+    with flock(out / "store.lock", fcntl.LOCK_EX, blocking=False) as got:
         if not got:
             return
         n = n_chunks(header)
