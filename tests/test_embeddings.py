@@ -214,9 +214,11 @@ def test_out_of_memory_halves_the_batch_and_goes_on(store16, curated, lite_model
         return real(self, batch)
 
     monkeypatch.setattr(encoder_module.BatchEncoder, "__call__", tight)
-    store = build_store(curated, lite_model, tmp_path / "emb", batch_size=4, chunk_size=2, progress=False)
+    two = subset_store(curated, tmp_path / "two", 2)
+    store = build_store(two, lite_model, tmp_path / "emb", batch_size=4, chunk_size=2, progress=False)
     assert "out of memory" in capsys.readouterr().err and store.stats["batch_size"] == 1
-    for image_id in store16.ids():
+    assert store.stats["computed"] == 2 and store.ids() == store16.ids()[:2]
+    for image_id in store.ids():
         assert cosine(store.get(image_id), store16.get(image_id)) > 0.9999
 
 
@@ -266,26 +268,32 @@ def test_weights_sha256_is_computed_once_per_checkpoint(tmp_path, monkeypatch):
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 2
 
 
-def test_vit_b_checkpoint_store_equals_segment_anythings_own_predictor(demo_curated, tmp_path):
-    """A user ViT-B checkpoint (random weights, official format) at 1024: the stored embedding is what
-    segment_anything's SamPredictor computes on the same curated image (its own resize + normalisation)."""
+def test_vit_b_store_equals_segment_anythings_own_predictor(demo_curated, tmp_path):
+    """ViT-B at 1024 (random weights; 3 of its 12 blocks, windowed and global, to keep CI fast): the
+    stored embedding is what segment_anything's SamPredictor computes on the same curated image with
+    its own resize and normalisation (the ``vit1024-paper`` transform)."""
     from segment_anything import SamPredictor
 
     from medsam_lib.data.store import CuratedDataset
-    from medsam_lib.models.zoo import build_model, load_model
+    from medsam_lib.models.zoo import LoadedModel, build_model
 
     torch.manual_seed(0)
-    path = tmp_path / "vit_b_random.pth"
-    torch.save(build_model("vit_b").state_dict(), path)
+    sam = build_model("vit_b").eval()
+    sam.image_encoder.blocks = sam.image_encoder.blocks[:3]  # blocks 0-1 windowed, block 2 global
+    path = tmp_path / "vit_b_short.pth"
+    torch.save(sam.state_dict(), path)  # the file its weights SHA-256 is taken from
+    loaded = LoadedModel(sam, "vit_b_short.pth", "vit_b", str(path))
     one = subset_store(demo_curated, tmp_path / "one", 1)
-    loaded = load_model(path, device="cpu")
     store = build_store(one, loaded, tmp_path / "emb", dtype="float32", progress=False)
     assert store.meta["transform"] == "vit1024-paper" and store.meta["image_size"] == 1024
-    assert store.meta["model"] == "vit_b_random.pth" and store.stats["encoder"] == "module-cpu-float32"
+    assert store.stats["encoder"] == "module-cpu-float32"
     ds = CuratedDataset(one)
-    sam = SamPredictor(loaded.model)
-    sam.set_image(ds.load_image(0))
-    expected = sam.get_image_embedding()[0].numpy()
+    predictor = SamPredictor(sam)
+    predictor.set_image(ds.load_image(0))
+    expected = predictor.get_image_embedding()[0].numpy()
     got = store.get(ds.index["image_id"][0])
+    assert got.shape == (256, 64, 64)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
-    assert open_store(store.path, model=path).meta["weights_sha256"] == store.meta["weights_sha256"]
+    assert open_store(store.path, model=loaded).meta["weights_sha256"] == store.meta["weights_sha256"]
+    with pytest.raises(MedSAMError, match="model input transform: store has vit1024-paper, asked for vit1024-official"):
+        open_store(store.path, model=loaded, vit_preprocess="official_code")
