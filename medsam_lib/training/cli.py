@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -17,6 +18,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MedSAMError("train needs --config FILE (a .toml or .yaml file; --help-config lists its keys)")
     cfg = load_config(args.config)
     result = train(cfg, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the run
     what = "reused the finished run in" if result.reused else "trained into"
     print(f"{what} {result.out}: {result.step} steps; best validation Dice {result.best_val_dice:.4f} at step "
           f"{result.best_step} ({result.out / 'best.pt'})")

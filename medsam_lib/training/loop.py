@@ -99,7 +99,8 @@ class RunResult:
     reused: bool  # a finished run found and returned as it was
 
 
-def open_embeddings(cfg: TrainConfig, base: dict, transform_key: str, preset: str, needed: list[str], store=None):
+def open_embeddings(cfg: TrainConfig, base: dict, transform_key: str, preset: str, needed: list[str], store=None,
+                    needed_sha: dict | None = None):
     """The run's embedding store, refused when missing, incomplete or made by another model."""
     path = Path(cfg.embeddings)
     if store is None:
@@ -123,6 +124,11 @@ def open_embeddings(cfg: TrainConfig, base: dict, transform_key: str, preset: st
     if missing:
         raise MedSAMError(f"{header}: no embeddings for {len(missing)} of the {len(set(needed))} train/validation "
                           f"images (e.g. {missing[0]!r}); rerun `python -m medsam_lib embed` on {cfg.curated}")
+    images, curated_sha = meta.get("images") or {}, dict(needed_sha or {})
+    changed = sorted(i for i, sha in curated_sha.items() if i in images and images[i].get("image_sha256") not in (None, sha))
+    if changed:
+        raise MedSAMError(f"{header}: {len(changed)} embeddings were made from other images than {cfg.curated} now "
+                          f"holds (e.g. {changed[0]!r}); rerun `python -m medsam_lib embed` to update the store")
     return store
 
 
@@ -145,7 +151,9 @@ def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run
         val_rows = val_rows.sample(cfg.val_max_targets, random_state=cfg.seed).sort_index()
     train, val = load_pairs(curated, train_rows, progress, "train"), load_pairs(curated, val_rows, progress, "validation")
     if cfg.recipe == "paper":
-        store = open_embeddings(cfg, base, transform.key, curated.preset, train.image_ids + val.image_ids, store)
+        rows = curated.index.drop_duplicates("image_id")
+        store = open_embeddings(cfg, base, transform.key, curated.preset, train.image_ids + val.image_ids, store,
+                                dict(zip(rows["image_id"], rows["image_sha256"])))
         source, modules = embedding_source(store), ["mask_decoder"]
     else:
         source, modules = image_source(curated, curated.index, transform), ["image_encoder", "mask_decoder"]
@@ -155,6 +163,10 @@ def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run
     for name in modules:
         for p in getattr(model, name).parameters():
             p.requires_grad_(True)
+    # The loss never reaches the IoU head (its score is unused), so it gets no gradient in any recipe;
+    # marking it frozen says so, and keeps DDP from waiting for gradients that never come.
+    for p in model.mask_decoder.iou_prediction_head.parameters():
+        p.requires_grad_(False)
     if cfg.activation_checkpointing and hasattr(model.image_encoder, "blocks"):
         blocks = model.image_encoder.blocks
         for i, block in enumerate(blocks):
@@ -280,6 +292,9 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunRes
         getattr(model, name).eval()  # frozen parts stay in inference mode (BatchNorm statistics)
 
     def keep(step: int, val_dice: float | None) -> None:
+        if ctx.is_main and not len(run.val) and step == cfg.steps:  # no validation split: best.pt = the last
+            best.update(val_dice=math.nan, step=step)
+            ckpt.save(out / "best.pt", ckpt.model_record(model, run.modules, run.base, cfg.recipe, step, None))
         if ctx.is_main and val_dice is not None and len(run.val) and val_dice > best["val_dice"]:
             best.update(val_dice=val_dice, step=step)
             ckpt.save(out / "best.pt", ckpt.model_record(model, run.modules, run.base, cfg.recipe, step, val_dice))
@@ -342,7 +357,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunRes
             if step % cfg.val_every == 0 or step == cfg.steps:
                 if ctx.is_main and len(run.val):
                     row["val_dice"] = float(validate(run, net, ctx.device, autocast).mean())
-                    keep(step, row["val_dice"])
+                keep(step, None if math.isnan(row["val_dice"]) else row["val_dice"])
                 ctx.barrier()
             metrics.append(row)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
