@@ -266,6 +266,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
         spec = get_spec(text)
         path, name, expected_arch = weights_path(text), text, spec.arch
     elif Path(text).suffix or os.sep in text or Path(text).exists():
+        finetuned = _load_if_finetuned(Path(text), device)
+        if finetuned is not None:
+            return finetuned
         path, name, expected_arch = Path(text), Path(text).name, arch
     else:
         get_spec(text)  # raises the unknown-name error
@@ -288,6 +291,13 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
     device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
     return LoadedModel(model=model, name=name, arch=found, checkpoint=str(path))
+
+
+def _load_if_finetuned(path: Path, device) -> LoadedModel | None:
+    """A fine-tuned checkpoint (``train``'s best.pt / last.pt): the base model with its trained weights."""
+    from .finetuned import is_finetuned, load_finetuned
+
+    return load_finetuned(path, device) if is_finetuned(path) else None
 
 
 def default_device() -> torch.device:

@@ -1,0 +1,138 @@
+"""Fine-tuned checkpoints: what ``python -m medsam_lib train`` writes, loadable wherever a model name is.
+
+``best.pt`` and ``last.pt`` of a training run are ``torch.save`` of one plain dict (read back with
+``torch.load(weights_only=True)``):
+
+    format            "medsam_lib.finetuned"; format_version 1
+    base              {"model": zoo name or checkpoint path, "arch": "lite" | "vit_b",
+                       "weights_sha256": SHA-256 of the base weights file}
+    recipe            "paper" (mask decoder trained) | "full" (image encoder + mask decoder)
+    trained_modules   the model's top-level modules whose weights follow, e.g. ["mask_decoder"]
+    weights           {"mask_decoder.<param>": tensor, ...}: only the trained modules
+    step, val_dice    the optimiser step and validation Dice of these weights
+    training          (``last.pt`` only) optimiser, sampler position, RNG states: see training.checkpoint
+
+``load_model("out/best.pt")`` (zoo) calls ``load_finetuned``: it rebuilds the base model by its
+name (or path: as written, else relative to the checkpoint's folder), refuses it when its weights'
+SHA-256 differs from the one recorded, and applies the trained weights on top.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..fileio import MedSAMError, sha256_file
+
+FORMAT = "medsam_lib.finetuned"
+FORMAT_VERSION = 1
+
+
+def is_finetuned(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a fine-tuned checkpoint; decided from the pickle's bytes, nothing unpickled."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            return bool(names) and FORMAT.encode() in archive.read(names[0])
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def weights_sha256(model: str | os.PathLike) -> str:
+    """SHA-256 of a base model's weights file: the zoo's recorded hash for a verified named model,
+    else the file's own."""
+    from .zoo import MODELS, weights_path
+
+    text = str(model)
+    if text in MODELS:
+        path = weights_path(text)  # verified against the recorded hashes, when the zoo has them
+        recorded = MODELS[text].hashes.get("sha256")
+        return recorded if recorded else sha256_file(path)
+    if not Path(text).is_file():
+        raise MedSAMError(f"model {text!r}: neither a zoo name nor an existing checkpoint file")
+    return sha256_file(text)
+
+
+def base_reference(model: str | os.PathLike, arch: str) -> dict:
+    """What a fine-tuned checkpoint records of its base model."""
+    return {"model": str(model), "arch": arch, "weights_sha256": weights_sha256(model)}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The dict of a fine-tuned checkpoint (weights_only); MedSAMError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedSAMError(f"{path}: checkpoint does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedSAMError(f"{path}: unreadable or truncated checkpoint ({first})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise MedSAMError(f"{path}: not a medsam_lib fine-tuned checkpoint (no format {FORMAT!r})")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise MedSAMError(f"{path}: fine-tuned checkpoint format {obj.get('format_version')!r}; this code reads "
+                          f"format {FORMAT_VERSION}")
+    for key in ("base", "weights", "trained_modules"):
+        if key not in obj:
+            raise MedSAMError(f"{path}: fine-tuned checkpoint without {key!r}")
+    return obj
+
+
+def resolve_base(reference: dict, checkpoint: Path) -> str:
+    """The base model to rebuild: a zoo name, a path as recorded, or that path beside the checkpoint."""
+    from .zoo import MODELS
+
+    text = str(reference["model"])
+    if text in MODELS:
+        return text
+    for candidate in (Path(text), checkpoint.parent / text, checkpoint.parent / Path(text).name):
+        if candidate.is_file():
+            return str(candidate)
+    raise MedSAMError(f"{checkpoint}: fine-tuned from base model {text!r}, which is not found (neither as "
+                      f"written nor beside the checkpoint); put the base checkpoint there")
+
+
+def apply_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
+    """Load the trained modules' weights into ``model``; every key must exist with its shape."""
+    own = model.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise MedSAMError(f"{source}: {len(unknown)} trained weights do not exist in the base model "
+                          f"(e.g. {unknown[0]!r}); was it trained from another architecture?")
+    wrong = [k for k, v in weights.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise MedSAMError(f"{source}: weight {wrong[0]!r} has shape {tuple(weights[wrong[0]].shape)}, the base "
+                          f"model's {tuple(own[wrong[0]].shape)}")
+    with torch.no_grad():
+        for key, value in weights.items():
+            own[key].copy_(value.to(own[key].dtype))
+
+
+def load_finetuned(path: str | os.PathLike, device=None):
+    """A ``zoo.LoadedModel`` of the base model with the checkpoint's trained weights applied."""
+    from .zoo import LoadedModel, default_device, load_model
+
+    path = Path(path)
+    obj = read_checkpoint(path)
+    reference = obj["base"]
+    base = resolve_base(reference, path)
+    if is_finetuned(base):
+        raise MedSAMError(f"{path}: its base {base} is itself a fine-tuned checkpoint; give the original base")
+    found = weights_sha256(base)
+    if found != reference["weights_sha256"]:
+        raise MedSAMError(f"{path}: fine-tuned from base weights with SHA-256 {reference['weights_sha256'][:16]}..., "
+                          f"but {base} has {found[:16]}...; load it with the base model it was trained from")
+    loaded = load_model(base, device="cpu")
+    if loaded.arch != reference.get("arch", loaded.arch):
+        raise MedSAMError(f"{path}: base recorded as {reference['arch']!r}, but {base} is a {loaded.arch!r} model")
+    apply_weights(loaded.model, obj["weights"], str(path))
+    device = torch.device(device) if device is not None else default_device()
+    loaded.model.to(device).eval()
+    return LoadedModel(model=loaded.model, name=path.name, arch=loaded.arch, checkpoint=str(path))

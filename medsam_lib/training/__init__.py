@@ -1,0 +1,8 @@
+"""Fine-tuning (paper 2.3 / 3.2): the mask decoder from stored embeddings (recipe ``paper``), or the
+image encoder and mask decoder from curated images (recipe ``full``, the released code's).
+
+Modules, one job each: ``config`` (the TOML/YAML config, checked), ``data`` (pairs, validation split,
+box jitter, sampler), ``loss`` (Dice + BCE), ``checkpoint`` (atomic, with RNG states), ``distributed``
+(torchrun/DDP), ``loop`` (``train``), ``cli`` (``python -m medsam_lib train``). The weights it writes
+(``best.pt``) load by path wherever a model name is accepted (``models.finetuned``).
+"""

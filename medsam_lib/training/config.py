@@ -1,0 +1,235 @@
+"""The training configuration: one TOML or YAML file (or a dict), every field documented and checked.
+
+    cfg = load_config("train.toml")                  # or config_from_dict({...}, source="notebook 04")
+    write_config(cfg, out / "config.toml")            # the resolved copy a run keeps
+
+Relative paths (``curated``, ``embeddings``, ``out``, a ``model`` path) are taken relative to the
+config file's folder (for a dict: to ``base_dir``, default the current folder). An unknown key, a
+value of the wrong type or out of range is refused with a MedSAMError naming the key and the file.
+``python -m medsam_lib train --help-config`` prints the table below.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import paper
+from ..fileio import MedSAMError, atomic_write_text
+
+RECIPES = ("paper", "full")
+RECIPE_DEFAULTS = {  # (optimiser, lr, weight decay)
+    "paper": ("adam", paper.LEARNING_RATE, paper.WEIGHT_DECAY),  # 3.2: Adam 1e-5, no weight decay
+    "full": ("adamw", 1e-4, 0.01),  # released train_one_gpu.py: AdamW 1e-4, weight decay 0.01
+}
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type  # str, int, float or bool
+    default: object
+    doc: str
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    is_path: bool = False
+
+
+FIELDS = (
+    Field("curated", str, _REQUIRED, "curated store folder (`python -m medsam_lib data curate`); training uses "
+          "its train split only", is_path=True),
+    Field("embeddings", str, "", "embedding store of `model` on `curated` (`python -m medsam_lib embed`); needed "
+          "by recipe paper, unused by full", is_path=True),
+    Field("model", str, "litemedsam", "base model: a zoo name (litemedsam, sam_vit_b, medsam_vit_b) or a "
+          "checkpoint path"),
+    Field("out", str, _REQUIRED, "run folder: receives last.pt, best.pt, metrics.csv and config.toml",
+          is_path=True),
+    Field("recipe", str, "paper", "paper: mask decoder only, from stored embeddings, Adam (paper 2.3/3.2); "
+          "full: image encoder + mask decoder from curated images, prompt encoder frozen, AdamW (the released "
+          "code's departure from the paper)", choices=RECIPES),
+    Field("steps", int, _REQUIRED, "total optimiser steps; a resumed run stops at the same total", minimum=1),
+    Field("batch_size", int, paper.BATCH_SIZE, "global batch: (image, one target) pairs per step, split evenly "
+          "across distributed ranks", minimum=1),
+    Field("lr", float, -1.0, "learning rate; -1: the recipe's (paper 1e-5, full 1e-4)", minimum=-1.0),
+    Field("weight_decay", float, -1.0, "weight decay; -1: the recipe's (paper 0, full 0.01)", minimum=-1.0),
+    Field("seed", int, 0, "seeds the validation split, the sampler order and the box jitter"),
+    Field("checkpoint_every", int, 100, "write last.pt every this many steps (and at the end)", minimum=1),
+    Field("val_every", int, 0, "validate (and maybe write best.pt) every this many steps; 0: with each "
+          "checkpoint", minimum=0),
+    Field("val_fraction", float, 0.2, "fraction of each data set's train cases held out for validation "
+          "(by case, seeded; at least one case when a data set has two or more)", minimum=0.0, maximum=0.9),
+    Field("val_max_targets", int, 0, "validate on at most this many targets (a seeded sample); 0: all",
+          minimum=0),
+    Field("box_jitter", str, "paper", "paper: each box side moved outwards by a random 0-20 px at 256 (paper "
+          "3.2); official_code: 0-19 px (v1 train.py, np.random.randint(0, 20))",
+          choices=("paper", "official_code")),
+    Field("device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N; under torchrun each rank "
+          "takes cuda:LOCAL_RANK"),
+    Field("precision", str, "auto", "auto: bfloat16 autocast on CUDA, float32 on CPU; bf16; fp32",
+          choices=("auto", "bf16", "fp32")),
+    Field("activation_checkpointing", bool, False, "recipe full with ViT-B: recompute each encoder block in "
+          "the backward pass (less memory, ~30% more time)"),
+)
+_BY_NAME = {f.name: f for f in FIELDS}
+# Fields that make a run what it is: --resume refuses a checkpoint whose values differ.
+IDENTITY = ("curated", "embeddings", "model", "recipe", "batch_size", "lr", "weight_decay", "seed",
+            "val_fraction", "val_max_targets", "box_jitter", "precision", "activation_checkpointing")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    curated: str
+    embeddings: str
+    model: str
+    out: str
+    recipe: str
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    checkpoint_every: int
+    val_every: int
+    val_fraction: float
+    val_max_targets: int
+    box_jitter: str
+    device: str
+    precision: str
+    activation_checkpointing: bool
+    source: str = "<dict>"  # where the values came from (for error messages)
+
+    @property
+    def optimizer(self) -> str:
+        return RECIPE_DEFAULTS[self.recipe][0]
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in FIELDS}
+
+    def identity(self) -> dict:
+        return {k: getattr(self, k) for k in IDENTITY}
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check(field: Field, value, source: str):
+    where = f"{source}: key {field.name!r}"
+    kind = field.kind
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        hint = ""
+        if kind is float and isinstance(value, str):
+            hint = " (YAML 1.1 reads 1e-5 as text: write 1.0e-5)"
+        raise MedSAMError(f"{where} must be {kind.__name__}, got {type(value).__name__} {value!r}{hint}")
+    if field.choices and value not in field.choices:
+        raise MedSAMError(f"{where} must be one of {', '.join(field.choices)}, got {value!r}")
+    if field.minimum is not None and value < field.minimum:
+        raise MedSAMError(f"{where} must be >= {field.minimum:g}, got {value!r}")
+    if field.maximum is not None and value > field.maximum:
+        raise MedSAMError(f"{where} must be <= {field.maximum:g}, got {value!r}")
+    if kind is str and field.name == "device" and not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
+        raise MedSAMError(f"{where} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+def config_from_dict(values: dict, source: str = "<dict>", base_dir: str | os.PathLike | None = None) -> TrainConfig:
+    """Check every key and value, fill the defaults, resolve relative paths against ``base_dir``."""
+    from ..models.zoo import MODELS
+
+    if not isinstance(values, dict):
+        raise MedSAMError(f"{source}: a training config is a table of keys, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(_BY_NAME))
+    if unknown:
+        raise MedSAMError(f"{source}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                          + f"; known keys: {', '.join(_BY_NAME)}")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    out = {}
+    for field in FIELDS:
+        if field.name not in values:
+            if field.default is _REQUIRED:
+                raise MedSAMError(f"{source}: key {field.name!r} is required ({field.doc})")
+            value = field.default
+        else:
+            value = _check(field, values[field.name], source)
+        if field.is_path:
+            value = _resolve_path(value, base)
+        out[field.name] = value
+    if out["model"] not in MODELS:
+        out["model"] = _resolve_path(out["model"], base)
+    _, lr, wd = RECIPE_DEFAULTS[out["recipe"]]
+    out["lr"] = lr if out["lr"] == -1.0 else out["lr"]
+    out["weight_decay"] = wd if out["weight_decay"] == -1.0 else out["weight_decay"]
+    if out["lr"] <= 0:
+        raise MedSAMError(f"{source}: key 'lr' must be > 0 (or -1 for the recipe's), got {out['lr']!r}")
+    if out["weight_decay"] < 0:
+        raise MedSAMError(f"{source}: key 'weight_decay' must be >= 0 (or -1 for the recipe's)")
+    if out["recipe"] == "paper" and not out["embeddings"]:
+        raise MedSAMError(f"{source}: recipe 'paper' trains from stored embeddings: set key 'embeddings' to the "
+                          "embedding store of `model` on `curated` (`python -m medsam_lib embed`)")
+    if out["activation_checkpointing"] and out["recipe"] != "full":
+        raise MedSAMError(f"{source}: key 'activation_checkpointing' applies to recipe 'full' only")
+    if out["val_every"] == 0:
+        out["val_every"] = out["checkpoint_every"]
+    return TrainConfig(**out, source=source)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a ``.toml`` or ``.yaml``/``.yml`` config file and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedSAMError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise MedSAMError(f"{path}: config must be .toml, .yaml or .yml")
+    except MedSAMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tomllib / yaml syntax errors name the line
+        raise MedSAMError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({exc})") from exc
+    return config_from_dict(values, source=str(path), base_dir=path.parent.resolve())
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
+    """The resolved config as TOML (every field, defaults filled, paths absolute), written atomically."""
+    lines = [f"# resolved training config (from {cfg.source})"]
+    for field in FIELDS:
+        lines.append(f"# {field.doc}")
+        lines.append(f"{field.name} = {_toml_value(getattr(cfg, field.name))}")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def describe_fields() -> str:
+    """Every field, its type, default and meaning (the CLI's --help-config)."""
+    rows = []
+    for f in FIELDS:
+        default = "(required)" if f.default is _REQUIRED else repr(f.default)
+        rows.append(f"{f.name} ({f.kind.__name__}, default {default}): {f.doc}")
+    return "\n".join(rows)

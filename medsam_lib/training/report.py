@@ -1,0 +1,91 @@
+"""Notebook 04's pieces: the profile's run config, the training curves, and the before/after table.
+
+    cfg = profile_config(results_dir, model="litemedsam", steps=40, batch_size=8, seed=0, device="auto")
+    plot_curves(result.metrics, figures / "04_training_curves.png", title)
+    table = before_after(cfg)          # base vs fine-tuned Dice on the validation split
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import atomic_path
+from ..layout import ResultsLayout
+from .config import TrainConfig, config_from_dict
+
+
+def profile_config(results_dir: str | os.PathLike, model: str = "litemedsam", run: str = "decoder", **values) -> TrainConfig:
+    """A config on the profile's curated store and embedding store, into ``training/<run>``."""
+    layout = ResultsLayout(results_dir)
+    base = {"curated": str(layout.curated("paper")), "embeddings": str(layout.embeddings(model)),
+            "model": model, "out": str(layout.training(run))}
+    base.update(values)
+    return config_from_dict(base, source=f"notebook config for {layout.training(run)}")
+
+
+def plot_curves(metrics, path: str | os.PathLike, title: str) -> Path:
+    """Training loss and validation Dice against the step, side by side (seaborn), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    loss = metrics.dropna(subset=["train_loss"])
+    sns.lineplot(data=loss, x="step", y="train_loss", ax=left, color="tab:blue", alpha=0.35, label="per step")
+    window = max(1, min(10, len(loss) // 5))
+    smooth = loss.assign(train_loss=loss["train_loss"].rolling(window, min_periods=1).mean())
+    sns.lineplot(data=smooth, x="step", y="train_loss", ax=left, color="tab:blue", label=f"mean of {window} steps")
+    left.set(title="training loss (Dice + BCE)", xlabel="optimiser step", ylabel="loss (unitless)")
+    val = metrics.dropna(subset=["val_dice"])
+    sns.lineplot(data=val, x="step", y="val_dice", ax=right, color="tab:orange", marker="o", label="validation")
+    if len(val):
+        right.axhline(val["val_dice"].iloc[0], color="grey", linestyle="--", linewidth=1, label="base model (step 0)")
+    right.set(title="validation Dice (unjittered boxes)", xlabel="optimiser step", ylabel="mean Dice (0-1)")
+    right.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def before_after(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, device=None):
+    """Per data set and target: validation Dice of the base model and of ``checkpoint`` (default
+    ``out/best.pt``), the same pairs, boxes and embeddings; plus an ``all`` row."""
+    import pandas as pd
+    import torch
+
+    from ..models.finetuned import apply_weights, read_checkpoint
+    from .distributed import resolve_device
+    from .loop import StepModel, prepare, validate
+
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    run = prepare(cfg, device)
+    net = StepModel(run.loaded.model, from_images=cfg.recipe == "full").to(device)
+    bf16 = device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    before = validate(run, net, device, autocast)
+    path = Path(checkpoint) if checkpoint is not None else Path(cfg.out) / "best.pt"
+    record = read_checkpoint(path)
+    apply_weights(run.loaded.model, record["weights"], str(path))
+    after = validate(run, net, device, autocast)
+    rows = run.val.rows.assign(base=before, finetuned=after)
+    table = rows.groupby(["dataset", "target"]).agg(targets=("base", "size"), base_dsc=("base", "mean"),
+                                                    finetuned_dsc=("finetuned", "mean")).reset_index()
+    total = pd.DataFrame([{"dataset": "all", "target": "all", "targets": len(rows), "base_dsc": float(np.mean(before)),
+                           "finetuned_dsc": float(np.mean(after))}])
+    table = pd.concat([table, total], ignore_index=True)
+    table["change"] = table["finetuned_dsc"] - table["base_dsc"]
+    table.attrs["best_step"] = record["step"]
+    return table
