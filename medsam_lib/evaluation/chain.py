@@ -41,9 +41,11 @@ def default_finetuned(results_dir) -> Path:
     return ResultsLayout(results_dir).training("decoder") / "best.pt"
 
 
-def open_embedding_store(results_dir, model: str):
-    """The profile's embedding store of ``model`` (notebook 03) when present, else None."""
-    path = ResultsLayout(results_dir).embeddings(model)
+def open_embedding_store(results_dir, model, curated=None):
+    """The profile's embedding store of ``model`` (notebooks 03/04 build it) when present and
+    made from these weights and this curated store, else None (then images are encoded here).
+    Stored embeddings are float16: masks can differ from encoding on the fly in a few pixels."""
+    path = ResultsLayout(results_dir).embeddings(str(model))
     if not path.is_dir():
         return None
     try:
@@ -51,17 +53,17 @@ def open_embedding_store(results_dir, model: str):
     except ImportError:
         return None
     try:
-        return open_store(path)
+        return open_store(path, model=model, curated=curated)
     except Exception as exc:  # noqa: BLE001 - a broken store falls back to encoding, loudly
         print(f"embedding store {path} not used: {exc}")
         return None
 
 
-def load_models(model: str, finetuned_model, results_dir, device=None) -> Models:
+def load_models(model: str, finetuned_model, results_dir, device=None, curated=None) -> Models:
     from ..models.predictor import BoxPredictor
 
     base = BoxPredictor(model, device=device)
-    backing = open_embedding_store(results_dir, model)
+    backing = open_embedding_store(results_dir, base.loaded, curated)
     caches = {id(base): EmbeddingCache(base, backing)}
     path = Path(finetuned_model) if finetuned_model else default_finetuned(results_dir)
     finetuned, note = None, ""
@@ -231,7 +233,7 @@ def prepare(profile: str, results_dir, data_source: str, shared_data_dir, model:
 
     store = curate_profile(data_source, shared_data_dir, results_dir, seed=seed)
     device = None if device in (None, "auto") else device
-    models = load_models(model, finetuned_model or None, results_dir, device)
+    models = load_models(model, finetuned_model or None, results_dir, device, store)
     used_split, note = choose_split(store, split)
     options = EvalOptions(protocol=protocol, box_margin=box_margin, box_jitter=box_jitter, seed=seed, split=used_split)
     root = Path(results_dir) / "data" / "synthetic" if data_source == "synthetic" else Path(shared_data_dir)
