@@ -123,6 +123,8 @@ def tiny_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     store = curate_profile("synthetic", root / "none", root, seed=0)
     index = read_index(store.path / "index.csv")
+    first = index.groupby("dataset")["volume"].transform("min")
+    index = index[index["volume"] == first]  # one volume per data set
     keep = index[(index["dataset"] == "synthetic_xray_chest")
                  | ((index["dataset"] == "synthetic_mr_heart") & (index["slice"] < 3)
                     & (index["target"] == "left ventricle"))].copy()
@@ -188,3 +190,33 @@ def test_curated_refusals(tiny_store, tmp_path, capsys):
     code, _, err = run(capsys, "--curated", str(tiny_store), "--model", "litemedsam", "--out", str(tmp_path / "c"),
                        "--slices", "volume")
     assert code == 2 and "--source-root" in err
+
+
+def test_slices_volume_reads_the_source_and_counts_missing_slices(tiny_store):
+    """``slices="volume"``: the source mask resized as curation does equals the curated masks on
+    kept slices; slices the store does not hold (here: cut from the index) count as misses."""
+    from medsam_lib.data.store import CuratedDataset
+    from medsam_lib.evaluation.options import EvalOptions
+    from medsam_lib.evaluation.run import PredictedTarget, score_target
+    from medsam_lib.evaluation.sources import source_target_volume
+
+    ds = CuratedDataset(tiny_store)
+    rows = ds.index[ds.index["dataset"] == "synthetic_mr_heart"].sort_values("slice")
+    root = tiny_store.parent / "data" / "synthetic"
+    full = source_target_volume(ds, rows.iloc[0], root)
+    assert full.shape[0] == int(rows.iloc[0]["n_slices"]) > len(rows)
+    gt = np.stack([ds.load_mask(r) for _, r in rows.iterrows()])
+    assert np.array_equal(full[:len(rows)], gt)
+    meta = {k: rows.iloc[0][k] for k in ("dataset", "case", "volume", "image_key", "target", "instance", "task",
+                                         "modality", "stand_in", "synthetic", "n_slices", "split", "spacing_z",
+                                         "curated_spacing_y", "curated_spacing_x", "spacing_known")}
+    meta.update(pixels=int(gt.sum()), model="perfect")
+    target = PredictedTarget(meta=meta, gt=gt, pred=gt.copy(), z0=0, row=rows.iloc[0].to_dict())
+    kept = score_target(target, EvalOptions(split="all"))
+    assert kept["dsc"] == 1.0 and kept["nsd"] == 1.0 and kept["n_slices"] == len(rows)
+    whole = score_target(target, EvalOptions(split="all", slices="volume"), ds, root)
+    expected = 2 * gt.sum() / (gt.sum() + full.sum())
+    assert whole["dsc"] == pytest.approx(expected) and whole["dsc"] < 1
+    assert whole["n_slices_volume"] == int(full.any(axis=(1, 2)).sum())
+    unit = score_target(target, EvalOptions(split="all", nsd_spacing="unit"))
+    assert unit["spacing_z"] == 1.0 and unit["spacing_y"] == 1.0
