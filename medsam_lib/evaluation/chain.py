@@ -156,8 +156,9 @@ def choice_effects(store, models: Models, predictions: dict, options: EvalOption
     """How each paper-vs-code choice moves the table averages (mean over task labels of each
     table, %), one choice changed at a time from ``options``. ``official_store``: the same data
     curated with preset ``official_code`` (CT window [-160, 240], MR percentiles of voxels > 0,
-    small objects removed at native size), predicted with the same models and boxes
-    (``official_predictions`` when already made, e.g. by ``predictions(ctx, store=official_store)``)."""
+    small objects removed at native size), its CT targets predicted with the same models and boxes
+    (``official_predictions`` when already made, e.g. by ``predictions(ctx, store=official_store,
+    modalities=("CT",))``); the row replaces the CT targets' values and keeps every other target's."""
     import pandas as pd
 
     from .tables import PAPER_TASKS, paper_table_of
@@ -176,11 +177,16 @@ def choice_effects(store, models: Models, predictions: dict, options: EvalOption
             frame = score_predictions(predictions[name], opts, store, source_root)
             rows.append({"choice": choice, "setting": value, "model": name, **_averages(frame, table_of)})
     if official_store is not None:
+        import pandas as pd
+
         for name, predictor in models.pairs:
             preds = official_predictions[name] if official_predictions is not None else predict_store(
-                official_store, predictor, options, progress=progress, cache=EmbeddingCache(predictor))
-            frame = score_predictions(preds, options, official_store)
-            rows.append({"choice": "preprocessing preset (CT window)", "setting": "official_code", "model": name,
+                official_store, predictor, options, progress=progress, cache=EmbeddingCache(predictor),
+                modalities=("CT",))
+            default = score_predictions(predictions[name], options, store)
+            frame = pd.concat([default[default["modality"] != "CT"], score_predictions(preds, options, official_store)],
+                              ignore_index=True)
+            rows.append({"choice": "CT window", "setting": "[-160, 240] (official_code preset)", "model": name,
                          **_averages(frame, table_of)})
     frame = pd.DataFrame(rows)
     value_cols = [c for c in frame.columns if c.startswith("T")]
@@ -241,7 +247,8 @@ def prepare(profile: str, results_dir, data_source: str, shared_data_dir, model:
                    data_source, str(shared_data_dir))
 
 
-def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "") -> dict:
+def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "",
+                modalities: tuple[str, ...] | None = None) -> dict:
     """Each model's predictions on the split (of ``store``, default the paper-preset store), reused
     from ``layout.evaluation(<model>[_finetuned]<tag>)/predictions.npz`` when the same model
     (checksum), store index and options made them."""
@@ -251,12 +258,13 @@ def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "") 
     layout = ResultsLayout(ctx.results_dir)
     out = {}
     for name, predictor in ctx.models.pairs:
-        record = {**model_identity(predictor), "options": ctx.options.record(), "index_sha256": _index_hash(store)}
+        record = {**model_identity(predictor), "options": ctx.options.record(), "index_sha256": _index_hash(store),
+                  "modalities": list(modalities) if modalities else None}
         where = layout.evaluation(_slug(ctx, name) + tag) / "predictions.npz"
         found = load_predictions(where, record)
         if found is None:
             cache = ctx.models.cache_for(predictor) if store is ctx.store else EmbeddingCache(predictor)
-            found = predict_store(store, predictor, ctx.options, progress=progress, cache=cache)
+            found = predict_store(store, predictor, ctx.options, progress=progress, cache=cache, modalities=modalities)
             where.parent.mkdir(parents=True, exist_ok=True)
             save_predictions(found, where, record)
         out[name] = found

@@ -164,17 +164,22 @@ def task_grid(store, predictions: dict, path, title: str):
 def plot_failures(cases: list[dict], path, title: str):
     plt = _pyplot()
     n = max(1, len(cases))
-    fig, axes = plt.subplots(1, n, figsize=(2.9 * n, 3.6), squeeze=False)
-    for ax, case in zip(axes[0], cases):
+    import textwrap
+
+    cols = min(n, 3)
+    rows = int(math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.6 * rows), squeeze=False)
+    for ax, case in zip(axes.ravel(), cases):
         meta = case["meta"]
-        rules = "\n".join(case["rules"])
+        rules = "\n".join(textwrap.fill(r, 44) for r in case["rules"])
+        name = meta["task"] or f"{meta['target']} ({meta['modality']})"
         _panel(ax, case["image"], case["pred"], case["box"],
-               f"{meta['task'] or meta['target']} ({meta['modality']})\nDSC {case['dsc']:.2f} "
-               f"(slice {case['slice_dsc']:.2f})\n{rules}", contour=case["gt"])
-    for ax in axes[0][len(cases):]:
+               f"{name}, {meta['volume']}\nDSC {case['dsc']:.2f} (this slice {case['slice_dsc']:.2f})\n{rules}",
+               contour=case["gt"])
+    for ax in axes.ravel()[len(cases):]:
         ax.axis("off")
-    fig.suptitle(title + "  (orange: prediction, yellow: ground truth, cyan: box)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(title + "\norange: prediction, yellow: ground truth, cyan: box", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     out = save_figure(fig, path)
     plt.close(fig)
     return out

@@ -65,13 +65,14 @@ def select(index, split: str):
 
 
 def predict_store(store, model, options: EvalOptions = EvalOptions(), embeddings=None, device=None,
-                  progress: bool = True, cache: EmbeddingCache | None = None) -> list[PredictedTarget]:
+                  progress: bool = True, cache: EmbeddingCache | None = None,
+                  modalities: tuple[str, ...] | None = None) -> list[PredictedTarget]:
     """Box-prompted predictions of every target of ``options.split``.
 
     ``model``: a zoo name, a checkpoint path, a LoadedModel or a BoxPredictor. ``embeddings``: an
     embedding store (``.get(image_id) -> (256, 64, 64)``) of the same model, or None. ``cache``:
     an ``EmbeddingCache`` to share between calls (one is made per call otherwise); each image is
-    encoded at most once per cache."""
+    encoded at most once per cache. ``modalities``: only targets of these modalities."""
     from tqdm.auto import tqdm
 
     from ..models.predictor import BoxPredictor
@@ -81,6 +82,8 @@ def predict_store(store, model, options: EvalOptions = EvalOptions(), embeddings
     cache = cache if cache is not None else EmbeddingCache(predictor, embeddings)
     index = store.index
     rows = select(index, options.split)
+    if modalities is not None:
+        rows = rows[rows["modality"].isin(modalities)]
     images = {}
     for key, group in index.groupby(["dataset", "volume", "image_key"], sort=False):
         images[key] = {int(r["slice"]): r for _, r in group.drop_duplicates("slice").iterrows()}
