@@ -159,7 +159,9 @@ def test_curated_store_metrics_equal_a_direct_computation(tiny_store, tmp_path, 
         predictor.set_image(image)
         pred = predictor.predict([[row.x0, row.y0, row.x1, row.y1]]).masks[0]
         got = frame[frame["target"] == row["target"]].iloc[0]
-        spacing = (row["curated_spacing_y"], row["curated_spacing_x"])
+        known = str(row["spacing_known"]) == "True"  # no spacing in the file: one curated pixel
+        spacing = (row["curated_spacing_y"], row["curated_spacing_x"]) if known else (1.0, 1.0)
+        assert got["spacing_y"] == pytest.approx(spacing[0])
         expected = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(gt, pred, spacing), 1.0)
         assert got["dsc"] == pytest.approx(2 * (pred & gt).sum() / (pred.sum() + gt.sum()), abs=1e-9)
         assert got["nsd"] == pytest.approx(expected, abs=1e-6)

@@ -115,14 +115,15 @@ def caption(table: int, profile: str, store, models: Models, options: EvalOption
     base = models.base.loaded.name
     ft = models.finetuned.loaded.name if models.finetuned is not None else "not available"
     kind = "3D" if table == 1 else "2D"
-    spacing = (f"NSD at {options.tolerance_mm:g} mm on the curated 256 x 256 grid's physical spacing"
+    spacing = (f"NSD at {options.tolerance_mm:g} mm on the curated 256 x 256 grid's physical spacing "
+               "(1 curated pixel where the file carried no spacing: 2D PNG/JPEG)"
                if options.nsd_spacing == "physical" else f"NSD at {options.tolerance_mm:g} voxel (spacing 1,1,1)")
     parts = [f"Table {table} ({kind} tasks of the paper), profile '{profile}': DSC and NSD (%), mean over "
              f"{options.split} cases [bootstrap 95% CI], paired Wilcoxon p base vs fine-tuned (>= 5 cases).",
              f"Models: base {base}; fine-tuned {ft}.",
              f"Data: {'SYNTHETIC phantoms' if synthetic else 'real cases of ../shared/data'} curated with preset "
              f"'{store.preset}'; † = stand-in data (not the paper's data set for that task); * = a target that is "
-             "no paper task.",
+             "no paper task (listed only where it has test cases).",
              f"Boxes: protocol '{options.protocol}', margin {options.box_margin:g} px, jitter 0-{options.box_jitter} px "
              f"(seed {options.seed}) at 256 x 256. {spacing}; GT slices counted: {options.slices}; "
              f"2D NSD: {options.nsd_2d}.",

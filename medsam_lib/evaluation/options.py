@@ -8,7 +8,8 @@ Each option is recorded in every row of ``metrics.csv`` and in ``evaluation.json
   fixed margin, then each side by a random 0..jitter px drawn from ``seed`` (per target, so a row
   does not depend on which other targets ran). Defaults 0 / 0: the tight box.
 - ``nsd_spacing``: ``physical`` (paper 3.3: tolerance 1 mm, the curated grid's spacing in mm:
-  ``spacing_z``, ``curated_spacing_y``, ``curated_spacing_x``) or ``unit`` (released code: a
+  ``spacing_z``, ``curated_spacing_y``, ``curated_spacing_x``; where the file carried no spacing,
+  e.g. PNG/JPEG, one curated pixel: mm would be invented) or ``unit`` (released code: a
   maintainer states in bowang-lab/MedSAM issue #109 that 3D NSD used spacing (1, 1, 1) for every
   task, i.e. a tolerance of 1 voxel).
 - ``slices``: which ground-truth slices of a 3D target count. ``curated`` (default: the slices

@@ -6,8 +6,9 @@
 
 Scored on the curated 256 x 256 grid. 3D targets (volumes) are predicted slice by slice and scored
 in 3D with spacing (``spacing_z``, ``curated_spacing_y``, ``curated_spacing_x``) mm; 2D targets in
-2D with (``curated_spacing_y``, ``curated_spacing_x``); where a 2D file carried no spacing the
-curation assumed 1 mm per native pixel (``spacing_known`` False in the row). Prediction and scoring
+2D with (``curated_spacing_y``, ``curated_spacing_x``). Where the file carried no spacing
+(``spacing_known`` False: PNG/JPEG/TIFF images) the unit is one curated pixel instead (the spacing
+used is in each row's ``spacing_*`` columns). Prediction and scoring
 are separate so the choices that only change scoring (``nsd_spacing``, ``slices``, ``nsd_2d``) are
 compared on the same predictions.
 """
@@ -121,8 +122,12 @@ def predict_store(store, model, options: EvalOptions = EvalOptions(), embeddings
 
 
 def _spacing(target: PredictedTarget, options: EvalOptions) -> tuple[float, ...]:
+    """NSD spacing in array order. ``physical``: mm on the curated grid, except where the file
+    carried no spacing (``spacing_known`` False: PNG/JPEG), where mm mean nothing and the curated
+    pixel is the unit (tolerance 1 = one pixel at 256 x 256, as the released code's unit spacing)."""
     m = target.meta
-    if options.nsd_spacing == "unit":
+    known = str(m.get("spacing_known", True)) in ("True", "true", "1")
+    if options.nsd_spacing == "unit" or not known:
         return (1.0, 1.0, 1.0) if target.is_3d else (1.0, 1.0)
     plane = (float(m["curated_spacing_y"]), float(m["curated_spacing_x"]))
     return (float(m["spacing_z"]), *plane) if target.is_3d else plane

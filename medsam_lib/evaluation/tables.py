@@ -6,7 +6,7 @@ p-value (>= 5 cases), and the paper's published SAM and MedSAM values beside our
 is the mean over its test *cases* (each case first averaged over its targets: instances, volumes,
 images), so the bootstrap and the test resample and pair cases, the unit of the 80/20 split. A task
 with data in the profile but no test case is listed as such, never as zero; targets that are no
-paper task follow under "other targets". The published values are read at run time from
+paper task follow (marked *) where they have test cases. The published values are read at run time from
 ``<shared>/paper/table1_3d.csv`` / ``table2_2d.csv`` (``medsam_lib.shared.shared_dir()``); when that
 folder is absent the published columns say "unavailable" (nothing is typed in here).
 """
@@ -152,6 +152,8 @@ def formatted(long, table: int, finetuned_available: bool, published_available: 
     part = long[long["table"] == table]
     rows = []
     for _, r in part.iterrows():
+        if not r["paper_task"] and r["n_cases"] == 0:
+            continue  # other targets are listed only where they were scored
         name = r["task"] + (" †" if r["stand_in"] else "") + ("" if r["paper_task"] else " *")
         cells = {"Task": name, "Cases": str(r["n_cases"])}
         empty = r["n_cases"] == 0
