@@ -62,7 +62,7 @@ def failure_rules(image: np.ndarray, gt: np.ndarray, box, same_label: np.ndarray
         gradient = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1)) / 4.0  # a step of h levels gives h
         weak = float((gradient[contour] < WEAK_EDGE).mean())
         if weak > 0.5:
-            found.append(f"missing boundaries: {weak:.0%} of the contour has an edge < {WEAK_EDGE:g} levels/px")
+            found.append(f"missing boundaries: {weak:.0%} of the contour has an edge < {WEAK_EDGE:g} grey levels")
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     box_area = max(1, (x1 - x0 + 1) * (y1 - y0 + 1))
     inside = np.zeros_like(gt)
@@ -168,7 +168,8 @@ def plot_failures(cases: list[dict], path, title: str):
 
     cols = min(n, 3)
     rows = int(math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 5.2 * rows), squeeze=False,
+                             gridspec_kw={"hspace": 0.75})
     for ax, case in zip(axes.ravel(), cases):
         meta = case["meta"]
         rules = "\n".join(textwrap.fill(r, 44) for r in case["rules"])
@@ -179,7 +180,7 @@ def plot_failures(cases: list[dict], path, title: str):
     for ax in axes.ravel()[len(cases):]:
         ax.axis("off")
     fig.suptitle(title + "\norange: prediction, yellow: ground truth, cyan: box", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    fig.subplots_adjust(top=1 - 0.6 / fig.get_figheight(), bottom=0.02, left=0.02, right=0.98, wspace=0.08)
     out = save_figure(fig, path)
     plt.close(fig)
     return out
