@@ -211,3 +211,19 @@ def multimask_table(outputs: dict[str, tuple[np.ndarray, np.ndarray]], truth: np
     return pd.DataFrame(rows)
 
 
+
+
+def multimask_summary(outputs: dict[str, tuple[np.ndarray, np.ndarray]], truth: np.ndarray) -> str:
+    """What the multimask figure shows, in words computed from the candidates: per model, each
+    candidate's size and Dice, the one SAM picks (highest predicted IoU) and the one that fits best."""
+    lines = []
+    for label, (masks, scores) in outputs.items():
+        dices = [dice(m, truth) for m in masks]
+        pick, fit = int(np.argmax(scores)), int(np.argmax(dices))
+        parts = ", ".join(f"{i + 1}: {int(m.sum())} px (Dice {d:.2f})" for i, (m, d) in enumerate(zip(masks, dices)))
+        empty = sum(int(m.sum()) == 0 for m in masks)
+        verdict = ("it picks the best-fitting one" if pick == fit else
+                   f"the best fit is candidate {fit + 1}: the IoU head, never trained on points, misranks them")
+        lines.append(f"{label}: candidates {parts}; SAM's pick (highest predicted IoU) is candidate {pick + 1}, "
+                     f"{verdict}" + (f"; {empty} candidate(s) are empty" if empty else ""))
+    return "\n".join(lines)
