@@ -222,8 +222,13 @@ def multimask_summary(outputs: dict[str, tuple[np.ndarray, np.ndarray]], truth: 
         pick, fit = int(np.argmax(scores)), int(np.argmax(dices))
         parts = ", ".join(f"{i + 1}: {int(m.sum())} px (Dice {d:.2f})" for i, (m, d) in enumerate(zip(masks, dices)))
         empty = sum(int(m.sum()) == 0 for m in masks)
-        verdict = ("it picks the best-fitting one" if pick == fit else
-                   f"the best fit is candidate {fit + 1}: the IoU head, never trained on points, misranks them")
+        if max(dices) < 0.1:
+            verdict = ("none covers the target: this model does not segment the target from one click "
+                       "(MedSAM-style models were fine-tuned on boxes only)")
+        elif pick == fit:
+            verdict = "it is also the candidate that fits the reference best"
+        else:
+            verdict = f"the best fit is candidate {fit + 1}: the IoU head, never trained on points, misranks them"
         lines.append(f"{label}: candidates {parts}; SAM's pick (highest predicted IoU) is candidate {pick + 1}, "
                      f"{verdict}" + (f"; {empty} candidate(s) are empty" if empty else ""))
     return "\n".join(lines)
