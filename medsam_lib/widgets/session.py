@@ -26,7 +26,8 @@ from ..data.preprocess import normalize_intensity
 from ..data.readers import MedicalImage, read_image
 from ..fileio import MedSAMError
 from ..layout import user_dir
-from ..models.predictor import BoxPredictor, to_uint8_rgb
+from ..models.predictor import BoxPredictor
+from ..models.transforms import to_uint8_rgb
 from ..models.zoo import LoadedModel
 from .annotations import Annotation, Annotations, stem
 from .bbox import drawing_widget
