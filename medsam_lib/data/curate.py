@@ -395,10 +395,10 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
     with ``keep_going`` it is reported and the rest continue.
 
     What a failure leaves: the store's description (``curation.json``), splits and ``index.csv``
-    are written only once every case has succeeded (or been reported, with ``keep_going``), so an
-    existing store stays exactly as it was; a new case file that would replace one the store lists
-    is written under ``.pending/`` and moved in only then. Finished case files stay, so a rerun
-    resumes; a new store's folder is removed if no case finished. A folder without
+    are written only once every case has succeeded (or been reported, with ``keep_going``). In an
+    existing store the run's case files are written under ``.pending/`` and moved in only then, so
+    after a failure the store is exactly as it was. Finished case files stay (``.pending/`` or, in a
+    new store, ``cases/``), so a rerun resumes; a new store's folder is removed if no case finished. A folder without
     ``curation.json`` (a failed or killed first run) is reported by ``CuratedDataset`` as
     incomplete, with the command that finishes it.
     """
@@ -430,8 +430,6 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
         entry["datasets"][ds.name] = {
             "cases": {c.volume: {"case": c.case, "file": f"cases/{ds.name}/{safe_name(c.volume)}.npz"}
                       for c in resolved[ds.name]}}
-    listed = {c["file"] for e in (old or {}).get("manifests", {}).values() for d in e["datasets"].values()
-              for c in d["cases"].values()}
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     folders_before = {p for p in out.rglob("*") if p.is_dir()}
@@ -448,7 +446,7 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
             if _case_done(out / rel, key) or _case_done(out / PENDING / rel, key):
                 report.skipped.append(label)
                 continue
-            out_file = out / PENDING / rel if rel in listed else out / rel  # never change what the store lists
+            out_file = out / PENDING / rel if old else out / rel  # an existing store changes only at the end
             out_file.parent.mkdir(parents=True, exist_ok=True)
             try:
                 stats = curate_case(ds, case, data_root, out_file, preset, manifest.synthetic, key)

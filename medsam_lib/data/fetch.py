@@ -9,7 +9,9 @@ size/checksum verification where the manifest has them, atomic rename) into
 - members are extracted into a temporary folder beside the destination, which is moved into
   place only when the whole archive unpacked cleanly (a corrupt archive leaves nothing);
 - a stamp ``<root>/.downloads/<file>.done.json`` records the archive's SHA-256, so a rerun skips
-  finished files.
+  finished files;
+- a refused archive (an unsafe entry, or corrupt without a checksum to trust it by) is deleted,
+  and a failed fetch leaves no empty ``.downloads`` folder (nor a data root it created) behind.
 Without a published checksum the download is accepted as it comes and its SHA-256 is printed and
 recorded, so a later fetch can be compared (``checksums_verified: false`` in the manifest says so).
 """
@@ -107,8 +109,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[st
     """
     archive, dest = Path(archive), Path(dest)
     names = check_archive(archive)
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".part", dir=dest))
+    ok = False
     try:
         try:
             if _archive_kind(archive) == "zip":
@@ -137,8 +141,11 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[st
                               "move them aside or extract into an empty folder")
         for top in tops:
             _merge(staging / top, dest / top)
+        ok = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not ok:
+            _remove_if_empty(dest)
     return names
 
 
@@ -171,8 +178,9 @@ def fetch_file(spec: FileSpec, root: Path, force: bool = False, progress: bool =
         try:
             safe_extract(archive, root / spec.extract_to if spec.extract_to else root)
         except MedSAMError as exc:
-            if "corrupt or truncated" in str(exc) and not spec.checksums:
-                archive.unlink(missing_ok=True)  # unverifiable and unreadable: do not keep it around
+            unsafe = "refusing to extract" in str(exc) or "unsafe entry" in str(exc)
+            if unsafe or ("corrupt or truncated" in str(exc) and not spec.checksums):
+                archive.unlink(missing_ok=True)  # refused, or unverifiable and unreadable: do not keep it around
             raise
     elif spec.extract_to:
         target = root / spec.extract_to / spec.file_name
@@ -197,9 +205,25 @@ def fetch(manifest: Manifest | str | os.PathLike, root: str | os.PathLike | None
                           + (f"\nmanual steps:\n  {steps}" if steps else "")
                           + (f"\nexpected layout under the data root:\n  {layout}" if layout else ""))
     root = resolve_root(manifest, root)
+    if root.exists() and not root.is_dir():
+        raise MedSAMError(f"data root {root}: a file is in the way; give a folder (--root)")
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    for spec in manifest.files:
-        digest = fetch_file(spec, root, force=force, progress=progress)
-        checked = ", ".join(sorted(spec.checksums)) or "no published checksum"
-        print(f"{spec.file_name}: ok (sha256 {digest}; verified against: {checked})")
+    try:
+        for spec in manifest.files:
+            digest = fetch_file(spec, root, force=force, progress=progress)
+            checked = ", ".join(sorted(spec.checksums)) or "no published checksum"
+            print(f"{spec.file_name}: ok (sha256 {digest}; verified against: {checked})")
+    except BaseException:
+        _remove_if_empty(root / ".downloads")
+        if created:
+            _remove_if_empty(root)
+        raise
     return root
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only succeeds on an empty folder
+    except OSError:
+        pass
