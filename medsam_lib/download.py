@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from .fileio import MedSAMError, atomic_path
+from .fileio import MedSAMError, atomic_path, make_folder
 
 CHUNK = 1 << 20
 
@@ -79,7 +79,7 @@ def fetch_url(url: str, dest: str | os.PathLike, hashes: Mapping[str, str] | Non
     if dest.is_dir():
         raise MedSAMError(f"cannot download {url} to {dest}: a folder of that name is in the way")
     missing = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent, "download folder")
     try:
         return _fetch_into(url, dest, hashes, size, timeout, progress)
     except BaseException:

@@ -58,6 +58,19 @@ def ensure_parent_exists(path: str | os.PathLike) -> Path:
     return path
 
 
+def make_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``mkdir -p``, with a file in the way or a permission problem as a MedSAMError naming the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        raise MedSAMError(f"cannot create the {what} {path}: {blocker} is a file, not a folder") from None
+    except OSError as exc:
+        raise MedSAMError(f"cannot create the {what} {path}: {exc.strerror or exc}") from exc
+    return path
+
+
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True if ``a`` and ``b`` name the same file or folder (through symbolic or hard links too)."""
     try:

@@ -248,6 +248,11 @@ def _rows() -> list[BadInput]:
                                                      str(t / "vol.json"), "--out", str(t / "out")])[-1],
         "lab.nrrd", "NaN or infinite")
 
+    row("volume_header_claims_terabytes_nii", lambda t, c: _seg(str(_header_bomb(t / "bomb.nii")), str(t / "m.nii.gz")),
+        "bomb.nii", "30000 x 30000 x 30000", "truncated or corrupt")
+    row("volume_header_claims_terabytes_nii_gz",
+        lambda t, c: _seg(str(_header_bomb(t / "bomb.nii.gz")), str(t / "m.nii.gz")), "bomb.nii.gz", "header claims")
+
     # 2b. DICOM series that GDCM would misread
     row("dicom_truncated_slice", lambda t, c: (_dicom_series(t / "dcm"), _truncate(t / "dcm" / "s2.dcm"),
                                                _seg(str(t / "dcm"), str(t / "m.nii.gz")))[-1],
@@ -307,6 +312,17 @@ def _rows() -> list[BadInput]:
         lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "masks" / "a.png").write_bytes(b"junk"),
                       ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])), "--out", str(t / "new")])[-1],
         "m/a", "a.png")
+    row("curate_out_below_a_file", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "f").write_text("x"),
+                                                 ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                                  "--out", str(t / "f" / "store")])[-1],
+        "store", "is a file, not a folder")
+    row("init_fifo_among_the_images", lambda t, c: (_init(t, {"a": _blob()}), _fifo(t / "images" / "pipe.png"),
+                                                    _init_argv(t))[-1],
+        "pipe.png", subprocess=True, timeout=60)
+    row("init_images_is_a_file", lambda t, c: ((t / "imgs").write_text("x"), _pair_folders(t, {"a": _blob()}),
+                                               ["data", "init", "--images", str(t / "imgs"), "--masks", str(t / "masks"),
+                                                "--modality", "CT", "--out", str(t / "m.json")])[-1],
+        "imgs", "is a file, not a folder")
     row("curate_out_is_a_file", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "f").write_text("x"),
                                               ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
                                                "--out", str(t / "f")])[-1],
@@ -385,9 +401,24 @@ def _truncate(path: Path) -> None:
 
 
 def _init(tmp: Path, masks: dict, modality: str = "Ultrasound", out: Path | None = None) -> list[str]:
-    images, mask_dir = _pair_folders(tmp, masks)
-    return ["data", "init", "--images", str(images), "--masks", str(mask_dir), "--modality", modality,
+    _pair_folders(tmp, masks)
+    return _init_argv(tmp, modality, out)
+
+
+def _init_argv(tmp: Path, modality: str = "Ultrasound", out: Path | None = None) -> list[str]:
+    return ["data", "init", "--images", str(tmp / "images"), "--masks", str(tmp / "masks"), "--modality", modality,
             "--out", str(out or tmp / "mine.json")]
+
+
+def _header_bomb(path: Path) -> Path:
+    """A NIfTI whose header claims 30000^3 int16 voxels (54 TB) in a file of a few hundred bytes."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), path)
+    raw = bytearray(gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes())
+    struct.pack_into("<8h", raw, 40, 3, 30000, 30000, 30000, 1, 1, 1, 1)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
 
 
 def _curate_volume_manifest(tmp: Path) -> Path:

@@ -42,7 +42,7 @@ def _stem(path: Path) -> str:
 
 def _listing(folder: Path, what: str) -> tuple[dict[str, Path], list[str]]:
     if not folder.is_dir():
-        raise MedSAMError(f"{folder}: the {what} folder does not exist")
+        raise MedSAMError(f"{folder}: the {what} folder " + ("is a file, not a folder" if folder.exists() else "does not exist"))
     found, problems = {}, []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():

@@ -55,7 +55,8 @@ import numpy as np
 from scipy.ndimage import find_objects
 
 from .. import paper
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, is_within, same_path, sha256_file
+from ..fileio import (MedSAMError, atomic_path, atomic_write_text, is_within, make_folder, same_path,
+                      sha256_file)
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
@@ -431,7 +432,7 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
             "cases": {c.volume: {"case": c.case, "file": f"cases/{ds.name}/{safe_name(c.volume)}.npz"}
                       for c in resolved[ds.name]}}
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "store folder")
     folders_before = {p for p in out.rglob("*") if p.is_dir()}
     _remove_stale_temporaries(out)
 

@@ -39,7 +39,8 @@ def read_dicom_series(path: Path):
         raise MedSAMError(f"{path}: folder holds {len(series)} DICOM series; give a folder with one")
     files = reader.GetGDCMSeriesFileNames(str(path), series[0])
     in_series = {Path(f).resolve() for f in files}
-    left_out = [e for e in entries if e.is_file() and e.resolve() not in in_series and _dicom_like(e)]
+    left_out = [e for e in entries if e.is_file() and e.resolve() not in in_series and e.name.upper() != "DICOMDIR"
+                and _dicom_like(e)]
     if left_out:
         names = ", ".join(e.name for e in left_out[:5]) + (" ..." if len(left_out) > 5 else "")
         raise MedSAMError(f"{path}: {len(left_out)} DICOM file(s) could not be read as part of the series "

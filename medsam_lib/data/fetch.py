@@ -28,7 +28,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..download import fetch_url, verify_file
-from ..fileio import MedSAMError, atomic_write_text, sha256_file
+from ..fileio import MedSAMError, atomic_write_text, make_folder, sha256_file
 from .manifests import FileSpec, Manifest, load_manifest, resolve_root
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -110,7 +110,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[st
     archive, dest = Path(archive), Path(dest)
     names = check_archive(archive)
     created = not dest.exists()
-    dest.mkdir(parents=True, exist_ok=True)
+    make_folder(dest, "folder to extract into")
     staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".part", dir=dest))
     ok = False
     try:
@@ -165,7 +165,7 @@ def _stamp_path(root: Path, spec: FileSpec) -> Path:
 def fetch_file(spec: FileSpec, root: Path, force: bool = False, progress: bool = True) -> str:
     """Download (and unpack) one file of a manifest into ``root``; returns its SHA-256."""
     downloads = root / ".downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
+    make_folder(downloads, "downloads folder")
     archive = downloads / spec.file_name
     stamp = _stamp_path(root, spec)
     if stamp.is_file() and not force:
@@ -208,7 +208,7 @@ def fetch(manifest: Manifest | str | os.PathLike, root: str | os.PathLike | None
     if root.exists() and not root.is_dir():
         raise MedSAMError(f"data root {root}: a file is in the way; give a folder (--root)")
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root, "data root")
     try:
         for spec in manifest.files:
             digest = fetch_file(spec, root, force=force, progress=progress)

@@ -218,6 +218,7 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
 
             image, modality = read_dicom_series(path)
         else:
+            _check_claimed_size(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
@@ -240,6 +241,30 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
     return MedicalImage(array=array, path=str(path), spacing=tuple(float(s) for s in spacing_xyz[::-1]),
                         is_volume=True, origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
                         modality=modality)
+
+
+MAX_COMPRESSION_RATIO = 2000  # deflate cannot exceed ~1032:1; a header claiming more is corrupt or hostile
+
+
+def _check_claimed_size(path: Path) -> None:
+    """Refuse a volume whose header claims more voxel bytes than its file can hold, before
+    SimpleITK allocates them (a corrupt or hostile header would otherwise ask for terabytes)."""
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    info.ReadImageInformation()  # RuntimeError: the caller reports an unreadable file
+    size = tuple(int(n) for n in info.GetSize())
+    component = sitk.Image([1] * len(size), info.GetPixelID()).GetSizeOfPixelComponent()
+    claimed = int(np.prod(size, dtype=np.float64)) * info.GetNumberOfComponents() * component
+    on_disk = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz") or path.suffix.lower() in (".nrrd", ".nhdr", ".mha", ".mhd")
+    limit = on_disk * MAX_COMPRESSION_RATIO + (1 << 20) if compressed else on_disk
+    if path.suffix.lower() in (".mhd", ".nhdr"):
+        return  # the voxels are in a second file
+    if claimed > limit:
+        raise MedSAMError(f"{path}: the header claims a {' x '.join(map(str, size))} volume ({claimed} bytes of voxels) "
+                          f"but the file holds only {on_disk} bytes: truncated or corrupt")
 
 
 def _select_channel(image, channel: int, path: Path):
