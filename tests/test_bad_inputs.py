@@ -264,6 +264,14 @@ def _rows() -> list[BadInput]:
                                                              _seg(str(t / "notes"), str(t / "m.nii.gz")))[-1],
         "notes", "no DICOM series")
 
+    row("multipage_tiff_is_a_stack_not_an_image", lambda t, c: (Image.fromarray(_ramp()).save(
+        t / "stack.tif", save_all=True, append_images=[Image.fromarray(_ramp()[::-1])]),
+        _seg(str(t / "stack.tif"), str(t / "m.png")))[-1], "stack.tif", "2 frames")
+    row("animated_gif_mask_in_curation", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "masks" / "a.png").unlink(),
+                                                       Image.fromarray(_blob()).save(t / "masks" / "a.gif", save_all=True,
+                                                                                     append_images=[Image.fromarray(_blob().T)]),
+                                                       _gif_manifest(t))[-1], "a.gif", "2 frames")
+
     # 2c. lossy, detached or unknown output formats: refused before anything is read or loaded
     for suffix in (".jpg", ".jpeg", ".webp", ".JPG"):
         row(f"lossy_output{suffix}", functools.partial(
@@ -297,6 +305,14 @@ def _rows() -> list[BadInput]:
     row("fifo_inside_dicom_folder", lambda t, c: (_dicom_series(t / "dcm"), _fifo(t / "dcm" / "s9.dcm"),
                                                   _seg(str(t / "dcm"), str(t / "m.nii.gz")))[-1],
         "s9.dcm", "named pipe", subprocess=True, timeout=60)
+    row("image_is_a_symlink_loop", lambda t, c: (os.symlink(t / "b.png", t / "a.png"), os.symlink(t / "a.png", t / "b.png"),
+                                                 _seg(str(t / "a.png"), str(t / "m.png")))[-1],
+        "a.png", "symbolic links")
+    row("curate_mask_is_a_fifo", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "masks" / "a.png").unlink(),
+                                               _fifo(t / "masks" / "a.png"),
+                                               ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                                "--out", str(t / "out")])[-1],
+        "a.png", "named pipe", subprocess=True, timeout=60)
     row("image_is_a_device", lambda t, c: _seg("/dev/null", str(t / "m.png")), "/dev/null", "device file")
     row("image_is_a_socket", lambda t, c: _seg(str(_socket_file(t / "s.png")), str(t / "m.png")), "s.png", "socket")
     row("out_is_a_fifo", lambda t, c: _seg(str(_png(t / "in.png")), str(_fifo(t / "o.png"))), "o.png", "named pipe")
@@ -432,6 +448,12 @@ def _curate_volume_manifest(tmp: Path) -> Path:
                       "cases": [{"id": "a", "images": {"mr": "img.nrrd"}, "masks": {"label": "lab.nrrd"}}]}]}
     (tmp / "vol.json").write_text(json.dumps(data))
     return tmp / "vol.json"
+
+
+def _gif_manifest(tmp: Path) -> list[str]:
+    path = _manifest(tmp, "m", ["a"])
+    path.write_text(path.read_text().replace("masks/a.png", "masks/a.gif"))
+    return ["data", "curate", "--manifest", str(path), "--out", str(tmp / "out")]
 
 
 def _missing_download(ctx, tmp: Path) -> str:

@@ -75,13 +75,14 @@ def _link_stays_inside(member_path: PurePosixPath, target: str, archive: Path, n
 def check_archive(archive: str | os.PathLike) -> list[str]:
     """List an archive's members after checking every one is safe; MedSAMError otherwise (or if corrupt)."""
     archive = Path(archive)
-    names = []
+    names, total = [], 0
     try:
         if _archive_kind(archive) == "zip":
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
                     member = _safe_member_path(info.filename, archive)
                     mode = info.external_attr >> 16
+                    total += info.file_size
                     if stat.S_ISLNK(mode):
                         _link_stays_inside(member, zf.read(info).decode("utf-8", "replace"), archive, info.filename)
                     names.append(str(member))
@@ -89,6 +90,7 @@ def check_archive(archive: str | os.PathLike) -> list[str]:
             with tarfile.open(archive) as tf:
                 for info in tf.getmembers():
                     member = _safe_member_path(info.name, archive)
+                    total += info.size
                     if info.isdev() or info.isfifo():
                         raise MedSAMError(f"{archive}: entry {info.name!r} is a device or FIFO; refusing to extract")
                     if info.issym():
@@ -98,6 +100,10 @@ def check_archive(archive: str | os.PathLike) -> list[str]:
                     names.append(str(member))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise MedSAMError(f"{archive}: corrupt or truncated archive ({exc}); delete it and fetch again") from exc
+    free = shutil.disk_usage(archive.parent).free
+    if total > free:
+        raise MedSAMError(f"{archive}: unpacks to {total} bytes but only {free} bytes are free; refusing to extract "
+                          "(free space, or is this an archive bomb?)")
     return names
 
 

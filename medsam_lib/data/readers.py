@@ -120,14 +120,23 @@ def open_2d(path: Path, what: str):
         raise MedSAMError(f"{path}: truncated or corrupt {what} ({exc})") from exc
 
 
+def _single_frame(img, path: Path) -> None:
+    """A multi-page TIFF or an animated GIF is a stack, not one image: refuse it rather than use page 0."""
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        raise MedSAMError(f"{path}: holds {frames} frames/pages, not one image; give a single-frame file, or "
+                          "save the stack as a volume (.nii.gz / .nrrd) to segment one slice")
+
+
 def read_2d(path: str | os.PathLike) -> MedicalImage:
-    """PNG, JPEG, TIFF, GIF, BMP; 8 or 16 bit; grey, RGB, RGBA or palette (palette -> RGB)."""
+    """PNG, JPEG, TIFF, GIF, BMP; 8 or 16 bit; grey, RGB, RGBA or palette (palette -> RGB); one frame."""
     from PIL import Image
 
     path = Path(path)
     _check_file(path)
     try:
         with open_2d(path, "image") as img:
+            _single_frame(img, path)
             img.load()
             mode = img.mode
             if mode == "P":
@@ -334,6 +343,7 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
         _check_file(path)
         try:
             with open_2d(path, "mask image") as img:
+                _single_frame(img, path)
                 img.load()
                 mode = img.mode
                 if mode == "P" and encoding == "label":
