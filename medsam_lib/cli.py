@@ -9,9 +9,8 @@ import argparse
 import importlib
 import os
 import sys
-from pathlib import Path
 
-from .fileio import MedSAMError, ensure_parent_exists
+from .fileio import MedSAMError
 
 # Subcommands contributed by the task modules: each module has register(subparsers).
 COMMAND_MODULES = ("medsam_lib.data.cli", "medsam_lib.embeddings.cli", "medsam_lib.training.cli",

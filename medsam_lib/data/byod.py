@@ -27,7 +27,8 @@ import numpy as np
 from ..fileio import MedSAMError, atomic_write_text, check_output_path
 from .manifests import manifest_from_dict
 from .preprocess import check_modality
-from .readers import IMAGE_2D_SUFFIXES, LOSSY_SUFFIXES, VOLUME_SUFFIXES, file_kind, open_2d, read_mask
+from .integrity import open_2d
+from .readers import IMAGE_2D_SUFFIXES, LOSSY_SUFFIXES, VOLUME_SUFFIXES, file_kind, read_mask
 
 _NAME = re.compile(r"[^a-z0-9_]+")
 

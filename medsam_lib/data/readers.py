@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import MedSAMError, atomic_path, check_input_path
+from .integrity import check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, single_frame
 
 IMAGE_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
@@ -75,68 +76,15 @@ class MedicalImage:
         return self.array[index]
 
 
-def _check_file(path: Path) -> None:
-    check_input_path(path, "image")
-    if path.is_file() and path.stat().st_size == 0:
-        raise MedSAMError(f"{path}: the file is empty (0 bytes)")
-
-
-def _nonfinite_error(path, count: int, where: tuple | None = None) -> MedSAMError:
-    at = f", e.g. at array index {tuple(int(i) for i in where)}" if where is not None else ""
-    return MedSAMError(f"{path}: {count} voxel(s) are NaN or infinite{at}; no value is guessed for them: replace "
-                       "them (e.g. with the background value) and try again")
-
-
-def _check_finite(array: np.ndarray, path) -> None:
-    """The one non-finite rule (module docstring): refuse NaN / +-inf, checked plane by plane."""
-    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.complexfloating):
-        return
-    planes = array if array.ndim >= 3 else [array]
-    count, where = 0, None
-    for z, plane in enumerate(planes):
-        bad = ~np.isfinite(plane)
-        n = int(bad.sum())
-        if n:
-            if where is None:
-                first = np.unravel_index(int(np.flatnonzero(bad)[0]), plane.shape)
-                where = ((z,) + tuple(first)) if array.ndim >= 3 else tuple(first)
-            count += n
-    if count:
-        raise _nonfinite_error(path, count, where)
-
-
-def open_2d(path: Path, what: str):
-    """Pillow's Image.open, with every failure as a MedSAMError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise MedSAMError(f"{path}: the header claims a huge image ({exc}); refusing to decode it "
-                          "(a corrupt or hostile file?)") from exc
-    except UnidentifiedImageError as exc:
-        raise MedSAMError(f"{path}: not a readable {what} (Pillow cannot identify it)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise MedSAMError(f"{path}: truncated or corrupt {what} ({exc})") from exc
-
-
-def _single_frame(img, path: Path) -> None:
-    """A multi-page TIFF or an animated GIF is a stack, not one image: refuse it rather than use page 0."""
-    frames = int(getattr(img, "n_frames", 1) or 1)
-    if frames > 1:
-        raise MedSAMError(f"{path}: holds {frames} frames/pages, not one image; give a single-frame file, or "
-                          "save the stack as a volume (.nii.gz / .nrrd) to segment one slice")
-
-
 def read_2d(path: str | os.PathLike) -> MedicalImage:
     """PNG, JPEG, TIFF, GIF, BMP; 8 or 16 bit; grey, RGB, RGBA or palette (palette -> RGB); one frame."""
     from PIL import Image
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         with open_2d(path, "image") as img:
-            _single_frame(img, path)
+            single_frame(img, path)
             img.load()
             mode = img.mode
             if mode == "P":
@@ -148,62 +96,13 @@ def read_2d(path: str | os.PathLike) -> MedicalImage:
             array = np.array(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MedSAMError(f"{path}: truncated or corrupt image ({exc})") from exc
-    _check_finite(array, path)
+    check_finite(array, path)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]  # alpha carries no intensity
     if array.ndim == 3 and array.shape[2] == 2:
         array = array[..., 0]
     return MedicalImage(array=array, path=str(path), spacing=(1.0, 1.0), is_volume=False,
                         meta={"mode": mode})
-
-
-def _nifti_data_check(path: Path) -> None:
-    """Guard against two silent SimpleITK NIfTI behaviours (seen with SimpleITK 2.5): a truncated
-    file is read with the missing voxels set to 0, and NaN / +-inf voxels come back as 0.
-
-    The voxel bytes are streamed once (1 MiB at a time, no second copy of the volume): a short
-    stream is a truncated file; float voxels are checked for non-finite values on the way (the
-    module's one rule: refused).
-    """
-    import gzip
-    import zlib
-
-    import nibabel as nib
-
-    try:
-        proxy = nib.load(str(path)).dataobj  # header only; the proxy knows where the voxels start
-        dtype = np.dtype(proxy.dtype)
-        expected = int(np.prod(proxy.shape, dtype=np.int64)) * dtype.itemsize
-        offset = int(proxy.offset)
-        check_finite = np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating)
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        bad, first_bad, received, carry = 0, None, 0, b""
-        with opener(path, "rb") as handle:
-            handle.read(offset)
-            while received < expected:
-                block = handle.read(min(1 << 20, expected - received))
-                if not block:
-                    break
-                if check_finite:
-                    start, data = received - len(carry), carry + block  # data begins at byte `start`
-                    usable = len(data) - len(data) % dtype.itemsize
-                    data, carry = data[:usable], data[usable:]
-                    nonfinite = ~np.isfinite(np.frombuffer(data, dtype=dtype))
-                    n = int(nonfinite.sum())
-                    if n and first_bad is None:
-                        first_bad = start // dtype.itemsize + int(np.flatnonzero(nonfinite)[0])
-                    bad += n
-                received += len(block)
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise MedSAMError(f"{path}: truncated or corrupt volume ({first.strip()})") from exc
-    if received < expected:
-        raise MedSAMError(f"{path}: truncated or corrupt volume (voxel data ends after {received} of "
-                          f"{expected} bytes)")
-    if bad:
-        shape = tuple(int(n) for n in proxy.shape)
-        where = np.unravel_index(first_bad, shape, order="F")[::-1] if len(shape) == 3 else None
-        raise _nonfinite_error(path, bad, where)
 
 
 def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalImage:
@@ -217,7 +116,7 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
     import SimpleITK as sitk
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     modality = None
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's WARNING lines: the errors below say it once
@@ -227,7 +126,7 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
 
             image, modality = read_dicom_series(path)
         else:
-            _check_claimed_size(path)
+            check_claimed_size(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
@@ -243,37 +142,13 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _nifti_data_check(path)
+        nifti_data_check(path)
     array = sitk.GetArrayFromImage(image)
-    _check_finite(array, path)
+    check_finite(array, path)
     spacing_xyz = image.GetSpacing()
     return MedicalImage(array=array, path=str(path), spacing=tuple(float(s) for s in spacing_xyz[::-1]),
                         is_volume=True, origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
                         modality=modality)
-
-
-MAX_COMPRESSION_RATIO = 2000  # deflate cannot exceed ~1032:1; a header claiming more is corrupt or hostile
-
-
-def _check_claimed_size(path: Path) -> None:
-    """Refuse a volume whose header claims more voxel bytes than its file can hold, before
-    SimpleITK allocates them (a corrupt or hostile header would otherwise ask for terabytes)."""
-    import SimpleITK as sitk
-
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(path))
-    info.ReadImageInformation()  # RuntimeError: the caller reports an unreadable file
-    size = tuple(int(n) for n in info.GetSize())
-    component = sitk.Image([1] * len(size), info.GetPixelID()).GetSizeOfPixelComponent()
-    claimed = int(np.prod(size, dtype=np.float64)) * info.GetNumberOfComponents() * component
-    on_disk = path.stat().st_size
-    compressed = path.name.lower().endswith(".gz") or path.suffix.lower() in (".nrrd", ".nhdr", ".mha", ".mhd")
-    limit = on_disk * MAX_COMPRESSION_RATIO + (1 << 20) if compressed else on_disk
-    if path.suffix.lower() in (".mhd", ".nhdr"):
-        return  # the voxels are in a second file
-    if claimed > limit:
-        raise MedSAMError(f"{path}: the header claims a {' x '.join(map(str, size))} volume ({claimed} bytes of voxels) "
-                          f"but the file holds only {on_disk} bytes: truncated or corrupt")
 
 
 def _select_channel(image, channel: int, path: Path):
@@ -340,10 +215,10 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
     if kind == "2d":
         from PIL import Image
 
-        _check_file(path)
+        check_file(path)
         try:
             with open_2d(path, "mask image") as img:
-                _single_frame(img, path)
+                single_frame(img, path)
                 img.load()
                 mode = img.mode
                 if mode == "P" and encoding == "label":
@@ -354,7 +229,7 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
                     array = np.array(img.convert("RGB"))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise MedSAMError(f"{path}: truncated or corrupt mask image ({exc})") from exc
-        _check_finite(array, path)
+        check_finite(array, path)
         if array.dtype == bool:
             array = array.astype(np.uint8) * 255
         image = MedicalImage(array=array, path=str(path), spacing=(1.0, 1.0), is_volume=False, meta={"mode": mode})
