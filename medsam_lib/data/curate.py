@@ -55,8 +55,7 @@ import numpy as np
 from scipy.ndimage import find_objects
 
 from .. import paper
-from ..fileio import (MedSAMError, atomic_path, atomic_write_text, is_within, make_folder, same_path,
-                      sha256_file)
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, make_folder, same_path, sha256_file
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
@@ -283,6 +282,8 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
     """Curate one case into ``out_file`` (atomically); returns {"rows", "slices", "dropped_small"}.
 
     Raises MedSAMError naming the data set, case and file for any bad input; nothing is left behind.
+    A case whose mask holds none of a required target's labels (an empty mask, say) is refused;
+    ``data init`` applies the same rule and lists such a pair instead of writing it (``byod``).
     """
     spec = check_preset(preset)
     where = f"{dataset.name}/{case.volume}"
@@ -370,21 +371,20 @@ def _check_out(out: Path, manifest: Manifest, data_root: Path, resolved: dict) -
         if other:
             raise MedSAMError(f"--out {out}: the folder holds other files ({', '.join(other[:5])}) and is not a curated "
                               "store; give a new or empty folder")
+    if out.exists() and same_path(out, data_root):
+        raise MedSAMError(f"--out {out} is the data root; choose another folder for the store")
     inputs = [data_root / p for ds in resolved.values() for c in ds for p in list(c.images.values()) + list(c.masks.values())]
     if manifest.path is not None:
         inputs.append(Path(manifest.path))
-    reserved = [out / "cases", out / PENDING]
-    for item in inputs:
-        if not item.exists():
-            continue
-        hit = (same_path(item, out) or any(is_within(item, r) for r in reserved)
-               or any(same_path(item, out / n) for n in ("curation.json", "index.csv", NEXT_INFO))
-               or (item.is_dir() and is_within(out, item)))
-        if hit:
+    target = out.resolve()
+    written = {target / n for n in ("curation.json", "index.csv", NEXT_INFO)}
+    folders = (target / "cases", target / PENDING)
+    for item in inputs:  # each resolved once: data sets have thousands of files
+        real = item.resolve()
+        if (real == target or real in written or any(f == real or f in real.parents for f in folders)
+                or (real.is_dir() and real in target.parents)):
             raise MedSAMError(f"--out {out}: the store would be written over or into the input {item}; "
                               "choose another folder")
-    if same_path(out, data_root) if out.exists() else False:
-        raise MedSAMError(f"--out {out} is the data root; choose another folder for the store")
 
 
 def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, preset: str = "paper",
