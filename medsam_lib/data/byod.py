@@ -27,7 +27,7 @@ import numpy as np
 from ..fileio import MedSAMError, atomic_write_text, check_output_path
 from .manifests import manifest_from_dict
 from .preprocess import check_modality
-from .integrity import open_2d
+from .integrity import open_2d, quiet_itk
 from .readers import IMAGE_2D_SUFFIXES, LOSSY_SUFFIXES, VOLUME_SUFFIXES, file_kind, read_mask
 
 _NAME = re.compile(r"[^a-z0-9_]+")
@@ -73,7 +73,8 @@ def _size(path: Path) -> tuple[int, ...]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_itk():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise MedSAMError(f"{path}: SimpleITK cannot read its header (truncated or not an image?)") from exc
     return tuple(int(s) for s in reader.GetSize()[::-1])

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,16 @@ def check_claimed_size(path: Path) -> None:
     if claimed > limit:
         raise MedSAMError(f"{path}: the header claims a {' x '.join(map(str, size))} volume ({claimed} bytes of voxels) "
                           f"but the file holds only {on_disk} bytes: truncated or corrupt")
+
+
+@contextlib.contextmanager
+def quiet_itk():
+    """ITK's own ``WARNING`` lines off while reading (the MedSAMError that follows says it once)."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)

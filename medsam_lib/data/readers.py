@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import MedSAMError, atomic_path, check_input_path
-from .integrity import check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, single_frame
+from .integrity import check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, quiet_itk,
+                        single_frame
 
 IMAGE_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
@@ -118,21 +119,18 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
     path = Path(path)
     check_file(path)
     modality = None
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's WARNING lines: the errors below say it once
     try:
-        if path.is_dir():
-            from .dicom import read_dicom_series
+        with quiet_itk():
+            if path.is_dir():
+                from .dicom import read_dicom_series
 
-            image, modality = read_dicom_series(path)
-        else:
-            check_claimed_size(path)
-            image = sitk.ReadImage(str(path))
+                image, modality = read_dicom_series(path)
+            else:
+                check_claimed_size(path)
+                image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         raise MedSAMError(f"{path}: truncated or corrupt volume, SimpleITK cannot read it ({first.strip()})") from exc
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if channel is not None:
         image = _select_channel(image, channel, path)
     if image.GetDimension() == 4 or (image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() > 1):
