@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import MedSAMError, atomic_path, check_input_path
-from .integrity import check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, quiet_itk,
-                        single_frame
+from .integrity import (check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, quiet_itk,
+                        single_frame)
 
 IMAGE_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
