@@ -11,7 +11,9 @@ the contract of every user error:
 - by default the model is never loaded (a check that must fail before model loading does).
 
 Rows run in-process through ``medsam_lib.cli.main`` (fast); ``subprocess=True`` runs
-``python -m medsam_lib`` with a timeout instead (hangs, e.g. a named pipe given as a file).
+``python -m medsam_lib`` with a timeout instead (end-to-end checks). In-process, every named pipe
+under ``tmp`` is watched: if the command opens one for reading (where it would block forever), a
+watcher thread unblocks it and the row fails ("opened the named pipe").
 Commands added later (embed, train, evaluate) add their own rows and call ``check_bad_input``.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -101,13 +104,44 @@ def run_cli(argv: list[str], capfd=None, use_subprocess: bool = False, timeout: 
     return code, captured.out, captured.err
 
 
+class FifoWatch:
+    """Unblocks (and records) any reader that opens one of ``fifos`` while the watch runs."""
+
+    def __init__(self, fifos: list[Path]):
+        self.fifos, self.opened, self._stop = fifos, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            for fifo in self.fifos:
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while someone reads it
+                except OSError:
+                    continue
+                self.opened.append(fifo.name)
+                os.close(fd)  # the reader sees end-of-file instead of waiting forever
+
+    def __enter__(self):
+        if self.fifos:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.fifos:
+            self._thread.join()
+
+
 def check_bad_input(row: BadInput, tmp: Path, capfd, ctx: Any = None) -> str:
     """Build the row's inputs, run it, assert the bad-input contract; returns the error line."""
     argv = row.build(tmp, ctx)
     capfd.readouterr()  # whatever building printed
     before = snapshot(tmp, row.ignore)
-    code, out, err = run_cli(argv, capfd, row.subprocess, row.timeout, forbid_model=not row.model_allowed)
+    fifos = [tmp / rel for rel, kind in before.items() if kind == f"special {stat.S_IFIFO}"]
+    with FifoWatch([] if row.subprocess else fifos) as watch:
+        code, out, err = run_cli(argv, capfd, row.subprocess, row.timeout, forbid_model=not row.model_allowed)
     shown = f"{row.name}: argv={argv}\nstdout={out!r}\nstderr={err!r}"
+    assert not watch.opened, f"opened the named pipe(s) {watch.opened} (would block forever). {shown}"
     assert code == 2, shown
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, shown

@@ -50,8 +50,10 @@ def _listing(folder: Path, what: str) -> tuple[dict[str, Path], list[str]]:
             continue
         try:
             file_kind(path)
-        except MedSAMError:
-            problems.append(f"{what} {path.name}: not an image file this tool reads (skipped)")
+        except MedSAMError as exc:
+            reason = str(exc).split(": ", 1)[-1] if "unsupported file type" not in str(exc) else \
+                "not an image file this tool reads"
+            problems.append(f"{what} {path.name}: {reason} (skipped)")
             continue
         stem = _stem(path)
         if stem in found:
