@@ -438,6 +438,7 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
 
     report = CurationReport(out=out, preset=preset)
     jobs = [(ds, c) for ds in chosen for c in resolved[ds.name]]
+    staged: list[str] = []  # this run's case files under .pending/, moved in by _finish
     try:
         for ds, case in tqdm(jobs, desc=f"curating {manifest.name} ({preset})", unit="case", disable=not progress):
             label = f"{ds.name}/{case.volume}"
@@ -446,6 +447,8 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
             key = _case_key(ds, case, preset, {str(p.relative_to(data_root)): _fingerprint(p) for p in files})
             if _case_done(out / rel, key) or _case_done(out / PENDING / rel, key):
                 report.skipped.append(label)
+                if (out / PENDING / rel).is_file() and not _case_done(out / rel, key):
+                    staged.append(rel)  # finished by an earlier, failed or killed, run
                 continue
             out_file = out / PENDING / rel if old else out / rel  # an existing store changes only at the end
             out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -460,12 +463,14 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
                     raise error from exc
                 report.failed[label] = str(error)
                 continue
+            if old:
+                staged.append(rel)
             report.curated.append(label)
             report.dropped_small += stats["dropped_small"]
     except Exception:
         _tidy_after_failure(out, created, folders_before)
         raise
-    index = _finish(out, info)
+    index = _finish(out, info, staged)
     report.rows = len(index)
     report.slices = int(index[["image_id"]].drop_duplicates().shape[0]) if len(index) else 0
     report.seconds = time.perf_counter() - start
@@ -482,18 +487,17 @@ def _tidy_after_failure(out: Path, created: bool, folders_before: set) -> None:
         out.rmdir()
 
 
-def _finish(out: Path, info: dict):
+def _finish(out: Path, info: dict, staged: list[str]):
     """Make the finished run the store, in an order that a kill at any point leaves readable or
     clearly incomplete: the new description is staged (its presence marks the store incomplete),
     pending case files move in, the index is rebuilt from the new description, and only then the
     description becomes ``curation.json``."""
     atomic_write_text(out / NEXT_INFO, json.dumps(info, indent=2))
     pending = out / PENDING
-    if pending.is_dir():
-        for path in sorted(p for p in pending.rglob("*.npz") if not p.name.startswith(".")):
-            target = out / path.relative_to(pending)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
+    for rel in staged:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(pending / rel, out / rel)
+    if pending.is_dir() and not any(p.is_file() for p in pending.rglob("*")):
         shutil.rmtree(pending, ignore_errors=True)
     (out / "cases").mkdir(exist_ok=True)
     index = build_index(out, info)
