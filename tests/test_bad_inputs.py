@@ -617,3 +617,15 @@ def test_2d_image_modes(tmp_path, lite_model, mode):
     predictor = BoxPredictor(lite_model)
     predictor.set_image(array)
     assert predictor.predict([[10, 10, 60, 50]]).masks.shape == (1, 64, 80)
+
+
+def test_damaged_store_files_are_clear_errors(tmp_path):
+    store = _good_store(tmp_path)
+    with CuratedDataset(store) as ds:
+        row = ds.index.iloc[0]
+    (store / row["file"]).write_bytes(b"not a zip")
+    with CuratedDataset(store) as ds, pytest.raises(MedSAMError, match=r"corrupt case file.*data curate again"):
+        ds.load(row)
+    (store / "curation.json").write_bytes(bytes(range(256)))
+    with pytest.raises(MedSAMError, match=r"curation\.json: corrupt store description"):
+        CuratedDataset(store)

@@ -175,7 +175,11 @@ def fetch_file(spec: FileSpec, root: Path, force: bool = False, progress: bool =
     archive = downloads / spec.file_name
     stamp = _stamp_path(root, spec)
     if stamp.is_file() and not force:
-        return json.loads(stamp.read_text())["sha256"]
+        try:
+            return str(json.loads(stamp.read_bytes().decode("utf-8"))["sha256"])
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise MedSAMError(f"{stamp}: damaged record of a finished fetch; delete it (and the files unpacked "
+                              f"from {spec.file_name}, if any) and fetch again") from exc
     if force or not archive.is_file():
         fetch_url(spec.url, archive, spec.checksums, spec.size, progress=progress)
     else:  # a download that finished earlier but was not unpacked: verify before use

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -49,9 +50,12 @@ def _load_store_info(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise MedSAMError(f"{path}: corrupt store description ({exc}); move the folder aside and curate again") from exc
+    if not isinstance(info, dict) or not isinstance(info.get("manifests"), dict) or "preset" not in info:
+        raise MedSAMError(f"{path}: not a curated store description; move the folder aside and curate again")
+    return info
 
 
 def read_index(path: str | os.PathLike):
@@ -111,7 +115,11 @@ class CuratedDataset:
         path = self.path / file
         if not path.is_file():
             raise MedSAMError(f"{path}: case file missing from the curated store; curate again")
-        npz = np.load(path)
+        try:
+            npz = np.load(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise MedSAMError(f"{path}: corrupt case file in the curated store ({exc}); delete it and run "
+                              "data curate again") from exc
         self._open[file] = npz
         if len(self._open) > self._cache_files:
             _, old = self._open.popitem(last=False)
