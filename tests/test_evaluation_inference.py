@@ -106,16 +106,17 @@ def test_real_model_embedding_path_equals_image_path(lite_model):
     from medsam_lib.evaluation.inference import EmbeddingCache
     from medsam_lib.models.predictor import BoxPredictor
 
-    obj = ball((3, 256, 256), (1, 128, 128), (1.2, 50, 40))
+    obj = ball((1, 256, 256), (0, 128, 128), (0.9, 50, 40))  # one slice: two encodes in all
     rng = np.random.default_rng(0)
     images = np.clip(60 + 120 * obj + rng.normal(0, 15, obj.shape), 0, 255).astype(np.uint8)
     images = np.repeat(images[..., None], 3, axis=-1)
     predictor = BoxPredictor(lite_model)
     direct = predict_volume(predictor, images, obj, "gt")["mask"]
     cache = EmbeddingCache(predictor)
-    embeddings = [cache.get(str(z), lambda z=z: images[z]) for z in range(3)]
+    embeddings = [cache.get(str(z), lambda z=z: images[z]) for z in range(len(images))]
     cached = predict_volume(predictor, images, obj, "gt", embeddings=embeddings)["mask"]
-    assert cache.encoded == 3
+    assert cache.encoded == len(images) == 1
+    assert cache.get("0", lambda: images[0]) is embeddings[0] and cache.encoded == 1  # cached
     assert np.array_equal(direct, cached) and direct.any()
 
 
