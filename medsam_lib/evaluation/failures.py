@@ -179,8 +179,10 @@ def plot_failures(cases: list[dict], path, title: str):
                contour=case["gt"])
     for ax in axes.ravel()[len(cases):]:
         ax.axis("off")
-    fig.suptitle(title + "\norange: prediction, yellow: ground truth, cyan: box", fontsize=10)
-    fig.subplots_adjust(top=1 - 0.6 / fig.get_figheight(), bottom=0.02, left=0.02, right=0.98, wspace=0.08)
+    height = fig.get_figheight()  # title band above the tallest panel title (up to ~8 lines)
+    fig.suptitle(title + "\norange: prediction, yellow: ground truth, cyan: box", fontsize=10,
+                 y=1 - 0.05 / height, va="top")
+    fig.subplots_adjust(top=1 - 1.7 / height, bottom=0.02, left=0.02, right=0.98, wspace=0.08)
     out = save_figure(fig, path)
     plt.close(fig)
     return out
