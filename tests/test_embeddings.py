@@ -297,3 +297,19 @@ def test_vit_b_store_equals_segment_anythings_own_predictor(demo_curated, tmp_pa
     assert open_store(store.path, model=loaded).meta["weights_sha256"] == store.meta["weights_sha256"]
     with pytest.raises(MedSAMError, match="model input transform: store has vit1024-paper, asked for vit1024-official"):
         open_store(store.path, model=loaded, vit_preprocess="official_code")
+
+
+def test_notebook_summary_helpers(store16, tmp_path):
+    from medsam_lib.embeddings import summary
+
+    rng = np.random.default_rng(0)
+    line = np.outer(rng.standard_normal(50), rng.standard_normal(8)) + 1e-3 * rng.standard_normal((50, 8))
+    coords, share = summary.pca_2d(line)
+    assert coords.shape == (50, 2) and share[0] > 0.999  # one direction holds all the variance
+    pooled = summary.pooled(store16)
+    np.testing.assert_allclose(pooled[0], store16.get(store16.ids()[0]).astype(np.float32).mean(axis=(1, 2)),
+                               rtol=1e-5)
+    table = summary.store_table(store16)
+    assert table["images"].sum() == N_IMAGES
+    figure = summary.plot_pca(store16, tmp_path / "figures" / "pca.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
