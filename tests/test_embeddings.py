@@ -116,6 +116,8 @@ def test_a_changed_curated_image_is_recomputed_the_rest_copied(store16, curated,
     index.loc[rows, ["file", "image_member"]] = donor["file"], donor["image_member"]
     index.to_csv(changed / "index.csv", index=False)
     out = copy_store(store16.path, tmp_path / "emb")
+    with pytest.raises(MedSAMError, match=r"images changed \(e\.g\. " + ids[0]):
+        open_store(out, curated=changed)
     store = build_store(changed, lite_model, out, progress=False)
     assert store.stats["computed"] == 1 and store.stats["kept"] + store.stats["copied"] == N_IMAGES - 1
     assert cosine(store.get(ids[0]), store16.get(ids[1])) > 0.9999  # batched with another image before
