@@ -172,6 +172,12 @@ def test_bad_inputs_exit_2_naming_the_file(store16, curated, tmp_path, capsys):
     assert code == 2 and f"{store16.path}/store.json" in err and "model weights" in err
     code, err = run("--curated", str(curated), "--out", str(curated))
     assert code == 2 and "is a curated store" in err
+    code, err = run("--curated", str(curated), "--out", str(tmp_path / "e"), "--batch-size", "0")
+    assert code == 2 and "batch size must be at least 1" in err
+    if not torch.cuda.is_available():
+        code, err = run("--curated", str(curated), "--out", str(tmp_path / "e"), "--device", "cuda")
+        assert code == 2 and "CUDA is not available" in err
+    assert not (tmp_path / "e").exists()  # refused before anything was written
 
 
 def _damage(store, how: str):
@@ -270,6 +276,7 @@ def test_weights_sha256_is_computed_once_per_checkpoint(tmp_path, monkeypatch):
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 2
 
 
+@pytest.mark.slow
 def test_vit_b_store_equals_segment_anythings_own_predictor(demo_curated, tmp_path):
     """ViT-B at 1024 (random weights; 3 of its 12 blocks, windowed and global, to keep CI fast): the
     stored embedding is what segment_anything's SamPredictor computes on the same curated image with
