@@ -176,7 +176,7 @@ def test_bad_inputs_exit_2_naming_the_file(store16, curated, tmp_path, capsys):
     assert code == 2 and "batch size must be at least 1" in err
     if not torch.cuda.is_available():
         code, err = run("--curated", str(curated), "--out", str(tmp_path / "e"), "--device", "cuda")
-        assert code == 2 and "CUDA is not available" in err
+        assert code == 2 and "no CUDA GPU is available" in err
     assert not (tmp_path / "e").exists()  # refused before anything was written
 
 
