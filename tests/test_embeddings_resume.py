@@ -19,6 +19,7 @@ import pytest
 from embeddings_helpers import curate_demo, store_arrays, subset_store
 from medsam_lib.embeddings import open_store
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 3
 

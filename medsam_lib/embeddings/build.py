@@ -14,6 +14,8 @@ chunk that holds it.
 Concurrency: each chunk is written under its own lock file (fcntl), so two processes building the
 same store share the work instead of corrupting it. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r
 takes chunks r, r + N, r + 2N, ...; rank 0 writes the plan, and the result is the one-process store.
+Several machines: the same command with torchrun's ``--nnodes``/``--rdzv-endpoint`` arguments and
+``--out`` on a file system all of them share (the locks only guard against independent writers).
 Out of GPU memory: the batch is halved (with a message) until it fits.
 """
 from __future__ import annotations

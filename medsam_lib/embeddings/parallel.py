@@ -9,8 +9,6 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import MedSAMError
-
 
 @contextlib.contextmanager
 def flock(path: Path, mode: int, blocking: bool = True):
@@ -63,13 +61,12 @@ class Dist:
 
 
 def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``auto`` (or None): CUDA when present, else CPU; a plain ``cuda`` under torchrun is the rank's
+    own GPU. Everything else is checked by ``zoo.resolve_device`` (MedSAMError naming the option)."""
+    from ..models.zoo import resolve_device as check
+
     text = "auto" if device is None else str(device)
     if text == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MedSAMError(f"device {device!r}: CUDA is not available on this machine; use --device cpu or auto")
-        return torch.device(text if ":" in text else f"cuda:{local_rank}")
-    if text != "cpu":
-        raise MedSAMError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device("cpu")
+    dev = check(text)
+    return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev

@@ -42,7 +42,7 @@ def predictor_agreement(store: EmbeddingStore, curated, model, per_modality: int
         own = predictor._embedding[0].float().cpu().numpy().ravel().astype(np.float64)
         stored = store.get(image_id).astype(np.float64).ravel()
         cosine = float(own @ stored / (np.linalg.norm(own) * np.linalg.norm(stored)))
-        rows.append({"modality": modality, "image_id": image_id, "cosine (store vs set_image)": round(cosine, 5)})
+        rows.append({"modality": modality, "image_id": image_id, "cosine (store vs set_image)": round(cosine, 4)})
     return pd.DataFrame(rows)
 
 
