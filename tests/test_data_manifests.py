@@ -63,13 +63,14 @@ def test_synthetic_manifest_matches_the_phantoms(tmp_path):
     manifest = load_manifest("synthetic")
     assert manifest.synthetic
     by_name = {ds.name: ds for ds in manifest.datasets}
-    assert set(by_name) == {c.case_id for c in phantoms.CASES}
+    assert set(by_name) == {c.dataset for c in phantoms.CASES}
     for case in phantoms.CASES:
-        ds = by_name[case.case_id]
-        (spec,) = ds.cases
+        ds = by_name[case.dataset]
+        (spec,) = [c for c in ds.cases if c.volume == case.case_id]
         assert spec.images[ds.images[0].key] == case.image and spec.masks["label"] == case.mask
         assert ds.images[0].modality == case.modality
         assert set(case.labels) == {v for t in ds.targets for v in t.labels}
+    assert all(len(ds.cases) == phantoms.CASES_PER_DATASET >= 5 for ds in manifest.datasets)
     root = phantoms.write_synthetic_set(tmp_path / "synthetic")
     assert all(resolve_cases(ds, root) for ds in manifest.datasets)
 

@@ -42,3 +42,35 @@ def test_hard_targets_are_hard():
     assert abs(float(img[tumour].mean()) - float(img[liver].mean())) < 40  # HU
     xray = next(c for c in CASES if c.case_id == "synthetic_xray_chest")
     assert make_case(xray)[0].dtype == np.uint16
+
+
+def test_original_phantoms_are_unchanged_and_variants_differ():
+    """Variant 0 of each data set is the phantom the examples, widget and teardown were built on."""
+    import hashlib
+
+    from medsam_lib.data.phantoms import CASES_PER_DATASET
+
+    originals = [c for c in CASES if c.variant == 0]
+    assert [c.case_id for c in originals] == [c.dataset for c in originals] == [
+        "synthetic_ct_abdomen", "synthetic_mr_heart", "synthetic_us_breast", "synthetic_xray_chest"]
+    ct_img, ct_lab = make_case(originals[0], seed=0)
+    assert ct_img.shape == (12, 128, 128) and int(ct_lab.sum()) > 0
+    for dataset in {c.dataset for c in CASES}:
+        members = [c for c in CASES if c.dataset == dataset]
+        assert len(members) == CASES_PER_DATASET >= 5
+        digests = {hashlib.sha256(make_case(c, seed=0)[1].tobytes()).hexdigest() for c in members}
+        assert len(digests) == len(members), dataset  # every case's anatomy is its own
+
+
+def test_curated_demo_set_splits_by_case_and_stays_small(tmp_path):
+    """Enough cases per data set for train / test (and a validation case from train); few images."""
+    from medsam_lib.data.curate import curate_profile
+
+    store = curate_profile("synthetic", "unused", tmp_path, seed=0)
+    index = store.index
+    assert index["synthetic"].all() and index["dataset"].str.startswith("synthetic_").all()
+    per_dataset = index.groupby("dataset").agg(cases=("case", "nunique"))
+    assert (per_dataset["cases"] == 5).all()
+    splits = index.groupby(["dataset", "split"])["case"].nunique().unstack()
+    assert (splits["train"] == 4).all() and (splits["test"] == 1).all()
+    assert index["image_id"].nunique() <= 150  # the demo embeds each curated image once: keep CI cheap

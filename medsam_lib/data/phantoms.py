@@ -1,6 +1,8 @@
 """A small deterministic SYNTHETIC data set for the offline demo (no real patient data).
 
-Four phantoms, each built to show one way box prompting struggles on medical images:
+Four data sets of phantoms, each built to show one way box prompting struggles on medical images,
+with five cases each (the original phantom and four seeded variations of it: moved, scaled, turned)
+so the seeded 80/20 split by case leaves train, validation and test cases:
 - ``synthetic_ct_abdomen``: CT-like volume in HU: a liver with a low-contrast, small tumour (tiny
   target, low contrast; the paper's Fig. 5 liver-tumour failure) and a kidney-like organ.
 - ``synthetic_mr_heart``: MR-like volume: a left-ventricle cavity inside a myocardium ring whose
@@ -20,17 +22,7 @@ import numpy as np
 
 from ..fileio import atomic_path, atomic_write_text
 
-GENERATOR_VERSION = 1
-
-
-@dataclass(frozen=True)
-class PhantomCase:
-    case_id: str
-    modality: str
-    image: str  # file name inside the set folder
-    mask: str
-    labels: dict  # label value -> target name
-    spacing: tuple  # (Z, Y, X) for volumes, (row, col) for 2D, in mm
+GENERATOR_VERSION = 2  # 2: five cases per data set (variants 1-4 added)
 
 
 def _ellipse(shape, center, radii, angle=0.0):
@@ -48,7 +40,12 @@ def _smooth_noise(rng, shape, sigma):
     return gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
 
 
-def ct_abdomen(rng, n_slices=12, size=128):
+def ct_abdomen(rng, n_slices=12, size=128, v=None):
+    v = v or {}
+    dy, dx = v.get("shift", (0.0, 0.0))
+    scale, angle = v.get("scale", 1.0), 0.3 + v.get("angle", 0.0)
+    ty, tx = v.get("tumour_shift", (0.0, 0.0))
+    tumour_radius = v.get("tumour_radius", 5.0)
     img = np.full((n_slices, size, size), -1000.0, dtype=np.float32)  # air
     lab = np.zeros((n_slices, size, size), dtype=np.uint8)
     for z in range(n_slices):
@@ -57,15 +54,15 @@ def ct_abdomen(rng, n_slices=12, size=128):
         img[z][body] = -100.0  # subcutaneous fat
         inner_body = _ellipse((size, size), (64, 64), (45, 55))
         img[z][inner_body] = 40.0  # muscle / soft tissue
-        liver = _ellipse((size, size), (58, 48), (26 - 6 * abs(t - 0.5), 30), angle=0.3)
+        liver = _ellipse((size, size), (58 + dy, 48 + dx), ((26 - 6 * abs(t - 0.5)) * scale, 30 * scale), angle=angle)
         img[z][liver] = 110.0  # contrast-enhanced liver
         lab[z][liver] = 1
-        kidney = _ellipse((size, size), (72, 92), (10, 7))
+        kidney = _ellipse((size, size), (72 + dy / 2, 92 - dx / 2), (10 * scale, 7 * scale))
         img[z][kidney] = 180.0
         lab[z][kidney] = 3
-        r = 5.0 * np.sqrt(max(0.0, 1 - ((t - 0.5) / 0.35) ** 2))
+        r = tumour_radius * np.sqrt(max(0.0, 1 - ((t - 0.5) / 0.35) ** 2))
         if r >= 2.0:
-            tumour = _ellipse((size, size), (56, 44), (r, r)) & liver
+            tumour = _ellipse((size, size), (56 + dy + ty, 44 + dx + tx), (r, r)) & liver
             img[z][tumour] = 85.0  # 25 HU below the liver: low contrast
             lab[z][tumour] = 2
         spine = _ellipse((size, size), (100, 64), (7, 7))
@@ -74,17 +71,20 @@ def ct_abdomen(rng, n_slices=12, size=128):
     return np.round(img).astype(np.int16), lab
 
 
-def mr_heart(rng, n_slices=10, size=128):
+def mr_heart(rng, n_slices=10, size=128, v=None):
+    v = v or {}
+    cy, cx = 64 + v.get("shift", (0.0, 0.0))[0], 64 + v.get("shift", (0.0, 0.0))[1]
+    scale = v.get("scale", 1.0)
     img = np.zeros((n_slices, size, size), dtype=np.float32)
     lab = np.zeros((n_slices, size, size), dtype=np.uint8)
     yy, xx = np.mgrid[:size, :size]
     for z in range(n_slices):
         t = z / max(n_slices - 1, 1)
         img[z] = 120.0
-        outer = _ellipse((size, size), (64, 64), (30 - 8 * t, 30 - 8 * t))
-        inner = _ellipse((size, size), (64, 64), (20 - 7 * t, 20 - 7 * t))
+        outer = _ellipse((size, size), (cy, cx), ((30 - 8 * t) * scale, (30 - 8 * t) * scale))
+        inner = _ellipse((size, size), (cy, cx), ((20 - 7 * t) * scale, (20 - 7 * t) * scale))
         myo = outer & ~inner
-        fade = np.clip((xx - 64) / 30.0, 0, 1)  # the wall fades out towards the right: missing boundary
+        fade = np.clip((xx - cx) / 30.0, 0, 1)  # the wall fades out towards the right: missing boundary
         img[z][myo] = (60.0 + 300.0 * fade)[myo]
         img[z][inner] = 360.0
         lab[z][inner] = 1
@@ -94,14 +94,17 @@ def mr_heart(rng, n_slices=10, size=128):
     return np.clip(img, 0, None).astype(np.uint16), lab
 
 
-def us_breast(rng, size=256):
+def us_breast(rng, size=256, v=None):
+    v = v or {}
+    cy, cx = 128 + v.get("shift", (0.0, 0.0))[0], 120 + v.get("shift", (0.0, 0.0))[1]
+    base_radius, phase = v.get("radius", 38.0), v.get("phase", 1.0)
     base = 140.0 + 30.0 * _smooth_noise(rng, (size, size), 12.0)
     angle = np.linspace(0, 2 * np.pi, 400)
-    radius = 38 + 6 * np.sin(5 * angle + 1.0) + 3 * np.sin(11 * angle)
+    radius = base_radius + 6 * np.sin(5 * angle + phase) + 3 * np.sin(11 * angle)
     yy, xx = np.mgrid[:size, :size]
-    theta = np.arctan2(yy - 128, xx - 120) % (2 * np.pi)
+    theta = np.arctan2(yy - cy, xx - cx) % (2 * np.pi)
     r_at = np.interp(theta, angle, radius)
-    lesion = np.hypot(yy - 128, xx - 120) <= r_at
+    lesion = np.hypot(yy - cy, xx - cx) <= r_at
     from scipy.ndimage import gaussian_filter
 
     soft = gaussian_filter(lesion.astype(np.float32), 4.0)  # weak, blurred edge
@@ -111,11 +114,14 @@ def us_breast(rng, size=256):
     return img.astype(np.uint8), lesion.astype(np.uint8)
 
 
-def xray_chest(rng, size=256):
+def xray_chest(rng, size=256, v=None):
+    v = v or {}
+    dy, dx = v.get("shift", (0.0, 0.0))
+    scale = v.get("scale", 1.0)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    img = 30000.0 + 8000.0 * np.exp(-((xx - 128) / 40) ** 2)  # mediastinum
-    left = _ellipse((size, size), (120, 78), (80, 40), angle=-0.1)
-    right = _ellipse((size, size), (120, 178), (80, 42), angle=0.1)
+    img = 30000.0 + 8000.0 * np.exp(-((xx - 128 - dx) / 40) ** 2)  # mediastinum
+    left = _ellipse((size, size), (120 + dy, 78 + dx), (80 * scale, 40 * scale), angle=-0.1)
+    right = _ellipse((size, size), (120 + dy, 178 + dx), (80 * scale, 42 * scale), angle=0.1)
     lungs = left | right
     gradient = 1.0 - 0.25 * (yy / size)
     img[lungs] = (14000.0 * gradient)[lungs]
@@ -126,25 +132,72 @@ def xray_chest(rng, size=256):
     return np.clip(img, 0, 65535).astype(np.uint16), lab
 
 
-CASES = (
-    PhantomCase("synthetic_ct_abdomen", "CT", "synthetic_ct_abdomen.nii.gz", "synthetic_ct_abdomen_mask.nii.gz",
-                {1: "liver", 2: "liver tumour", 3: "kidney"}, (3.0, 0.8, 0.8)),
-    PhantomCase("synthetic_mr_heart", "MR", "synthetic_mr_heart.nii.gz", "synthetic_mr_heart_mask.nii.gz",
-                {1: "left ventricle", 2: "myocardium"}, (8.0, 1.25, 1.25)),
-    PhantomCase("synthetic_us_breast", "Ultrasound", "synthetic_us_breast.png", "synthetic_us_breast_mask.png",
-                {1: "breast tumour"}, (1.0, 1.0)),
-    PhantomCase("synthetic_xray_chest", "X-Ray", "synthetic_xray_chest.png", "synthetic_xray_chest_mask.png",
-                {1: "left lung", 2: "right lung"}, (1.0, 1.0)),
+# One phantom per data set is the original (variant 0, kept exactly as before: the examples, the
+# widget and the teardown use it); variants 1.. move, scale and turn its anatomy (drawn from the
+# seed) so each data set has CASES_PER_DATASET cases for the 80/20 split and a validation split.
+# Variant volumes are thinner (fewer slices) to keep the demo's curation and embeddings cheap.
+CASES_PER_DATASET = 5
+_DATASETS = (
+    ("synthetic_ct_abdomen", "CT", "nii.gz", {1: "liver", 2: "liver tumour", 3: "kidney"}, (3.0, 0.8, 0.8)),
+    ("synthetic_mr_heart", "MR", "nii.gz", {1: "left ventricle", 2: "myocardium"}, (8.0, 1.25, 1.25)),
+    ("synthetic_us_breast", "Ultrasound", "png", {1: "breast tumour"}, (1.0, 1.0)),
+    ("synthetic_xray_chest", "X-Ray", "png", {1: "left lung", 2: "right lung"}, (1.0, 1.0)),
 )
+_VARIANT_SLICES = {"synthetic_ct_abdomen": 6, "synthetic_mr_heart": 5}
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    case_id: str
+    modality: str
+    image: str  # file name inside the set folder
+    mask: str
+    labels: dict  # label value -> target name
+    spacing: tuple  # (Z, Y, X) for volumes, (row, col) for 2D, in mm
+    dataset: str = ""  # the data set (manifest entry) the case belongs to
+    variant: int = 0  # 0: the original phantom; 1..: a seeded variation of it
+
+
+def _cases() -> tuple[PhantomCase, ...]:
+    cases = []
+    for name, modality, ext, labels, spacing in _DATASETS:
+        for k in range(CASES_PER_DATASET):
+            case_id = name if k == 0 else f"{name}_{k:02d}"
+            cases.append(PhantomCase(case_id, modality, f"{case_id}.{ext}", f"{case_id}_mask.{ext}", labels, spacing,
+                                     name, k))
+    return tuple(cases)
+
+
+CASES = _cases()
 _BUILDERS = {"synthetic_ct_abdomen": ct_abdomen, "synthetic_mr_heart": mr_heart,
              "synthetic_us_breast": us_breast, "synthetic_xray_chest": xray_chest}
 
 
+def _variant_params(dataset: str, rng) -> dict:
+    shift = tuple(float(x) for x in rng.uniform(-1, 1, 2))
+    if dataset == "synthetic_ct_abdomen":
+        return {"shift": (6 * shift[0], 6 * shift[1]), "scale": float(rng.uniform(0.85, 1.1)),
+                "angle": float(rng.uniform(-0.2, 0.2)), "tumour_shift": tuple(float(x) for x in rng.uniform(-3, 3, 2)),
+                "tumour_radius": float(rng.uniform(4.5, 6.0))}
+    if dataset == "synthetic_mr_heart":
+        return {"shift": (8 * shift[0], 8 * shift[1]), "scale": float(rng.uniform(0.85, 1.15))}
+    if dataset == "synthetic_us_breast":
+        return {"shift": (20 * shift[0], 20 * shift[1]), "radius": float(rng.uniform(30, 44)),
+                "phase": float(rng.uniform(0, 2 * np.pi))}
+    return {"shift": (8 * shift[0], 8 * shift[1]), "scale": float(rng.uniform(0.9, 1.05))}
+
+
 def make_case(case: PhantomCase, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(image, label map) of one phantom; the same seed always gives the same arrays."""
-    index = [c.case_id for c in CASES].index(case.case_id)
-    rng = np.random.default_rng([seed, index])
-    return _BUILDERS[case.case_id](rng)
+    index = [d[0] for d in _DATASETS].index(case.dataset)
+    builder = _BUILDERS[case.dataset]
+    if case.variant == 0:
+        return builder(np.random.default_rng([seed, index]))
+    rng = np.random.default_rng([seed, index, case.variant])
+    params = _variant_params(case.dataset, rng)
+    if case.dataset in _VARIANT_SLICES:
+        return builder(rng, n_slices=_VARIANT_SLICES[case.dataset], v=params)
+    return builder(rng, v=params)
 
 
 def _write(array: np.ndarray, path: Path, spacing: tuple, is_label: bool) -> None:
@@ -180,7 +233,7 @@ def write_synthetic_set(out_dir: str | Path, seed: int = 0) -> Path:
         image, labels = make_case(case, seed)
         _write(image, out / case.image, case.spacing, is_label=False)
         _write(labels, out / case.mask, case.spacing, is_label=True)
-        entries.append({"case_id": case.case_id, "modality": case.modality, "image": case.image,
+        entries.append({"case_id": case.case_id, "dataset": case.dataset, "modality": case.modality, "image": case.image,
                         "mask": case.mask, "labels": {str(k): v for k, v in case.labels.items()},
                         "spacing": list(case.spacing), "synthetic": True})
     atomic_write_text(index_path, json.dumps({"synthetic": True, "seed": seed,
