@@ -2,7 +2,7 @@
 
 Stock = the released MedSAM preprocessing pattern (pre_CT_MR.py): read the volume, normalise the
 whole volume into a float copy, resize every labelled slice into lists held in memory, and write
-one ``np.savez_compressed`` at the end. Ours = ``medsam_lib.data.curate.curate_case``: window the
+one ``np.savez_compressed`` at the end. Ours = ``medsam_lib.data.case_writer.curate_case``: window the
 volume once, then normalise, resize and write slice by slice into the case file. Both use the
 same readers, window and resizing, run on the same cases in the same process, and each case is
 timed as the best of ``--repeat`` runs. Peak memory is traced with ``tracemalloc`` (numpy reports
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medsam_lib.data.curate import curate_case  # noqa: E402
+from medsam_lib.data.case_writer import curate_case  # noqa: E402
 from medsam_lib.data.manifests import load_manifest, resolve_cases  # noqa: E402
 from medsam_lib.data.preprocess import normalize_intensity, resize_image, resize_mask  # noqa: E402
 from medsam_lib.data.readers import read_image, read_mask  # noqa: E402

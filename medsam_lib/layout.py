@@ -6,7 +6,8 @@
     layout.embeddings("litemedsam")          # embedding store of a model on the paper-preset store
     layout.training("decoder")               # a fine-tuning run (last.pt, best.pt, metrics.csv)
     layout.evaluation("litemedsam")          # per-target metrics of one model
-    layout.tables, layout.figures            # what notebooks 05-06 write
+    layout.tables, layout.figures            # every notebook's tables (CSV) and figures (PNG)
+    layout.exports                           # masks a notebook's reproducible run exports (07)
 
 Interactive work (the widget's autosaves and exports) never goes here: see ``user_dir``.
 """
@@ -53,6 +54,10 @@ class ResultsLayout:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
 
 
 def user_dir() -> Path:

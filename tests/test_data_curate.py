@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsam_lib.data import curate as curation
+from medsam_lib.data import case_writer
 from medsam_lib.data.curate import CuratedDataset, curate
 from medsam_lib.data.splits import split_cases
 from medsam_lib.data.manifests import load_manifest, manifest_from_dict
@@ -254,7 +254,7 @@ def test_a_case_that_fails_halfway_leaves_nothing_and_earlier_cases_stay(tmp_pat
         _ct_case(tmp_path, name)
     manifest = manifest_from_dict(_manifest(tmp_path, ["a", "b", "c"]))
     out = tmp_path / "out"
-    real_resize = curation.resize_image
+    real_resize = case_writer.resize_image
     calls = {"n": 0}
 
     def failing_resize(image, size=256):
@@ -263,7 +263,7 @@ def test_a_case_that_fails_halfway_leaves_nothing_and_earlier_cases_stay(tmp_pat
             raise RuntimeError("disk full (simulated)")
         return real_resize(image, size)
 
-    monkeypatch.setattr(curation, "resize_image", failing_resize)
+    monkeypatch.setattr(case_writer, "resize_image", failing_resize)
     with pytest.raises(MedSAMError, match="toy/b: RuntimeError: disk full"):
         curate(manifest, out, root=tmp_path, progress=False)
     assert _files(out) == {"cases/toy/a.npz"}  # a stays, b left nothing (no partial file), c not started

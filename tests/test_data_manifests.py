@@ -12,7 +12,8 @@ import pytest
 
 from medsam_lib.cli import main
 from medsam_lib.data import phantoms
-from medsam_lib.data.manifests import (MANIFESTS_DIR, PAPER_TASKS, list_manifests, load_manifest, manifest_from_dict,
+from medsam_lib.data.manifest_schema import PAPER_TASKS
+from medsam_lib.data.manifests import (MANIFESTS_DIR, list_manifests, load_manifest, manifest_from_dict,
                                        resolve_cases)
 from medsam_lib.fileio import MedSAMError
 from medsam_lib.shared import REPO_ROOT

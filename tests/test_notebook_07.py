@@ -57,11 +57,11 @@ def test_notebook_07_runs_through(name, inputs, tmp_path):
                         progress_bar=False)
     nb = nbformat.read(out, as_version=4)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    table = (results / "07_box_prompting" / "boxes.csv").read_text().splitlines()
+    table = (results / "tables" / "07_boxes.csv").read_text().splitlines()
     if name == "image only (no mask)":
         assert "draw one in the widget" in text and len(table) == 1  # header only: no box, no error
     else:
-        assert len(table) == 2 and (results / "07_box_prompting" / "07_widget_overlay.png").is_file()
+        assert len(table) == 2 and (results / "figures" / "07_widget_overlay.png").is_file()
     if "mask_path" in params:
         assert table[1].split(",")[-1] not in ("", None)  # Dice against the reference is filled in
     # the widget's autosave went to the user's folder, not under results/

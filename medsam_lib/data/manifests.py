@@ -15,6 +15,9 @@ All paths are relative to a data root chosen by ``data_root`` (``shared`` = ../s
 ``relative_to_manifest``). ``obtain`` says how to get the files: ``direct`` downloads (URLs, file
 names, sizes and checksums where the source publishes them), or ``manual`` steps and the layout
 to place the files in.
+
+Validation (schema and cross-field rules) is ``manifest_schema``; this module builds the specs
+and finds the cases under a data root.
 """
 from __future__ import annotations
 
@@ -24,29 +27,14 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..fileio import MedSAMError, check_input_path
 from ..shared import REPO_ROOT, shared_data_dir
-from .preprocess import check_modality
+from .manifest_schema import PLACEHOLDER, safe_name, validate_manifest_dict
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
 MANIFESTS_DIR = REPO_ROOT / "data_manifests"
-SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 64 << 20  # the largest shipped manifest is far below this
-
-# The 30 evaluated tasks of Tables 1-2 (../shared/paper/tasks.csv), as "Target (Modality)".
-PAPER_TASKS = (
-    "Brain Ventricles (MR-T1)", "Brain Ventricles (MR-T2)", "Brain Tumor (MR-FLAIR)", "Cerebellum (MR-T1)",
-    "Cerebellum (MR-T2)", "Gallbladder (MR)", "Left Ventricle (MR)", "Right Ventricle (MR)", "Liver (MR)",
-    "Pancreas (MR)", "Prostate (MR-ADC)", "Prostate (MR-T2)", "Abdomen Tumor (CT)", "Gallbladder (CT)",
-    "Head-Neck Tumor (CT)", "Liver (CT)", "Lung Infections (CT)", "Pancreas (CT)", "Pleural Effusion (CT)",
-    "Stomach (CT)", "Head-Neck Tumor (PET)", "Breast Tumor (Ultrasound)", "Liver (Ultrasound)",
-    "Vessel (Ultrasound)", "Heart (X-Ray)", "Lungs (X-Ray)", "Polyp (Endoscope)", "Instrument (Endoscope)",
-    "Retinal Vessel (Retinal Image)", "Gland (Pathology)",
-)
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(d))?\}")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -165,107 +153,6 @@ def find_manifest(name_or_path: str | os.PathLike) -> Path:
     raise MedSAMError(f"no manifest named {name_or_path!r}; known: {names} (or give a path to a .json file)")
 
 
-def _schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
-
-
-def validate_manifest_dict(data: dict, source: str = "manifest") -> None:
-    """Schema validation plus the cross-field rules a JSON schema cannot say; MedSAMError if invalid."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in errors[:8]]
-        more = f"\n  ... and {len(errors) - 8} more" if len(errors) > 8 else ""
-        raise MedSAMError(f"{source}: not a valid manifest:\n" + "\n".join(lines) + more)
-    _check_semantics(data, source)
-
-
-def _check_relative(path: str, where: str) -> None:
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or re.match(r"^[A-Za-z]:", path) or ".." in pure.parts:
-        raise MedSAMError(f"{where}: path {path!r} must be relative to the data root, without '..'")
-
-
-def _check_semantics(data: dict, source: str) -> None:
-    seen_ds = set()
-    for ds in data["datasets"]:
-        where = f"{source}: data set {ds['name']!r}"
-        if ds["name"] in seen_ds:
-            raise MedSAMError(f"{source}: duplicate data set name {ds['name']!r}")
-        seen_ds.add(ds["name"])
-        image_keys = [i["key"] for i in ds["images"]]
-        mask_keys = [m["key"] for m in ds["masks"]]
-        for kind, keys in (("image", image_keys), ("mask", mask_keys)):
-            dup = {k for k in keys if keys.count(k) > 1}
-            if dup:
-                raise MedSAMError(f"{where}: duplicate {kind} key(s) {sorted(dup)}")
-        for modality in [ds["modality"]] + [i["modality"] for i in ds["images"]]:
-            check_modality(modality, f"{where}: modality")
-        for m in ds["masks"]:
-            if m.get("encoding") == "rgb" and not m.get("palette"):
-                raise MedSAMError(f"{where}: mask {m['key']!r} has encoding 'rgb' but no palette")
-        names = [t["name"] for t in ds["targets"]]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise MedSAMError(f"{where}: duplicate target name(s) {sorted(dup)}")
-        for t in ds["targets"]:
-            mask = t.get("mask", mask_keys[0])
-            if mask not in mask_keys:
-                raise MedSAMError(f"{where}: target {t['name']!r} refers to mask {mask!r}; masks: {mask_keys}")
-            for key, task in t.get("paper_tasks", {}).items():
-                if key not in image_keys:
-                    raise MedSAMError(f"{where}: target {t['name']!r} maps image key {key!r} to a task, "
-                                      f"but the image keys are {image_keys}")
-                if task not in PAPER_TASKS:
-                    raise MedSAMError(f"{where}: target {t['name']!r}: {task!r} is not one of the paper's 30 tasks "
-                                      f"(e.g. {PAPER_TASKS[0]!r})")
-        patterns = [i.get("pattern") for i in ds["images"]] + [m.get("pattern") for m in ds["masks"]]
-        if ds.get("case_filter"):
-            try:
-                re.compile(ds["case_filter"])
-            except re.error as exc:
-                raise MedSAMError(f"{where}: case_filter {ds['case_filter']!r} is not a valid regular expression ({exc})")
-        if "cases" in ds:
-            if any(patterns) or ds.get("case_filter") or ds.get("skip_missing_masks"):
-                raise MedSAMError(f"{where}: give either an explicit 'cases' list or 'pattern' fields (with "
-                                  "case_filter / skip_missing_masks), not both")
-            volumes = [c["id"] for c in ds["cases"]]
-            dup = sorted({v for v in volumes if volumes.count(v) > 1})
-            if dup:
-                raise MedSAMError(f"{where}: duplicate case id(s) {dup}")
-            slugs = [_SAFE.sub("_", v) for v in volumes]
-            clash = sorted({v for v, s in zip(volumes, slugs) if slugs.count(s) > 1})
-            if clash:
-                raise MedSAMError(f"{where}: case ids {clash} differ only in characters that file names cannot "
-                                  "hold; rename them")
-            for c in ds["cases"]:
-                if set(c["images"]) != set(image_keys) or set(c["masks"]) != set(mask_keys):
-                    raise MedSAMError(f"{where}: case {c['id']!r} must give exactly the images {image_keys} and "
-                                      f"masks {mask_keys}; it gives {sorted(c['images'])} and {sorted(c['masks'])}")
-                for p in list(c["images"].values()) + list(c["masks"].values()):
-                    _check_relative(p, f"{where}, case {c['id']!r}")
-        else:
-            if not all(patterns):
-                raise MedSAMError(f"{where}: without a 'cases' list every image and mask needs a 'pattern'")
-            first = ds["images"][0]["pattern"]
-            names = [m.group(1) for m in _PLACEHOLDER.finditer(first)]
-            if "case" not in names:
-                raise MedSAMError(f"{where}: the first image pattern {first!r} must contain {{case}}")
-            for p in patterns:
-                _check_relative(p, where)
-                extra = {m.group(1) for m in _PLACEHOLDER.finditer(p)} - set(names)
-                if extra:
-                    raise MedSAMError(f"{where}: pattern {p!r} uses placeholder(s) {sorted(extra)} that the first "
-                                      f"image pattern {first!r} does not define")
-    obtain = data["obtain"]
-    for f in obtain.get("files", []):
-        _check_relative(f["file_name"], f"{source}: obtain file")
-        if f.get("extract_to"):
-            _check_relative(f["extract_to"], f"{source}: obtain file {f['file_name']}")
-
-
 def _build(data: dict, path: Path | None, digest: str) -> Manifest:
     datasets = []
     for ds in data["datasets"]:
@@ -341,16 +228,10 @@ def resolve_root(manifest: Manifest, root: str | os.PathLike | None = None) -> P
         return (manifest.path.parent / manifest.data_root["path"]).resolve()
     raise MedSAMError(f"manifest {manifest.name}: its data root must be given (--root DIR)")
 
-
-def safe_name(volume: str) -> str:
-    """A case id as a file name."""
-    return _SAFE.sub("_", volume)
-
-
 def _compile(pattern: str) -> tuple[str, re.Pattern, list[str]]:
     glob_parts, regex_parts, names = [], [], []
     pos = 0
-    for m in _PLACEHOLDER.finditer(pattern):
+    for m in PLACEHOLDER.finditer(pattern):
         literal = pattern[pos:m.start()]
         glob_parts.append(glob.escape(literal))
         regex_parts.append(re.escape(literal))
@@ -368,7 +249,7 @@ def _compile(pattern: str) -> tuple[str, re.Pattern, list[str]]:
 
 
 def _fill(pattern: str, values: dict) -> str:
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], pattern)
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], pattern)
 
 
 def resolve_cases(dataset: DatasetSpec, root: str | os.PathLike) -> list[CaseSpec]:

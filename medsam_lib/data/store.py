@@ -58,6 +58,11 @@ def _load_store_info(out: Path) -> dict | None:
     return info
 
 
+def read_json_member(npz, name: str):
+    """A JSON member of a case file (``rows``, ``meta``), stored as UTF-8 bytes."""
+    return json.loads(bytes(npz[name]).decode())
+
+
 def read_index(path: str | os.PathLike):
     """``index.csv`` as a DataFrame with string ids kept as strings and empty tasks as ""."""
     import pandas as pd

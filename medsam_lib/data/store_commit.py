@@ -1,0 +1,113 @@
+"""Finishing a curation run: the steps that turn finished case files into the store.
+
+A run checks its output folder first (``check_out``: no file in the way, no store written over an
+input) and clears stale temporaries. In an existing store it writes its case files under
+``.pending/``; ``finish`` then stages the new description (``.curation.next.json``, whose presence
+marks the store incomplete), moves the pending files in, rebuilds ``index.csv`` (``build_index``)
+and only last renames the description to ``curation.json``, so a kill at any point leaves the store
+readable or clearly incomplete. ``tidy_after_failure`` removes the empty folders a failed run made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, same_path
+from .manifests import Manifest
+from .splits import split_cases
+from .store import INDEX_COLUMNS, NEXT_INFO, PENDING, _load_store_info, read_json_member
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files a killed run left (its finished case files stay)."""
+    for folder in (out / "cases", out / PENDING):
+        for tmp in folder.rglob(".*.part*"):
+            tmp.unlink(missing_ok=True)
+
+
+def check_out(out: Path, manifest: Manifest, data_root: Path, resolved: dict) -> None:
+    """Refuse an output folder that is not one: a file in the way, a folder holding other things, or
+    one whose store files would land on an input."""
+    if out.exists() and not out.is_dir():
+        raise MedSAMError(f"--out {out}: a file is in the way; give a folder (new, empty, or a curated store)")
+    if out.is_dir() and not (out / "curation.json").exists():
+        other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != "cases")
+        if other:
+            raise MedSAMError(f"--out {out}: the folder holds other files ({', '.join(other[:5])}) and is not a curated "
+                              "store; give a new or empty folder")
+    if out.exists() and same_path(out, data_root):
+        raise MedSAMError(f"--out {out} is the data root; choose another folder for the store")
+    inputs = [data_root / p for ds in resolved.values() for c in ds for p in list(c.images.values()) + list(c.masks.values())]
+    if manifest.path is not None:
+        inputs.append(Path(manifest.path))
+    target = out.resolve()
+    written = {target / n for n in ("curation.json", "index.csv", NEXT_INFO)}
+    folders = (target / "cases", target / PENDING)
+    for item in inputs:  # each resolved once: data sets have thousands of files
+        real = item.resolve()
+        if (real == target or real in written or any(f == real or f in real.parents for f in folders)
+                or (real.is_dir() and real in target.parents)):
+            raise MedSAMError(f"--out {out}: the store would be written over or into the input {item}; "
+                              "choose another folder")
+
+
+def tidy_after_failure(out: Path, created: bool, folders_before: set) -> None:
+    """Remove the empty folders a failed run made; a store folder it created with no finished case goes."""
+    made = [p for p in out.rglob("*") if p.is_dir() and p not in folders_before]
+    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def finish(out: Path, info: dict, staged: list[str]):
+    """Make the finished run the store, in an order that a kill at any point leaves readable or
+    clearly incomplete: the new description is staged (its presence marks the store incomplete),
+    pending case files move in, the index is rebuilt from the new description, and only then the
+    description becomes ``curation.json``."""
+    atomic_write_text(out / NEXT_INFO, json.dumps(info, indent=2))
+    pending = out / PENDING
+    for rel in staged:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(pending / rel, out / rel)
+    if pending.is_dir() and not any(p.is_file() for p in pending.rglob("*")):
+        shutil.rmtree(pending, ignore_errors=True)
+    (out / "cases").mkdir(exist_ok=True)
+    index = build_index(out, info)
+    os.replace(out / NEXT_INFO, out / "curation.json")
+    return index
+
+
+def build_index(out: str | os.PathLike, info: dict | None = None):
+    """Rebuild ``index.csv`` from the case files the store's manifests list (splits from the seed).
+
+    ``info``: the store description to index (default: ``curation.json``)."""
+    import pandas as pd
+
+    out = Path(out)
+    info = info if info is not None else _load_store_info(out)
+    if info is None:
+        raise MedSAMError(f"{out}: not a curated store (no curation.json); run `data curate` first")
+    rows = []
+    for entry in info["manifests"].values():
+        for ds_name, ds in entry["datasets"].items():
+            splits = split_cases([c["case"] for c in ds["cases"].values()], info.get("seed", 0), ds_name)
+            for volume, c in ds["cases"].items():
+                path = out / c["file"]
+                if not path.is_file():
+                    continue
+                with np.load(path) as npz:
+                    case_rows = read_json_member(npz, "rows")
+                for row in case_rows:
+                    row["split"] = splits[c["case"]]
+                    row["file"] = c["file"]
+                rows.extend(case_rows)
+    frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    with atomic_path(out / "index.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
