@@ -9,9 +9,8 @@ import argparse
 import importlib
 import os
 import sys
-from pathlib import Path
 
-from .fileio import MedSAMError, ensure_parent_exists
+from .fileio import MedSAMError
 
 # Subcommands contributed by the task modules: each module has register(subparsers).
 COMMAND_MODULES = ("medsam_lib.data.cli", "medsam_lib.embeddings.cli", "medsam_lib.training.cli",
@@ -29,10 +28,18 @@ def _parse_box(text: str) -> list[float]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .data.readers import read_image, write_mask
-    from .models.predictor import BoxPredictor
+    """Every check that can fail runs before the model is loaded: device, modality, output path
+    (lossless format, nothing in the way, not an input), the image, the box and the intensities."""
+    from .data.preprocess import check_modality
+    from .data.readers import check_mask_output, read_image, write_mask
+    from .fileio import check_output_path
+    from .models.zoo import MODELS, resolve_device
 
-    out = ensure_parent_exists(args.out)  # fail before any model work
+    device = resolve_device(args.device)
+    if args.modality is not None:
+        check_modality(args.modality)
+    out = check_output_path(check_mask_output(args.out),
+                            inputs=[args.image] + ([] if args.model in MODELS else [args.model]))
     image = read_image(args.image)
     if image.is_volume:
         index = image.n_slices // 2 if args.slice is None else args.slice
@@ -43,8 +50,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if args.slice is not None:
             raise MedSAMError(f"{args.image} is a 2D image; --slice applies to volumes only")
         index, plane, modality, source = None, image.array, args.modality, str(args.image)
-    predictor = BoxPredictor(args.model, device=args.device)
-    predictor.set_image(plane, modality=modality, source=source)
+    from .models.predictor import BoxPredictor, to_uint8_rgb, validate_boxes
+
+    rgb = to_uint8_rgb(plane, modality, source)  # constant or non-numeric images fail here, not after loading
+    validate_boxes([args.box], rgb.shape[:2], source)
+    predictor = BoxPredictor(args.model, device=device)
+    predictor.set_image(rgb, source=source)
     result = predictor.predict([args.box])
     write_mask(result.masks[0], out, reference=image if image.is_volume else None, slice_index=index)
     where = f" slice={index}" if index is not None else ""
@@ -112,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--modality", default=None, help="CT, MR, ... (chooses the intensity preset for non-8-bit "
                                                       "input; DICOM's Modality tag when omitted)")
     seg.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    seg.add_argument("--out", required=True, help="mask path: .png for 2D, .nii.gz/.nrrd keeps volume geometry")
+    seg.add_argument("--out", required=True, help="mask path (lossless): .png/.tif for 2D, .nii.gz/.nrrd/.mha keep "
+                                                  "volume geometry; never one of the inputs")
     seg.set_defaults(func=cmd_segment)
 
     w = sub.add_parser("weights", help="list, locate or fetch model weights")

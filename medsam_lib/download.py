@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from .fileio import MedSAMError, atomic_path
+from .fileio import MedSAMError, atomic_path, make_folder
 
 CHUNK = 1 << 20
 
@@ -73,12 +73,27 @@ def fetch_url(url: str, dest: str | os.PathLike, hashes: Mapping[str, str] | Non
 
     A truncated transfer, an HTTP error or a checksum mismatch raises MedSAMError and leaves
     neither ``dest`` nor a temporary file behind; an existing good ``dest`` is never touched
-    until a verified replacement is ready.
+    until a verified replacement is ready; folders it had to create are removed again on failure.
     """
+    dest = Path(dest)
+    if dest.is_dir():
+        raise MedSAMError(f"cannot download {url} to {dest}: a folder of that name is in the way")
+    missing = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
+    make_folder(dest.parent, "download folder")
+    try:
+        return _fetch_into(url, dest, hashes, size, timeout, progress)
+    except BaseException:
+        for folder in missing:  # innermost first: the folders this call made, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _fetch_into(url: str, dest: Path, hashes, size, timeout: float, progress: bool) -> Path:
     from tqdm.auto import tqdm
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     request = urllib.request.Request(url, headers={"User-Agent": "medsam-companion"})
     with atomic_path(dest) as tmp:
         try:

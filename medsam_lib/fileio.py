@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -13,13 +14,104 @@ class MedSAMError(Exception):
     """A user-facing error: its message names the file or value and what to do."""
 
 
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return "not a regular file"
+
+
+def check_input_path(path: str | os.PathLike, what: str = "input", allow_dir: bool = True) -> Path:
+    """``path`` as a Path if it is a regular file (or, with ``allow_dir``, a folder); MedSAMError otherwise.
+
+    Checked with ``os.stat`` before anything opens the path, so a named pipe, a device or a socket is
+    refused instead of blocking or reading forever.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MedSAMError(f"{path}: no such file or folder ({what})") from None
+    except OSError as exc:
+        raise MedSAMError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
+        if not allow_dir:
+            raise MedSAMError(f"{path}: is a folder; the {what} must be a file")
+        return path
+    if not stat.S_ISREG(mode):
+        raise MedSAMError(f"{path}: is {_kind_of(mode)}; the {what} must be a regular file"
+                          + (" or a folder" if allow_dir else ""))
+    return path
+
+
 def ensure_parent_exists(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path; raise a clear error if its folder does not exist."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():
+            raise MedSAMError(f"cannot write {path}: {parent} is a file, not a folder")
         raise MedSAMError(f"cannot write {path}: folder {parent} does not exist (create it first)")
     return path
+
+
+def make_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``mkdir -p``, with a file in the way or a permission problem as a MedSAMError naming the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        raise MedSAMError(f"cannot create the {what} {path}: {blocker} is a file, not a folder") from None
+    except OSError as exc:
+        raise MedSAMError(f"cannot create the {what} {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if ``a`` and ``b`` name the same file or folder (through symbolic or hard links too)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True if ``path`` (resolved) lies inside ``folder`` (resolved) or is it."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_path(out: str | os.PathLike, inputs=(), what: str = "--out") -> Path:
+    """Check an output file path before any work: its folder exists and is writable, nothing but a
+    regular file is in the way, and it is none of ``inputs`` (files or folders, compared through
+    links) nor inside an input folder. Returns ``out`` as a Path."""
+    out = ensure_parent_exists(out)
+    if out.exists() or out.is_symlink():
+        try:
+            mode = os.stat(out).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISDIR(mode):
+            raise MedSAMError(f"{what} {out}: a folder of that name is in the way; give a file name")
+        if mode and not stat.S_ISREG(mode):
+            raise MedSAMError(f"{what} {out}: is {_kind_of(mode)}; give the path of a regular file")
+    for item in inputs:
+        if item is None or not os.path.exists(item):
+            continue
+        if same_path(out, item) or (os.path.isdir(item) and is_within(out, item)):
+            relation = "is" if same_path(out, item) else "lies inside"
+            raise MedSAMError(f"{what} {out} {relation} the input {item}; writing there would change your input. "
+                              "Choose another output path")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not os.access(parent, os.W_OK):
+        raise MedSAMError(f"cannot write {out}: folder {parent} is not writable")
+    return out
 
 
 @contextlib.contextmanager
@@ -30,6 +122,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     them). On any error it is removed, so no partial output is ever left behind.
     """
     path = ensure_parent_exists(path)
+    if path.is_dir():
+        raise MedSAMError(f"cannot write {path}: a folder of that name is in the way")
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix, dir=path.parent)
     os.close(fd)

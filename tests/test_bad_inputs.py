@@ -1,120 +1,586 @@
-"""Every bad input to `segment` gives exit code 2, one `error:` line naming the problem, and no file."""
+"""Bad inputs, one table: every row gives exit code 2, one ``error:`` line naming the file or option,
+no traceback, nothing written, every input byte-for-byte unchanged (``bad_input_helpers``).
+
+The rows are grouped by class (issue 9): data loss (output = an input), silent wrong answers
+(non-finite voxels in every format, broken DICOM series, lossy or unknown output formats, unknown
+modalities, empty masks), hangs (pipes, devices, sockets), stores a failing run must not change,
+errors that used to reach the catch-all, and the smaller ones (pickled code, ITK warnings,
+refused archives). Inputs are generated in the test. Rows that must fail before model loading
+(all but those about checkpoints) run with model loading forbidden.
+"""
 from __future__ import annotations
 
+import functools
 import gzip
+import http.server
+import io
+import json
+import os
+import socket
+import struct
+import tarfile
+import threading
+import time
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from bad_input_helpers import BadInput, check_bad_input, run_cli, snapshot
 from medsam_lib.cli import main
+from medsam_lib.data.curate import curate
+from medsam_lib.data.store import CuratedDataset
 from medsam_lib.fileio import MedSAMError
 from medsam_lib.models.predictor import BoxPredictor
 
+BOX = ["--box", "4,4,40,40"]
 
-def _png(path: Path, array: np.ndarray) -> Path:
-    Image.fromarray(array).save(path)
-    return path
 
+# --- input builders -------------------------------------------------------------------------------
 
 def _ramp(h=64, w=80) -> np.ndarray:
     return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8)
 
 
-def _run(capsys, tmp_path, args, expected):
-    before = sorted(p.name for p in tmp_path.iterdir())
-    code = main(["segment", *args])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert expected in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no partial file
-    return err
+def _png(path: Path, array: np.ndarray | None = None) -> Path:
+    Image.fromarray(_ramp() if array is None else array).save(path)
+    return path
 
 
-@pytest.fixture()
-def image(tmp_path):
-    return _png(tmp_path / "img.png", _ramp())
+def _volume(path: Path, array: np.ndarray | None = None, spacing=(0.8, 0.8, 1.0)) -> Path:
+    array = np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32) if array is None else array
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
 
 
-@pytest.mark.parametrize("box, expected", [
-    ("-5,0,20,20", "outside"), ("10,10,81,20", "outside"), ("30,10,10,20", "inverted"),
-    ("10,10,10,20", "zero area"), ("nan,0,10,10", "non-finite"), ("inf,0,10,10", "non-finite"),
-])
-def test_bad_boxes(capsys, tmp_path, image, box, expected):
-    _run(capsys, tmp_path, ["--image", str(image), f"--box={box}", "--out", str(tmp_path / "m.png")], expected)
+def _nonfinite(value: float, dtype=np.float32) -> np.ndarray:
+    array = np.random.default_rng(1).normal(size=(3, 32, 32)).astype(dtype)
+    array[1, 5, 7] = value
+    return array
 
 
-def test_constant_image(capsys, tmp_path):
-    img = _png(tmp_path / "flat.png", np.full((40, 40), 7, np.uint8))
-    err = _run(capsys, tmp_path, ["--image", str(img), "--box", "1,1,20,20", "--out", str(tmp_path / "m.png")],
-               "constant")
-    assert "flat.png" in err
+def _nifti_by_nibabel(path: Path, array: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), np.eye(4)), path)
+    return path
 
 
-def test_nan_intensities(capsys, tmp_path):
-    vol = np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)
-    vol[1, 5, 5] = np.nan
-    path = tmp_path / "nan.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(vol), str(path))
-    err = _run(capsys, tmp_path, ["--image", str(path), "--box", "1,1,20,20", "--slice", "1",
-                                  "--out", str(tmp_path / "m.nii.gz")], "NaN")
-    assert "nan.nii.gz" in err
+def _dicom_series(folder: Path, n: int = 5) -> Path:
+    folder.mkdir()
+    vol = np.random.default_rng(0).integers(0, 1000, size=(n, 16, 16)).astype(np.int16)
+    image = sitk.GetImageFromArray(vol)
+    uid = f"1.2.826.0.1.3680043.2.1125.{os.getpid()}.{time.time_ns() % 10**9}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(n):
+        plane = image[:, :, z]
+        for key, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|0032", f"0\\0\\{z:.1f}"),
+                           ("0020|0013", str(z + 1)), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.{z}")):
+            plane.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"s{z}.dcm"))
+        writer.Execute(plane)
+    return folder
 
 
-def test_empty_file(capsys, tmp_path):
-    empty = tmp_path / "empty.png"
-    empty.write_bytes(b"")
-    err = _run(capsys, tmp_path, ["--image", str(empty), "--box", "1,1,20,20", "--out", str(tmp_path / "m.png")],
-               "empty")
-    assert "empty.png" in err
+def _huge_png(path: Path) -> Path:
+    """A PNG whose header claims 100000 x 100000 pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
 
 
-def test_truncated_png(capsys, tmp_path, image):
-    data = image.read_bytes()
-    bad = tmp_path / "cut.png"
-    bad.write_bytes(data[: len(data) // 2])
-    err = _run(capsys, tmp_path, ["--image", str(bad), "--box", "1,1,20,20", "--out", str(tmp_path / "m.png")],
-               "truncated")
-    assert "cut.png" in err
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
 
 
-def test_truncated_nifti(capsys, tmp_path):
-    path = tmp_path / "vol.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(4, 64, 64)).astype(np.float32)),
-                    str(path))
-    raw = gzip.decompress(path.read_bytes())
-    cut = tmp_path / "cut.nii.gz"
-    cut.write_bytes(gzip.compress(raw[: len(raw) // 3]))
-    err = _run(capsys, tmp_path, ["--image", str(cut), "--box", "1,1,20,20", "--out", str(tmp_path / "m.nii.gz")],
-               "cut.nii.gz")
-    assert "truncated or corrupt" in err
+def _socket_file(path: Path) -> Path:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    _SOCKETS.append(sock)  # kept open while the test runs
+    return path
 
 
-def test_unknown_model(capsys, tmp_path, image):
-    err = _run(capsys, tmp_path, ["--image", str(image), "--box", "1,1,20,20", "--model", "vit_z",
-                                  "--out", str(tmp_path / "m.png")], "unknown model name 'vit_z'")
-    assert "litemedsam" in err
+_SOCKETS: list[socket.socket] = []
 
 
-def test_output_in_missing_folder(capsys, tmp_path, image):
-    _run(capsys, tmp_path, ["--image", str(image), "--box", "1,1,20,20",
-                            "--out", str(tmp_path / "nope" / "m.png")], "does not exist")
+def _pair_folders(tmp: Path, masks: dict[str, np.ndarray]) -> tuple[Path, Path]:
+    images, mask_dir = tmp / "images", tmp / "masks"
+    images.mkdir()
+    mask_dir.mkdir()
+    for name, mask in masks.items():
+        _png(images / f"{name}.png", _ramp(64, 64))
+        Image.fromarray(mask).save(mask_dir / f"{name}.png")
+    return images, mask_dir
 
 
-def test_slice_out_of_range_and_slice_on_2d(capsys, tmp_path, image):
-    path = tmp_path / "vol.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)),
-                    str(path))
-    _run(capsys, tmp_path, ["--image", str(path), "--box", "1,1,20,20", "--slice", "3",
-                            "--out", str(tmp_path / "m.nii.gz")], "slice 3 out of range")
-    _run(capsys, tmp_path, ["--image", str(image), "--box", "1,1,20,20", "--slice", "0",
-                            "--out", str(tmp_path / "m.png")], "2D image")
+def _blob() -> np.ndarray:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:40] = 255
+    return mask
 
 
-def test_checkpoint_hash_mismatch(capsys, tmp_path, image, monkeypatch):
+def _manifest(tmp: Path, name: str, cases: list[str], file: str | None = None) -> Path:
+    """A 2D manifest over images/<case>.png and masks/<case>.png beside it."""
+    data = {
+        "schema_version": 1, "name": name, "description": "bad-input test data",
+        "data_root": {"kind": "relative_to_manifest", "path": "."},
+        "obtain": {"method": "local", "source_url": "generated in the test"},
+        "datasets": [{"name": name, "title": "t", "modality": "Ultrasound", "dimensionality": "2D",
+                      "citation": "c", "license": {"name": "n", "terms": "t"},
+                      "images": [{"key": "image", "modality": "Ultrasound"}],
+                      "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
+                      "targets": [{"name": "lesion", "labels": [1]}],
+                      "cases": [{"id": c, "images": {"image": f"images/{c}.png"}, "masks": {"label": f"masks/{c}.png"}}
+                                for c in cases]}]}
+    path = tmp / (file or f"{name}.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _good_store(tmp: Path) -> Path:
+    """A finished store of cases a, b, c (seed 0) in tmp/store, from tmp/first.json."""
+    _pair_folders(tmp, {c: _blob() for c in ("a", "b", "c")})
+    curate(_manifest(tmp, "first", ["a", "b", "c"]), tmp / "store", progress=False)
+    return tmp / "store"
+
+
+def _served_archive(ctx, tmp: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    name = f"{tmp.name}.tar.gz"
+    with tarfile.open(ctx.served / name, "w:gz") as tf:
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for member, target in (links or {}).items():
+            info = tarfile.TarInfo(member)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tf.addfile(info)
+    manifest = {
+        "schema_version": 1, "name": "served", "description": "archive served by the test",
+        "data_root": {"kind": "argument"},
+        "obtain": {"method": "direct", "source_url": ctx.url, "checksums_verified": False, "layout": ["x"],
+                   "files": [{"url": f"{ctx.url}/{name}", "file_name": name, "extract": True}]},
+        "datasets": [{"name": "served", "title": "t", "modality": "MR", "dimensionality": "3D", "citation": "c",
+                      "license": {"name": "n", "terms": "t"}, "images": [{"key": "mr", "modality": "MR"}],
+                      "masks": [{"key": "label", "encoding": "label"}], "targets": [{"name": "x", "labels": [1]}],
+                      "cases": [{"id": "a", "images": {"mr": "a.nrrd"}, "masks": {"label": "b.nrrd"}}]}]}
+    path = tmp / "served.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _evil_pickle(path: Path, marker: Path) -> Path:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps({"w": 1, "x": Evil()}, protocol=4))
+    return path
+
+
+def _seg(image: str, out: str, *extra: str) -> list[str]:
+    return ["segment", "--image", image, *BOX, "--out", out, *extra]
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+def _rows() -> list[BadInput]:
+    r = []
+
+    def row(name, build, *expect, **kw):
+        r.append(BadInput(name, build, tuple(expect), **kw))
+
+    # 1. data loss: the output is an input (directly, through links, inside an input folder)
+    row("out_is_the_image", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "in.png")), "in.png", "is the input")
+    row("out_is_the_image_via_dotdot", lambda t, c: (_png(t / "in.png"), (t / "d").mkdir(),
+                                                     _seg(str(t / "in.png"), str(t / "d" / ".." / "in.png")))[-1],
+        "in.png", "is the input")
+    row("out_symlink_to_the_image", lambda t, c: (_png(t / "in.png"), os.symlink(t / "in.png", t / "link.png"),
+                                                  _seg(str(t / "in.png"), str(t / "link.png")))[-1],
+        "link.png", "is the input")
+    row("out_hardlink_to_the_image", lambda t, c: (_png(t / "in.png"), os.link(t / "in.png", t / "hard.png"),
+                                                   _seg(str(t / "in.png"), str(t / "hard.png")))[-1],
+        "hard.png", "is the input")
+    row("out_inside_the_dicom_folder", lambda t, c: _seg(str(_dicom_series(t / "dcm")), str(t / "dcm" / "m.nii.gz")),
+        "m.nii.gz", "lies inside the input")
+    row("out_is_the_volume", lambda t, c: _seg(str(_volume(t / "v.nrrd")), str(t / "v.nrrd")), "v.nrrd", "is the input")
+    row("curate_out_is_the_data_folder", lambda t, c: (_pair_folders(t, {"a": _blob()}),
+                                                       ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                                        "--out", str(t)])[-1],
+        "--out", "holds other files")
+    row("curate_out_over_an_input_file", lambda t, c: (_pair_folders(t, {"a": _blob()}),
+                                                       ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                                        "--out", str(t / "images" / "a.png")])[-1],
+        "a.png", "a file is in the way")
+
+    # 2a. non-finite voxels: refused in every format (NaN, +inf, -inf)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        for label, value in (("nan", np.nan), ("posinf", np.inf), ("neginf", -np.inf)):
+            row(f"nonfinite_{label}_{suffix.strip('.').replace('.', '_')}",
+                functools.partial(lambda t, c, s, v: _seg(str(_volume(t / f"bad{s}", _nonfinite(v))),
+                                                          str(t / "m.nii.gz"), "--slice", "1"), s=suffix, v=value),
+                f"bad{suffix}", "NaN or infinite")
+    row("nonfinite_float64_nifti_by_nibabel",
+        lambda t, c: _seg(str(_nifti_by_nibabel(t / "f64.nii.gz", _nonfinite(np.inf, np.float64))), str(t / "m.nii.gz")),
+        "f64.nii.gz", "1 voxel(s) are NaN or infinite", "(1, 5, 7)")
+    row("nonfinite_float_tiff", lambda t, c: (Image.fromarray(_nonfinite(-np.inf)[1]).save(t / "f.tif"),
+                                              _seg(str(t / "f.tif"), str(t / "m.png")))[-1],
+        "f.tif", "NaN or infinite")
+    row("nonfinite_in_a_curated_mask", lambda t, c: (_volume(t / "lab.nrrd", _nonfinite(np.inf)[1:2]),
+                                                     _volume(t / "img.nrrd", _nonfinite(0.0)[1:2]),
+                                                     _curate_volume_manifest(t), ["data", "curate", "--manifest",
+                                                     str(t / "vol.json"), "--out", str(t / "out")])[-1],
+        "lab.nrrd", "NaN or infinite")
+
+    row("volume_header_claims_terabytes_nii", lambda t, c: _seg(str(_header_bomb(t / "bomb.nii")), str(t / "m.nii.gz")),
+        "bomb.nii", "30000 x 30000 x 30000", "truncated or corrupt")
+    row("volume_header_claims_terabytes_nii_gz",
+        lambda t, c: _seg(str(_header_bomb(t / "bomb.nii.gz")), str(t / "m.nii.gz")), "bomb.nii.gz", "header claims")
+
+    # 2b. DICOM series that GDCM would misread
+    row("dicom_truncated_slice", lambda t, c: (_dicom_series(t / "dcm"), _truncate(t / "dcm" / "s2.dcm"),
+                                               _seg(str(t / "dcm"), str(t / "m.nii.gz")))[-1],
+        "dcm", "s2.dcm", "could not be read")
+    row("dicom_missing_middle_slice", lambda t, c: (_dicom_series(t / "dcm"), (t / "dcm" / "s2.dcm").unlink(),
+                                                    _seg(str(t / "dcm"), str(t / "m.nii.gz")))[-1],
+        "dcm", "not evenly spaced")
+    row("folder_without_dicom_no_itk_warning", lambda t, c: ((t / "notes").mkdir(), (t / "notes" / "a.txt").write_text("x"),
+                                                             _seg(str(t / "notes"), str(t / "m.nii.gz")))[-1],
+        "notes", "no DICOM series")
+
+    row("multipage_tiff_is_a_stack_not_an_image", lambda t, c: (Image.fromarray(_ramp()).save(
+        t / "stack.tif", save_all=True, append_images=[Image.fromarray(_ramp()[::-1])]),
+        _seg(str(t / "stack.tif"), str(t / "m.png")))[-1], "stack.tif", "2 frames")
+    row("animated_gif_mask_in_curation", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "masks" / "a.png").unlink(),
+                                                       Image.fromarray(_blob()).save(t / "masks" / "a.gif", save_all=True,
+                                                                                     append_images=[Image.fromarray(_blob().T)]),
+                                                       _gif_manifest(t))[-1], "a.gif", "2 frames")
+
+    # 2c. lossy, detached or unknown output formats: refused before anything is read or loaded
+    for suffix in (".jpg", ".jpeg", ".webp", ".JPG"):
+        row(f"lossy_output{suffix}", functools.partial(
+            lambda t, c, s: _seg(str(_png(t / "in.png")), str(t / f"m{s}")), s=suffix), f"m{suffix}", "lossy")
+    for suffix in (".mhd", ".txt", ""):
+        row(f"unsupported_output_{suffix.strip('.') or 'nosuffix'}", functools.partial(
+            lambda t, c, s: _seg(str(_png(t / "in.png")), str(t / f"mask{s}")), s=suffix), f"mask{suffix}")
+
+    # 2d. unknown modality (segment and data init), listing the known ones
+    row("segment_unknown_modality", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--modality", "XYZ"),
+        "--modality 'XYZ'", "CT, MR")
+    row("init_unknown_modality", lambda t, c: _init(t, {"a": _blob()}, "XYZ"), "--modality 'XYZ'", "Ultrasound")
+
+    # 2e. empty masks: data init and data curate agree (both refuse the case, naming the mask)
+    row("init_one_empty_mask", lambda t, c: _init(t, {"a": _blob(), "b": np.zeros((64, 64), np.uint8)}),
+        "mask b.png is empty", "--skip-unpaired")
+    row("init_all_masks_empty", lambda t, c: _init(t, {"a": np.zeros((64, 64), np.uint8)}),
+        "mask a.png is empty", "no usable pair")
+    row("curate_empty_mask", lambda t, c: (_pair_folders(t, {"a": np.zeros((64, 64), np.uint8)}),
+                                           ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                            "--out", str(t / "out")])[-1],
+        "m/a", "a.png is empty")
+
+    # 3. hangs and odd file types: refused before anything opens them (in-process rows: a pipe that is
+    #    opened is detected and unblocked by the helper's watcher; this first row runs end to end)
+    row("image_is_a_fifo", lambda t, c: _seg(str(_fifo(t / "pipe.png")), str(t / "m.png")),
+        "pipe.png", "named pipe", subprocess=True, timeout=60)
+    row("manifest_is_a_fifo", lambda t, c: ["data", "validate", str(_fifo(t / "m.json"))], "m.json", "named pipe")
+    row("model_is_a_fifo", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--model", str(_fifo(t / "w.pth"))),
+        "w.pth", "named pipe", model_allowed=True)
+    row("fifo_inside_dicom_folder", lambda t, c: (_dicom_series(t / "dcm"), _fifo(t / "dcm" / "s9.dcm"),
+                                                  _seg(str(t / "dcm"), str(t / "m.nii.gz")))[-1],
+        "s9.dcm", "named pipe")
+    row("image_is_a_symlink_loop", lambda t, c: (os.symlink(t / "b.png", t / "a.png"), os.symlink(t / "a.png", t / "b.png"),
+                                                 _seg(str(t / "a.png"), str(t / "m.png")))[-1],
+        "a.png", "symbolic links")
+    row("curate_mask_is_a_fifo", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "masks" / "a.png").unlink(),
+                                               _fifo(t / "masks" / "a.png"),
+                                               ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                                "--out", str(t / "out")])[-1],
+        "a.png", "named pipe")
+    row("image_is_a_device", lambda t, c: _seg("/dev/null", str(t / "m.png")), "/dev/null", "device file")
+    row("image_is_a_socket", lambda t, c: _seg(str(_socket_file(t / "s.png")), str(t / "m.png")), "s.png", "socket")
+    row("out_is_a_fifo", lambda t, c: _seg(str(_png(t / "in.png")), str(_fifo(t / "o.png"))), "o.png", "named pipe")
+
+    # 4. a failing curation never changes a store, and leaves no half-made new one
+    row("curate_failing_run_keeps_the_existing_store",
+        lambda t, c: (_good_store(t), _png(t / "images" / "x.png", _ramp(64, 64)),
+                      (t / "masks" / "x.png").write_bytes(b"\x89PNG truncated"),
+                      ["data", "curate", "--manifest", str(_manifest(t, "other", ["a", "x"])), "--seed", "7",
+                       "--out", str(t / "store")])[-1],
+        "other/x", "x.png", ignore=("store/.pending",))
+    row("curate_new_store_not_left_half_made",
+        lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "masks" / "a.png").write_bytes(b"junk"),
+                      ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])), "--out", str(t / "new")])[-1],
+        "m/a", "a.png")
+    row("curate_out_below_a_file", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "f").write_text("x"),
+                                                 ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                                  "--out", str(t / "f" / "store")])[-1],
+        "store", "is a file, not a folder")
+    row("init_fifo_among_the_images", lambda t, c: (_init(t, {"a": _blob()}), _fifo(t / "images" / "pipe.png"),
+                                                    Image.fromarray(_blob()).save(t / "masks" / "pipe.png"),
+                                                    _init_argv(t))[-1],
+        "image pipe.png", "named pipe")
+    row("init_images_is_a_file", lambda t, c: ((t / "imgs").write_text("x"), _pair_folders(t, {"a": _blob()}),
+                                               ["data", "init", "--images", str(t / "imgs"), "--masks", str(t / "masks"),
+                                                "--modality", "CT", "--out", str(t / "m.json")])[-1],
+        "imgs", "is a file, not a folder")
+    row("curate_out_is_a_file", lambda t, c: (_pair_folders(t, {"a": _blob()}), (t / "f").write_text("x"),
+                                              ["data", "curate", "--manifest", str(_manifest(t, "m", ["a"])),
+                                               "--out", str(t / "f")])[-1],
+        "--out", "a file is in the way")
+
+    # 5. what used to reach the catch-all (exit 1, exception type, often no file named)
+    row("png_decompression_bomb", lambda t, c: _seg(str(_huge_png(t / "huge.png")), str(t / "m.png")),
+        "huge.png", "huge image")
+    row("binary_manifest", lambda t, c: ((t / "bin.json").write_bytes(bytes(range(256)) * 8),
+                                         ["data", "curate", "--manifest", str(t / "bin.json"), "--out", str(t / "o")])[-1],
+        "bin.json", "not a text file")
+    row("deeply_nested_manifest", lambda t, c: ((t / "deep.json").write_text('{"a":' * 100000 + "1" + "}" * 100000),
+                                                ["data", "validate", str(t / "deep.json")])[-1],
+        "deep.json", "nested too deeply")
+    row("out_is_an_existing_folder", lambda t, c: ((t / "x.png").mkdir(), _seg(str(_png(t / "in.png")), str(t / "x.png")))[-1],
+        "x.png", "folder of that name is in the way")
+    row("out_parent_is_a_file", lambda t, c: ((t / "sub").write_text("x"),
+                                              _seg(str(_png(t / "in.png")), str(t / "sub" / "m.png")))[-1],
+        "sub", "is a file, not a folder")
+    row("out_folder_missing", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "nope" / "m.png")), "nope", "does not exist")
+    row("init_out_is_a_folder", lambda t, c: ((t / "m.json").mkdir(), _init(t, {"a": _blob()}, out=t / "m.json"))[-1],
+        "m.json", "folder of that name is in the way")
+    row("init_out_parent_is_a_file", lambda t, c: ((t / "f").write_text("x"), _init(t, {"a": _blob()}, out=t / "f" / "m.json"))[-1],
+        "is a file, not a folder")
+    row("device_bogus", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--device", "bogus"),
+        "--device 'bogus'", "cpu")
+    if not _cuda():
+        row("device_cuda_without_gpu", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--device", "cuda"),
+            "--device 'cuda'", "no CUDA GPU", "--device cpu")
+    row("model_is_a_text_file", lambda t, c: ((t / "notes.txt").write_text("some notes about the model\n"),
+                                              _seg(str(_png(t / "in.png")), str(t / "m.png"), "--model", str(t / "notes.txt")))[-1],
+        "notes.txt", "not a PyTorch checkpoint", "text file", model_allowed=True)
+
+    # 6. smaller: pickled code, refused archives, and the inputs the suite always had
+    row("model_pickle_calls_os_system", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--model",
+                                                          str(_evil_pickle(t / "evil.pth", t / "PWNED"))),
+        "evil.pth", "system", "would run", "weights_only=True", model_allowed=True)
+    row("fetch_refuses_an_escaping_archive", lambda t, c: ["data", "fetch", str(_served_archive(
+        c, t, {"ok.txt": b"fine", "../escape.txt": b"evil"})), "--root", str(t / "root")],
+        "escape.txt", "climbs out")
+    row("fetch_refuses_an_escaping_symlink", lambda t, c: ["data", "fetch", str(_served_archive(
+        c, t, {"ok.txt": b"fine"}, {"link": "../../outside"})), "--root", str(t / "root")],
+        "link", "outside the target folder")
+    row("fetch_missing_file", lambda t, c: ["data", "fetch", _missing_download(c, t), "--root", str(t / "root")],
+        "HTTP 404")
+    row("empty_image_file", lambda t, c: ((t / "empty.png").write_bytes(b""), _seg(str(t / "empty.png"), str(t / "m.png")))[-1],
+        "empty.png", "empty")
+    row("truncated_png", lambda t, c: ((t / "cut.png").write_bytes(_png(t / "full.png").read_bytes()[:300]),
+                                       _seg(str(t / "cut.png"), str(t / "m.png")))[-1],
+        "cut.png", "truncated")
+    row("truncated_nifti", lambda t, c: ((t / "cut.nii.gz").write_bytes(gzip.compress(gzip.decompress(
+        _volume(t / "v.nii.gz").read_bytes())[:1500])), _seg(str(t / "cut.nii.gz"), str(t / "m.nii.gz")))[-1],
+        "cut.nii.gz", "truncated or corrupt")
+    row("constant_image", lambda t, c: _seg(str(_png(t / "flat.png", np.full((40, 40), 7, np.uint8))), str(t / "m.png")),
+        "flat.png", "constant")
+    for box, expected in (("-5,0,20,20", "outside"), ("10,10,81,20", "outside"), ("30,10,10,20", "inverted"),
+                          ("10,10,10,20", "zero area"), ("nan,0,10,10", "non-finite"), ("inf,0,10,10", "non-finite")):
+        row(f"box_{expected.replace(' ', '_')}_{box}", functools.partial(
+            lambda t, c, b: ["segment", "--image", str(_png(t / "in.png")), f"--box={b}", "--out", str(t / "m.png")],
+            b=box), expected)
+    row("box_malformed", lambda t, c: ["segment", "--image", str(_png(t / "in.png")), "--box", "1,2,3",
+                                       "--out", str(t / "m.png")], "--box", "four numbers")
+    row("unknown_model_name", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--model", "vit_z"),
+        "unknown model name 'vit_z'", "litemedsam", model_allowed=True)
+    row("slice_out_of_range", lambda t, c: _seg(str(_volume(t / "v.nii.gz")), str(t / "m.nii.gz"), "--slice", "3"),
+        "v.nii.gz", "slice 3 out of range")
+    row("slice_on_a_2d_image", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--slice", "0"),
+        "in.png", "2D image")
+    row("no_such_image", lambda t, c: _seg(str(t / "missing.png"), str(t / "m.png")), "missing.png", "no such file")
+    return r
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _init(tmp: Path, masks: dict, modality: str = "Ultrasound", out: Path | None = None) -> list[str]:
+    _pair_folders(tmp, masks)
+    return _init_argv(tmp, modality, out)
+
+
+def _init_argv(tmp: Path, modality: str = "Ultrasound", out: Path | None = None) -> list[str]:
+    return ["data", "init", "--images", str(tmp / "images"), "--masks", str(tmp / "masks"), "--modality", modality,
+            "--out", str(out or tmp / "mine.json")]
+
+
+def _header_bomb(path: Path) -> Path:
+    """A NIfTI whose header claims 30000^3 int16 voxels (54 TB) in a file of a few hundred bytes."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), path)
+    raw = bytearray(gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes())
+    struct.pack_into("<8h", raw, 40, 3, 30000, 30000, 30000, 1, 1, 1, 1)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+def _curate_volume_manifest(tmp: Path) -> Path:
+    data = {
+        "schema_version": 1, "name": "vol", "description": "d", "data_root": {"kind": "relative_to_manifest", "path": "."},
+        "obtain": {"method": "local", "source_url": "generated"},
+        "datasets": [{"name": "vol", "title": "t", "modality": "MR", "dimensionality": "3D", "citation": "c",
+                      "license": {"name": "n", "terms": "t"}, "images": [{"key": "mr", "modality": "MR"}],
+                      "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
+                      "targets": [{"name": "x", "labels": [1]}],
+                      "cases": [{"id": "a", "images": {"mr": "img.nrrd"}, "masks": {"label": "lab.nrrd"}}]}]}
+    (tmp / "vol.json").write_text(json.dumps(data))
+    return tmp / "vol.json"
+
+
+def _gif_manifest(tmp: Path) -> list[str]:
+    path = _manifest(tmp, "m", ["a"])
+    path.write_text(path.read_text().replace("masks/a.png", "masks/a.gif"))
+    return ["data", "curate", "--manifest", str(path), "--out", str(tmp / "out")]
+
+
+def _missing_download(ctx, tmp: Path) -> str:
+    path = _served_archive(ctx, tmp, {"a": b"x"})
+    (ctx.served / f"{tmp.name}.tar.gz").unlink()  # the server answers 404
+    return str(path)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+ROWS = _rows()
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    served = tmp_path_factory.mktemp("served")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield SimpleNamespace(served=served, url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_rows_are_unique():
+    names = [r.name for r in ROWS]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("row", ROWS, ids=str)
+def test_bad_input(row, tmp_path, capfd, ctx):
+    work = tmp_path / "w"
+    work.mkdir()
+    check_bad_input(row, work, capfd, ctx)
+    assert not (work / "PWNED").exists()  # pickled code never ran
+
+
+# --- what the rows cannot say on their own --------------------------------------------------------
+
+def test_the_failed_run_left_the_store_readable_and_a_rerun_finishes(tmp_path, capfd):
+    store = _good_store(tmp_path)
+    before = CuratedDataset(store).index
+    _png(tmp_path / "images" / "x.png", _ramp(64, 64))
+    (tmp_path / "masks" / "x.png").write_bytes(b"junk")
+    other = _manifest(tmp_path, "other", ["a", "x"])
+    code, _, err = run_cli(["data", "curate", "--manifest", str(other), "--seed", "7", "--out", str(store)], capfd)
+    assert code == 2 and "x.png" in err
+    info = json.loads((store / "curation.json").read_text())
+    assert info["seed"] == 0 and list(info["manifests"]) == ["first"]
+    with CuratedDataset(store) as ds:  # still openable, the same index
+        assert ds.index.equals(before)
+    Image.fromarray(_blob()).save(tmp_path / "masks" / "x.png")  # fixed: the rerun resumes and finishes
+    report = curate(other, store, seed=7, progress=False)
+    assert report.skipped == ["other/a"] and report.curated == ["other/x"]
+    with CuratedDataset(store) as ds:
+        assert set(ds.index["dataset"]) == {"first", "other"} and not (store / ".pending").exists()
+        assert json.loads((store / "curation.json").read_text())["seed"] == 7
+
+
+def test_an_interrupted_store_says_it_is_incomplete_and_how_to_finish(tmp_path):
+    store = _good_store(tmp_path)
+    (store / "index.csv").unlink()  # as a kill between the case files and the index would leave it
+    with pytest.raises(MedSAMError, match="incomplete.*run data curate again to finish"):
+        CuratedDataset(store)
+    (store / "curation.json").rename(store / ".curation.next.json")  # killed while finishing
+    with pytest.raises(MedSAMError, match="incomplete.*run data curate again to finish"):
+        CuratedDataset(store)
+    report = curate(tmp_path / "first.json", store, progress=False)
+    assert report.skipped == ["first/a", "first/b", "first/c"]
+    assert len(CuratedDataset(store).index) == 3 and not (store / ".curation.next.json").exists()
+
+
+def test_init_with_skip_unpaired_writes_what_curate_accepts(tmp_path, capfd):
+    argv = _init(tmp_path, {"a": _blob(), "b": np.zeros((64, 64), np.uint8)}) + ["--skip-unpaired"]
+    code, out, err = run_cli(argv, capfd)
+    assert code == 0, err
+    assert "skipped: pair b: mask b.png is empty" in out
+    report = curate(tmp_path / "mine.json", tmp_path / "store", progress=False)
+    assert report.curated == ["mine/a"] and not report.failed
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_nonfinite_voxel_index_is_reported_the_same_in_every_format(tmp_path, suffix):
+    from medsam_lib.data.readers import read_image
+
+    with pytest.raises(MedSAMError) as err:
+        read_image(_volume(tmp_path / f"v{suffix}", _nonfinite(np.inf)))
+    assert "1 voxel(s) are NaN or infinite, e.g. at array index (1, 5, 7)" in str(err.value)
+
+
+def test_a_good_dicom_series_still_reads(tmp_path):
+    from medsam_lib.data.readers import read_image
+
+    image = read_image(_dicom_series(tmp_path / "dcm"))
+    assert image.array.shape == (5, 16, 16) and image.modality == "CT"
+    np.testing.assert_allclose(image.spacing[0], 1.0)
+
+
+def test_end_to_end_out_equal_to_image_in_a_subprocess(tmp_path):
+    image = _png(tmp_path / "in.png")
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(_seg(str(image), str(image)), use_subprocess=True, timeout=120)
+    assert code == 2 and err.count("error:") == 1 and "in.png" in err and "Traceback" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_success_writes_mask_and_prints_score(capsys, tmp_path):
+    image = _png(tmp_path / "img.png")
+    out = tmp_path / "m.png"
+    assert main(["segment", "--image", str(image), "--box", "10,10,60,50", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("score=") and f"mask={out}" in line
+    mask = np.array(Image.open(out))
+    assert mask.shape == (64, 80) and set(np.unique(mask)) <= {0, 255}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "m.png"]
+
+
+def test_checkpoint_hash_mismatch(capfd, tmp_path, monkeypatch):
     from medsam_lib.models import zoo
 
     tampered = tmp_path / "lite_medsam.pth"
@@ -122,25 +588,11 @@ def test_checkpoint_hash_mismatch(capsys, tmp_path, image, monkeypatch):
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
     tampered.write_bytes(bytes(data))
     monkeypatch.setattr(zoo, "bundled_lite_checkpoint", lambda: tampered)
-    _run(capsys, tmp_path, ["--image", str(image), "--box", "1,1,20,20", "--out", str(tmp_path / "m.png")],
-         "checksum mismatch")
-
-
-def test_malformed_box_is_one_line(capsys, tmp_path, image):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["segment", "--image", str(image), "--box", "1,2,3", "--out", str(tmp_path / "m.png")])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and "\n" not in err and "four numbers" in err
-
-
-def test_success_writes_mask_and_prints_score(capsys, tmp_path, image):
-    out = tmp_path / "m.png"
-    assert main(["segment", "--image", str(image), "--box", "10,10,60,50", "--out", str(out)]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("score=") and f"mask={out}" in line
-    mask = np.array(Image.open(out))
-    assert mask.shape == (64, 80) and set(np.unique(mask)) <= {0, 255}
-    assert [p.name for p in tmp_path.iterdir() if ".part" in p.name] == []
+    row = BadInput("hash", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png")), ("checksum mismatch",),
+                   model_allowed=True)
+    work = tmp_path / "w"
+    work.mkdir()
+    check_bad_input(row, work, capfd)
 
 
 def test_predict_before_set_image(lite_model):
@@ -165,3 +617,15 @@ def test_2d_image_modes(tmp_path, lite_model, mode):
     predictor = BoxPredictor(lite_model)
     predictor.set_image(array)
     assert predictor.predict([[10, 10, 60, 50]]).masks.shape == (1, 64, 80)
+
+
+def test_damaged_store_files_are_clear_errors(tmp_path):
+    store = _good_store(tmp_path)
+    with CuratedDataset(store) as ds:
+        row = ds.index.iloc[0]
+    (store / row["file"]).write_bytes(b"not a zip")
+    with CuratedDataset(store) as ds, pytest.raises(MedSAMError, match=r"corrupt case file.*data curate again"):
+        ds.load(row)
+    (store / "curation.json").write_bytes(bytes(range(256)))
+    with pytest.raises(MedSAMError, match=r"curation\.json: corrupt store description"):
+        CuratedDataset(store)

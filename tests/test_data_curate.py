@@ -266,7 +266,9 @@ def test_a_case_that_fails_halfway_leaves_nothing_and_earlier_cases_stay(tmp_pat
     with pytest.raises(MedSAMError, match="toy/b: RuntimeError: disk full"):
         curate(manifest, out, root=tmp_path, progress=False)
     assert _files(out) == {"cases/toy/a.npz"}  # a stays, b left nothing (no partial file), c not started
-    assert not (out / "index.csv").exists()
+    assert not (out / "index.csv").exists() and not (out / "curation.json").exists()
+    with pytest.raises(MedSAMError, match="incomplete.*run data curate again to finish"):
+        CuratedDataset(out)  # a first run that failed: not a store yet, and it says how to finish
 
     calls["n"] = -100  # the next run resumes: a is skipped, b and c are curated
     report = curate(manifest, out, root=tmp_path, progress=False)

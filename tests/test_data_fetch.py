@@ -222,3 +222,15 @@ def test_fetch_cli_end_to_end(server, shared_data, tmp_path, capsys):
     path.write_text(json.dumps(bad))
     assert main(["data", "fetch", str(path), "--root", str(tmp_path / "root2"), "--force"]) == 2
     assert "md5 checksum mismatch" in capsys.readouterr().err
+
+
+def test_archive_larger_than_the_free_space_is_refused(tmp_path, monkeypatch):
+    import collections
+    import shutil as shutil_module
+
+    archive = _tar_gz(tmp_path / "big.tar.gz", {"data/a.bin": b"\0" * 100_000})
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(MedSAMError, match=r"big\.tar\.gz: unpacks to 100000 bytes but only 1000 bytes are free"):
+        safe_extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()

@@ -122,3 +122,31 @@ def test_bad_masks_are_refused(tmp_path, shared_data):
         read_mask(tmp_path / "junk.png")
     with pytest.raises(MedSAMError, match="unknown mask encoding"):
         read_mask(tmp_path / "p.png", "onehot")
+
+
+@pytest.mark.parametrize("name, ok", [("m.png", True), ("m.tif", True), ("m.nii.gz", True), ("m.nrrd", True),
+                                      ("m.mha", True), ("m.jpg", False), ("m.webp", False), ("m.mhd", False),
+                                      ("m.txt", False), ("m", False)])
+def test_mask_outputs_are_lossless_single_files(tmp_path, name, ok):
+    from medsam_lib.data.readers import check_mask_output, write_mask
+
+    if ok:
+        assert check_mask_output(tmp_path / name) == tmp_path / name
+        write_mask(np.eye(8, dtype=bool), tmp_path / name)
+        assert (read_mask(tmp_path / name, "binary").array == np.eye(8)).all()
+    else:
+        with pytest.raises(MedSAMError, match=name.replace(".", r"\.")):
+            write_mask(np.eye(8, dtype=bool), tmp_path / name)
+        assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_float_masks_with_nonfinite_values_are_refused(tmp_path, value):
+    labels = np.zeros((2, 6, 6), np.float32)
+    labels[1, 2, 3] = value
+    sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "lab.nii.gz"))
+    with pytest.raises(MedSAMError, match=r"lab\.nii\.gz: 1 voxel\(s\) are NaN or infinite, e\.g\. at array index \(1, 2, 3\)"):
+        read_mask(tmp_path / "lab.nii.gz")
+    Image.fromarray(labels[1]).save(tmp_path / "lab.tif")
+    with pytest.raises(MedSAMError, match=r"lab\.tif: 1 voxel\(s\) are NaN or infinite"):
+        read_mask(tmp_path / "lab.tif")

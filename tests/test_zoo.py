@@ -287,7 +287,7 @@ def test_pickled_python_objects_are_refused(tmp_path, payload, refused_global):
         zoo.load_model(path, device="cpu")
     message = str(err.value)
     assert str(path) in message
-    assert "weights_only=True" in message and refused_global in message
+    assert "weights_only=True" in message and refused_global in message and "would run" in message
     assert "torch.save(model.state_dict(), path)" in message
     assert EXECUTED == []  # nothing in the file ran
 
@@ -297,6 +297,8 @@ def test_pickled_python_objects_are_refused(tmp_path, payload, refused_global):
     (b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.", "not a PyTorch checkpoint"),
     (b"definitely not a checkpoint\n" * 10, "not a PyTorch checkpoint .*first bytes b'definite'"),
     ("zip", "truncated or not a PyTorch file"),
+    (b"some notes about the model\n", "not a PyTorch checkpoint .*text file"),  # the unpickler's IndexError
+    (b"hello world\n", "not a PyTorch checkpoint .*text file"),  # ... and its KeyError
 ])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_files_that_are_not_checkpoints(tmp_path, content, expected):
@@ -500,3 +502,32 @@ def test_every_torch_load_uses_weights_only_true():
         offenders += bad
     assert offenders == [], "torch.load without weights_only=True:\n" + "\n".join(offenders)
     assert total >= 2  # zoo.load_state_dict and this file's own calls were found
+
+
+def test_raw_pickle_calling_os_system_names_the_call_and_never_runs(tmp_path):
+    """A plain pickle (protocol 4, not torch.save's zip): torch only says 'Unsupported operand'; the
+    message still names the call, read from the opcodes without importing anything."""
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": 1, "x": Evil()}, protocol=4))
+    with pytest.raises(MedSAMError, match=r"calls posix\.system; loading it would run that code") as err:
+        zoo.load_state_dict(path)
+    assert str(path) in str(err.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("device, expected", [("bogus", "not a device name"), ("cuda:99", "cuda"),
+                                              ("mps", "not available here")])
+def test_bad_devices_are_refused_before_loading(device, expected):
+    if device == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(MedSAMError, match=expected) as err:
+        zoo.load_model("litemedsam", device=device)
+    assert f"--device {device!r}" in str(err.value)

@@ -8,7 +8,10 @@ fine-tuning and evaluation then run on it as on any other manifest.
 
 Nothing is guessed: images without a mask, masks without an image, names that occur twice and
 pairs whose sizes differ are listed in one error (``--skip-unpaired`` writes the manifest from the
-good pairs and still lists the rest). Mask encodings: volumes and grey 2D label maps keep their
+good pairs and still lists the rest). A mask with no foreground at all is such a problem too:
+``data curate`` refuses a case whose mask holds none of its required labels, so ``data init``
+lists the pair (and leaves it out with ``--skip-unpaired``) rather than write a manifest that
+curation rejects. Mask encodings: volumes and grey 2D label maps keep their
 values; 0/255 (or 0/1) 2D masks and JPEG masks become binary (thresholded at 127); colour masks
 become an ``rgb`` palette with one label per colour found.
 """
@@ -21,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import MedSAMError, atomic_write_text
+from ..fileio import MedSAMError, atomic_write_text, check_output_path
 from .manifests import manifest_from_dict
+from .preprocess import check_modality
+from .integrity import open_2d, quiet_itk
 from .readers import IMAGE_2D_SUFFIXES, LOSSY_SUFFIXES, VOLUME_SUFFIXES, file_kind, read_mask
 
 _NAME = re.compile(r"[^a-z0-9_]+")
@@ -38,15 +43,17 @@ def _stem(path: Path) -> str:
 
 def _listing(folder: Path, what: str) -> tuple[dict[str, Path], list[str]]:
     if not folder.is_dir():
-        raise MedSAMError(f"{folder}: the {what} folder does not exist")
+        raise MedSAMError(f"{folder}: the {what} folder " + ("is a file, not a folder" if folder.exists() else "does not exist"))
     found, problems = {}, []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
         try:
             file_kind(path)
-        except MedSAMError:
-            problems.append(f"{what} {path.name}: not an image file this tool reads (skipped)")
+        except MedSAMError as exc:
+            reason = str(exc).split(": ", 1)[-1] if "unsupported file type" not in str(exc) else \
+                "not an image file this tool reads"
+            problems.append(f"{what} {path.name}: {reason} (skipped)")
             continue
         stem = _stem(path)
         if stem in found:
@@ -61,18 +68,17 @@ def _listing(folder: Path, what: str) -> tuple[dict[str, Path], list[str]]:
 def _size(path: Path) -> tuple[int, ...]:
     """(H, W) of a 2D file or (Z, Y, X) of a volume, from its header."""
     if file_kind(path) == "2d":
-        from PIL import Image
-
-        with Image.open(path) as img:
+        with open_2d(path, "image") as img:
             return (img.size[1], img.size[0])
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with quiet_itk():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise MedSAMError(f"{path}: SimpleITK cannot read its header") from exc
+        raise MedSAMError(f"{path}: SimpleITK cannot read its header (truncated or not an image?)") from exc
     return tuple(int(s) for s in reader.GetSize()[::-1])
 
 
@@ -92,16 +98,18 @@ def _parse_labels(text: str | None) -> dict[int, str]:
 
 
 def _mask_encoding(path: Path) -> tuple[dict, dict[int, int]]:
-    """(mask spec fields, {label: 1}) for one mask file; colour masks give their colours as labels."""
+    """(mask spec fields, {label: 1}) for one mask file; colour masks give their colours as labels.
+    An empty mask (no foreground) gives no labels (and, for rgb, no colours)."""
     if file_kind(path) != "2d":
         values = np.unique(read_mask(path, "label").array)
         return {"encoding": "label"}, {int(v): 1 for v in values if v}
-    from PIL import Image
-
-    with Image.open(path) as img:
-        array = np.array(img.convert("RGB")) if img.mode not in ("1", "L", "I", "I;16", "P") else np.array(img)
+    try:
+        with open_2d(path, "mask image") as img:
+            array = np.array(img.convert("RGB")) if img.mode not in ("1", "L", "I", "I;16", "P") else np.array(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise MedSAMError(f"{path}: truncated or corrupt mask image ({exc})") from exc
     if path.suffix.lower() in LOSSY_SUFFIXES:
-        return {"encoding": "binary", "threshold": 127}, {1: 1}
+        return {"encoding": "binary", "threshold": 127}, ({1: 1} if (array > 127).any() else {})
     if array.ndim == 3 and not (array == array[..., :1]).all():
         bits = array[..., :3] > 127
         colours = {tuple(int(c) * 255 for c in colour) for colour in np.unique(bits.reshape(-1, 3), axis=0)}
@@ -110,7 +118,7 @@ def _mask_encoding(path: Path) -> tuple[dict, dict[int, int]]:
     grey = array[..., 0] if array.ndim == 3 else array
     values = {int(v) for v in np.unique(grey)}
     if values <= {0, 255} or values <= {0, 1} or array.dtype == bool:
-        return {"encoding": "binary", "threshold": 0}, {1: 1}
+        return {"encoding": "binary", "threshold": 0}, ({1: 1} if values - {0} else {})
     return {"encoding": "label"}, {v: 1 for v in values if v}
 
 
@@ -120,9 +128,9 @@ def init_manifest(images: str | os.PathLike, masks: str | os.PathLike, modality:
     """Write a manifest for the image/mask pairs in two folders; returns (path, problems listed)."""
     images, masks, out = Path(images), Path(masks), Path(out)
     if out.suffix != ".json":
-        raise MedSAMError(f"{out}: the manifest file name must end in .json")
-    if not out.parent.is_dir():
-        raise MedSAMError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
+        raise MedSAMError(f"--out {out}: the manifest file name must end in .json")
+    check_output_path(out)
+    check_modality(modality)
     name = name or _NAME.sub("_", out.stem.lower()).strip("_") or "my_data"
     if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
         raise MedSAMError(f"--name {name!r}: use lower-case letters, digits and '_' (starting with a letter or digit)")
@@ -160,6 +168,9 @@ def init_manifest(images: str | os.PathLike, masks: str | os.PathLike, modality:
             problems.append(f"pair {stem}: image {image.name} has size {size_i} but mask {mask.name} has {size_m}")
             continue
         fields, found = _mask_encoding(mask)
+        if not found and not fields.get("colours"):
+            problems.append(f"pair {stem}: mask {mask.name} is empty (no foreground label); curation would refuse it")
+            continue
         encodings.add(fields["encoding"])
         good.append((stem, image, mask, fields, found))
     if len(encodings) > 1:

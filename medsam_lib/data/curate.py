@@ -40,9 +40,11 @@ equal to the row's ``instance``); ``sample_raw_<key>`` / ``sample_norm_<key>`` i
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import shutil
 import time
 import zipfile
 import zlib
@@ -53,12 +55,13 @@ import numpy as np
 from scipy.ndimage import find_objects
 
 from .. import paper
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, make_folder, same_path, sha256_file
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
 from .readers import MedicalImage, compact_labels, read_image, read_mask
-from .store import INDEX_COLUMNS, CuratedDataset, _load_store_info, curated_dir, read_index  # noqa: F401
+from .store import (INDEX_COLUMNS, NEXT_INFO, PENDING, CuratedDataset, _load_store_info, curated_dir,  # noqa: F401
+                    read_index)
 
 STORE_VERSION = 2  # part of every case key: bump when a case file's content changes (older cases are redone)
 IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
@@ -279,6 +282,8 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
     """Curate one case into ``out_file`` (atomically); returns {"rows", "slices", "dropped_small"}.
 
     Raises MedSAMError naming the data set, case and file for any bad input; nothing is left behind.
+    A case whose mask holds none of a required target's labels (an empty mask, say) is refused;
+    ``data init`` applies the same rule and lists such a pair instead of writing it (``byod``).
     """
     spec = check_preset(preset)
     where = f"{dataset.name}/{case.volume}"
@@ -292,6 +297,10 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
     for t in dataset.targets:
         if not (set(t.labels) & present[t.mask]) and not t.optional:
             shown = sorted(present[t.mask] - {0})
+            if not shown:
+                raise MedSAMError(f"{where}: mask {masks[t.mask].path} is empty (no foreground label), but target "
+                                  f"{t.name!r} needs label(s) {list(t.labels)}; fix the mask, leave the case out, "
+                                  "or mark the target optional")
             raise MedSAMError(f"{where}: target {t.name!r} needs label(s) {list(t.labels)} but mask "
                               f"{masks[t.mask].path} holds only {shown[:30]}{' ...' if len(shown) > 30 else ''}; "
                               "fix the manifest's labels or mark the target optional")
@@ -347,8 +356,35 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
 # --- the store ------------------------------------------------------------------------------------
 
 def _remove_stale_temporaries(out: Path) -> None:
-    for tmp in (out / "cases").rglob(".*.part*"):
-        tmp.unlink(missing_ok=True)
+    for folder in (out / "cases", out / PENDING):
+        for tmp in folder.rglob(".*.part*"):
+            tmp.unlink(missing_ok=True)
+
+
+def _check_out(out: Path, manifest: Manifest, data_root: Path, resolved: dict) -> None:
+    """Refuse an output folder that is not one: a file in the way, a folder holding other things, or
+    one whose store files would land on an input."""
+    if out.exists() and not out.is_dir():
+        raise MedSAMError(f"--out {out}: a file is in the way; give a folder (new, empty, or a curated store)")
+    if out.is_dir() and not (out / "curation.json").exists():
+        other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != "cases")
+        if other:
+            raise MedSAMError(f"--out {out}: the folder holds other files ({', '.join(other[:5])}) and is not a curated "
+                              "store; give a new or empty folder")
+    if out.exists() and same_path(out, data_root):
+        raise MedSAMError(f"--out {out} is the data root; choose another folder for the store")
+    inputs = [data_root / p for ds in resolved.values() for c in ds for p in list(c.images.values()) + list(c.masks.values())]
+    if manifest.path is not None:
+        inputs.append(Path(manifest.path))
+    target = out.resolve()
+    written = {target / n for n in ("curation.json", "index.csv", NEXT_INFO)}
+    folders = (target / "cases", target / PENDING)
+    for item in inputs:  # each resolved once: data sets have thousands of files
+        real = item.resolve()
+        if (real == target or real in written or any(f == real or f in real.parents for f in folders)
+                or (real.is_dir() and real in target.parents)):
+            raise MedSAMError(f"--out {out}: the store would be written over or into the input {item}; "
+                              "choose another folder")
 
 
 def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, preset: str = "paper",
@@ -356,9 +392,16 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
            keep_going: bool = False, progress: bool = True) -> CurationReport:
     """Curate every case of ``manifest`` (or of the named ``datasets``) into the store at ``out``.
 
-    Resumable and idempotent (finished cases are skipped). On a bad case: MedSAMError naming it
-    (earlier cases stay, the failed one leaves nothing), or with ``keep_going`` it is reported and
-    the rest continue. The index (``index.csv``) is rebuilt at the end.
+    Resumable and idempotent (finished cases are skipped). On a bad case: MedSAMError naming it, or
+    with ``keep_going`` it is reported and the rest continue.
+
+    What a failure leaves: the store's description (``curation.json``), splits and ``index.csv``
+    are written only once every case has succeeded (or been reported, with ``keep_going``). In an
+    existing store the run's case files are written under ``.pending/`` and moved in only then, so
+    after a failure the store is exactly as it was. Finished case files stay (``.pending/`` or, in a
+    new store, ``cases/``), so a rerun resumes; a new store's folder is removed if no case finished. A folder without
+    ``curation.json`` (a failed or killed first run) is reported by ``CuratedDataset`` as
+    incomplete, with the command that finishes it.
     """
     from tqdm.auto import tqdm
 
@@ -369,10 +412,11 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
     data_root = resolve_root(manifest, root)
     chosen = [manifest.dataset(n) for n in datasets] if datasets else list(manifest.datasets)
     resolved = {ds.name: resolve_cases(ds, data_root) for ds in chosen}  # fails early on missing files
+    _check_out(out, manifest, data_root, resolved)
 
-    out.mkdir(parents=True, exist_ok=True)
-    info = _load_store_info(out) or {"store_version": STORE_VERSION, "preset": preset, "image_size": IMAGE_SIZE,
-                                     "manifests": {}}
+    old = _load_store_info(out) if out.is_dir() else None
+    info = copy.deepcopy(old) if old else {"store_version": STORE_VERSION, "preset": preset, "image_size": IMAGE_SIZE,
+                                           "manifests": {}}
     if info.get("image_size") != IMAGE_SIZE:
         raise MedSAMError(f"{out}: store of {info.get('image_size')}-pixel images, not {IMAGE_SIZE}; "
                           "curate into a new folder")
@@ -387,47 +431,88 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
         entry["datasets"][ds.name] = {
             "cases": {c.volume: {"case": c.case, "file": f"cases/{ds.name}/{safe_name(c.volume)}.npz"}
                       for c in resolved[ds.name]}}
-    (out / "cases").mkdir(exist_ok=True)
+    created = not out.exists()
+    make_folder(out, "store folder")
+    folders_before = {p for p in out.rglob("*") if p.is_dir()}
     _remove_stale_temporaries(out)
-    atomic_write_text(out / "curation.json", json.dumps(info, indent=2))
 
     report = CurationReport(out=out, preset=preset)
     jobs = [(ds, c) for ds in chosen for c in resolved[ds.name]]
-    for ds, case in tqdm(jobs, desc=f"curating {manifest.name} ({preset})", unit="case", disable=not progress):
-        label = f"{ds.name}/{case.volume}"
-        out_file = out / "cases" / ds.name / f"{safe_name(case.volume)}.npz"
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        files = [data_root / p for p in list(case.images.values()) + list(case.masks.values())]
-        key = _case_key(ds, case, preset, {str(p.relative_to(data_root)): _fingerprint(p) for p in files})
-        if _case_done(out_file, key):
-            report.skipped.append(label)
-            continue
-        try:
-            stats = curate_case(ds, case, data_root, out_file, preset, manifest.synthetic, key)
-        except Exception as exc:  # noqa: BLE001 - every failure names its case; KeyboardInterrupt passes
-            error = exc if isinstance(exc, MedSAMError) else MedSAMError(
-                f"{label}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
-            if not str(error).startswith(label):
-                error = MedSAMError(f"{label}: {error}")
-            if not keep_going:
-                raise error from exc
-            report.failed[label] = str(error)
-            continue
-        report.curated.append(label)
-        report.dropped_small += stats["dropped_small"]
-    index = build_index(out)
+    staged: list[str] = []  # this run's case files under .pending/, moved in by _finish
+    try:
+        for ds, case in tqdm(jobs, desc=f"curating {manifest.name} ({preset})", unit="case", disable=not progress):
+            label = f"{ds.name}/{case.volume}"
+            rel = f"cases/{ds.name}/{safe_name(case.volume)}.npz"
+            files = [data_root / p for p in list(case.images.values()) + list(case.masks.values())]
+            key = _case_key(ds, case, preset, {str(p.relative_to(data_root)): _fingerprint(p) for p in files})
+            if _case_done(out / rel, key) or _case_done(out / PENDING / rel, key):
+                report.skipped.append(label)
+                if (out / PENDING / rel).is_file() and not _case_done(out / rel, key):
+                    staged.append(rel)  # finished by an earlier, failed or killed, run
+                continue
+            out_file = out / PENDING / rel if old else out / rel  # an existing store changes only at the end
+            out_file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                stats = curate_case(ds, case, data_root, out_file, preset, manifest.synthetic, key)
+            except Exception as exc:  # noqa: BLE001 - every failure names its case; KeyboardInterrupt passes
+                error = exc if isinstance(exc, MedSAMError) else MedSAMError(
+                    f"{label}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                if not str(error).startswith(label):
+                    error = MedSAMError(f"{label}: {error}")
+                if not keep_going:
+                    raise error from exc
+                report.failed[label] = str(error)
+                continue
+            if old:
+                staged.append(rel)
+            report.curated.append(label)
+            report.dropped_small += stats["dropped_small"]
+    except Exception:
+        _tidy_after_failure(out, created, folders_before)
+        raise
+    index = _finish(out, info, staged)
     report.rows = len(index)
     report.slices = int(index[["image_id"]].drop_duplicates().shape[0]) if len(index) else 0
     report.seconds = time.perf_counter() - start
     return report
 
 
-def build_index(out: str | os.PathLike):
-    """Rebuild ``index.csv`` from the case files the store's manifests list (splits from the seed)."""
+def _tidy_after_failure(out: Path, created: bool, folders_before: set) -> None:
+    """Remove the empty folders a failed run made; a store folder it created with no finished case goes."""
+    made = [p for p in out.rglob("*") if p.is_dir() and p not in folders_before]
+    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def _finish(out: Path, info: dict, staged: list[str]):
+    """Make the finished run the store, in an order that a kill at any point leaves readable or
+    clearly incomplete: the new description is staged (its presence marks the store incomplete),
+    pending case files move in, the index is rebuilt from the new description, and only then the
+    description becomes ``curation.json``."""
+    atomic_write_text(out / NEXT_INFO, json.dumps(info, indent=2))
+    pending = out / PENDING
+    for rel in staged:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(pending / rel, out / rel)
+    if pending.is_dir() and not any(p.is_file() for p in pending.rglob("*")):
+        shutil.rmtree(pending, ignore_errors=True)
+    (out / "cases").mkdir(exist_ok=True)
+    index = build_index(out, info)
+    os.replace(out / NEXT_INFO, out / "curation.json")
+    return index
+
+
+def build_index(out: str | os.PathLike, info: dict | None = None):
+    """Rebuild ``index.csv`` from the case files the store's manifests list (splits from the seed).
+
+    ``info``: the store description to index (default: ``curation.json``)."""
     import pandas as pd
 
     out = Path(out)
-    info = _load_store_info(out)
+    info = info if info is not None else _load_store_info(out)
     if info is None:
         raise MedSAMError(f"{out}: not a curated store (no curation.json); run `data curate` first")
     rows = []

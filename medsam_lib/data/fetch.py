@@ -9,7 +9,9 @@ size/checksum verification where the manifest has them, atomic rename) into
 - members are extracted into a temporary folder beside the destination, which is moved into
   place only when the whole archive unpacked cleanly (a corrupt archive leaves nothing);
 - a stamp ``<root>/.downloads/<file>.done.json`` records the archive's SHA-256, so a rerun skips
-  finished files.
+  finished files;
+- a refused archive (an unsafe entry, or corrupt without a checksum to trust it by) is deleted,
+  and a failed fetch leaves no empty ``.downloads`` folder (nor a data root it created) behind.
 Without a published checksum the download is accepted as it comes and its SHA-256 is printed and
 recorded, so a later fetch can be compared (``checksums_verified: false`` in the manifest says so).
 """
@@ -26,7 +28,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..download import fetch_url, verify_file
-from ..fileio import MedSAMError, atomic_write_text, sha256_file
+from ..fileio import MedSAMError, atomic_write_text, make_folder, sha256_file
 from .manifests import FileSpec, Manifest, load_manifest, resolve_root
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -73,13 +75,14 @@ def _link_stays_inside(member_path: PurePosixPath, target: str, archive: Path, n
 def check_archive(archive: str | os.PathLike) -> list[str]:
     """List an archive's members after checking every one is safe; MedSAMError otherwise (or if corrupt)."""
     archive = Path(archive)
-    names = []
+    names, total = [], 0
     try:
         if _archive_kind(archive) == "zip":
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
                     member = _safe_member_path(info.filename, archive)
                     mode = info.external_attr >> 16
+                    total += info.file_size
                     if stat.S_ISLNK(mode):
                         _link_stays_inside(member, zf.read(info).decode("utf-8", "replace"), archive, info.filename)
                     names.append(str(member))
@@ -87,6 +90,7 @@ def check_archive(archive: str | os.PathLike) -> list[str]:
             with tarfile.open(archive) as tf:
                 for info in tf.getmembers():
                     member = _safe_member_path(info.name, archive)
+                    total += info.size
                     if info.isdev() or info.isfifo():
                         raise MedSAMError(f"{archive}: entry {info.name!r} is a device or FIFO; refusing to extract")
                     if info.issym():
@@ -96,6 +100,10 @@ def check_archive(archive: str | os.PathLike) -> list[str]:
                     names.append(str(member))
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise MedSAMError(f"{archive}: corrupt or truncated archive ({exc}); delete it and fetch again") from exc
+    free = shutil.disk_usage(archive.parent).free
+    if total > free:
+        raise MedSAMError(f"{archive}: unpacks to {total} bytes but only {free} bytes are free; refusing to extract "
+                          "(free space, or is this an archive bomb?)")
     return names
 
 
@@ -107,8 +115,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[st
     """
     archive, dest = Path(archive), Path(dest)
     names = check_archive(archive)
-    dest.mkdir(parents=True, exist_ok=True)
+    created = not dest.exists()
+    make_folder(dest, "folder to extract into")
     staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".part", dir=dest))
+    ok = False
     try:
         try:
             if _archive_kind(archive) == "zip":
@@ -137,8 +147,11 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[st
                               "move them aside or extract into an empty folder")
         for top in tops:
             _merge(staging / top, dest / top)
+        ok = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not ok:
+            _remove_if_empty(dest)
     return names
 
 
@@ -158,11 +171,15 @@ def _stamp_path(root: Path, spec: FileSpec) -> Path:
 def fetch_file(spec: FileSpec, root: Path, force: bool = False, progress: bool = True) -> str:
     """Download (and unpack) one file of a manifest into ``root``; returns its SHA-256."""
     downloads = root / ".downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
+    make_folder(downloads, "downloads folder")
     archive = downloads / spec.file_name
     stamp = _stamp_path(root, spec)
     if stamp.is_file() and not force:
-        return json.loads(stamp.read_text())["sha256"]
+        try:
+            return str(json.loads(stamp.read_bytes().decode("utf-8"))["sha256"])
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise MedSAMError(f"{stamp}: damaged record of a finished fetch; delete it (and the files unpacked "
+                              f"from {spec.file_name}, if any) and fetch again") from exc
     if force or not archive.is_file():
         fetch_url(spec.url, archive, spec.checksums, spec.size, progress=progress)
     else:  # a download that finished earlier but was not unpacked: verify before use
@@ -171,8 +188,9 @@ def fetch_file(spec: FileSpec, root: Path, force: bool = False, progress: bool =
         try:
             safe_extract(archive, root / spec.extract_to if spec.extract_to else root)
         except MedSAMError as exc:
-            if "corrupt or truncated" in str(exc) and not spec.checksums:
-                archive.unlink(missing_ok=True)  # unverifiable and unreadable: do not keep it around
+            unsafe = "refusing to extract" in str(exc) or "unsafe entry" in str(exc)
+            if unsafe or ("corrupt or truncated" in str(exc) and not spec.checksums):
+                archive.unlink(missing_ok=True)  # refused, or unverifiable and unreadable: do not keep it around
             raise
     elif spec.extract_to:
         target = root / spec.extract_to / spec.file_name
@@ -197,9 +215,25 @@ def fetch(manifest: Manifest | str | os.PathLike, root: str | os.PathLike | None
                           + (f"\nmanual steps:\n  {steps}" if steps else "")
                           + (f"\nexpected layout under the data root:\n  {layout}" if layout else ""))
     root = resolve_root(manifest, root)
-    root.mkdir(parents=True, exist_ok=True)
-    for spec in manifest.files:
-        digest = fetch_file(spec, root, force=force, progress=progress)
-        checked = ", ".join(sorted(spec.checksums)) or "no published checksum"
-        print(f"{spec.file_name}: ok (sha256 {digest}; verified against: {checked})")
+    if root.exists() and not root.is_dir():
+        raise MedSAMError(f"data root {root}: a file is in the way; give a folder (--root)")
+    created = not root.exists()
+    make_folder(root, "data root")
+    try:
+        for spec in manifest.files:
+            digest = fetch_file(spec, root, force=force, progress=progress)
+            checked = ", ".join(sorted(spec.checksums)) or "no published checksum"
+            print(f"{spec.file_name}: ok (sha256 {digest}; verified against: {checked})")
+    except BaseException:
+        _remove_if_empty(root / ".downloads")
+        if created:
+            _remove_if_empty(root)
+        raise
     return root
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only succeeds on an empty folder
+    except OSError:
+        pass

@@ -26,12 +26,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..fileio import MedSAMError
+from ..fileio import MedSAMError, check_input_path
 from ..shared import REPO_ROOT, shared_data_dir
+from .preprocess import check_modality
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
 MANIFESTS_DIR = REPO_ROOT / "data_manifests"
 SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 64 << 20  # the largest shipped manifest is far below this
 
 # The 30 evaluated tasks of Tables 1-2 (../shared/paper/tasks.csv), as "Target (Modality)".
 PAPER_TASKS = (
@@ -153,9 +155,9 @@ def find_manifest(name_or_path: str | os.PathLike) -> Path:
     """A manifest file by path, or by name in ``data_manifests/``."""
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
-        if not path.is_file():
+        if not path.exists():
             raise MedSAMError(f"{path}: no such manifest file")
-        return path
+        return check_input_path(path, "manifest", allow_dir=False)
     candidate = MANIFESTS_DIR / f"{name_or_path}.json"
     if candidate.is_file():
         return candidate
@@ -199,6 +201,8 @@ def _check_semantics(data: dict, source: str) -> None:
             dup = {k for k in keys if keys.count(k) > 1}
             if dup:
                 raise MedSAMError(f"{where}: duplicate {kind} key(s) {sorted(dup)}")
+        for modality in [ds["modality"]] + [i["modality"] for i in ds["images"]]:
+            check_modality(modality, f"{where}: modality")
         for m in ds["masks"]:
             if m.get("encoding") == "rgb" and not m.get("palette"):
                 raise MedSAMError(f"{where}: mask {m['key']!r} has encoding 'rgb' but no palette")
@@ -292,14 +296,25 @@ def _build(data: dict, path: Path | None, digest: str) -> Manifest:
 def load_manifest(name_or_path: str | os.PathLike) -> Manifest:
     """Read, validate and return a manifest (by name in ``data_manifests/`` or by path)."""
     path = find_manifest(name_or_path)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise MedSAMError(f"{path}: {path.stat().st_size} bytes is too large for a manifest (limit "
+                          f"{MAX_MANIFEST_BYTES}); is this the right file?")
     text = path.read_bytes()
     try:
-        data = json.loads(text)
+        data = json.loads(text.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise MedSAMError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a manifest is a JSON text "
+                          "file") from exc
     except json.JSONDecodeError as exc:
         raise MedSAMError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise MedSAMError(f"{path}: JSON nested too deeply to be a manifest") from exc
     if not isinstance(data, dict):
         raise MedSAMError(f"{path}: a manifest is a JSON object, got {type(data).__name__}")
-    validate_manifest_dict(data, str(path))
+    try:
+        validate_manifest_dict(data, str(path))
+    except RecursionError as exc:
+        raise MedSAMError(f"{path}: JSON nested too deeply to be a manifest") from exc
     return _build(data, path, hashlib.sha256(text).hexdigest())
 
 

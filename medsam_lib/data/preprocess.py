@@ -65,6 +65,28 @@ def check_preset(preset: str) -> Preset:
     return PRESET_SPECS[preset]
 
 
+# The modalities the presets know (paper 3.1: CT gets the HU window, every other one the percentile
+# rule). A qualifier after '-' is allowed (MR-T2, MR-FLAIR); DICOM Modality codes map to these names.
+MODALITIES = ("CT", "MR", "PET", "Ultrasound", "X-Ray", "Endoscope", "Dermoscopy", "Retinal Image", "Fundus",
+              "OCT", "Mammography", "Pathology")
+DICOM_MODALITY_CODES = {"PT": "PET", "US": "Ultrasound", "CR": "X-Ray", "DX": "X-Ray", "XA": "X-Ray", "RF": "X-Ray",
+                        "MG": "Mammography", "ES": "Endoscope", "OP": "Fundus", "SM": "Pathology", "OPT": "OCT",
+                        "MRI": "MR", "XR": "X-Ray"}
+
+
+def check_modality(modality: str, what: str = "--modality") -> str:
+    """``modality`` if the presets know it (case-insensitive; 'MR-T2' style qualifiers and DICOM codes
+    accepted); MedSAMError listing the known ones otherwise."""
+    text = str(modality).strip()
+    base, _, qualifier = text.partition("-") if not text.upper().startswith("X-RAY") else (text, "", "")
+    known = {m.upper(): m for m in MODALITIES}
+    name = known.get(text.upper()) or known.get(base.upper()) or DICOM_MODALITY_CODES.get(base.upper())
+    if not text or name is None:
+        raise MedSAMError(f"{what} {modality!r}: unknown modality; use one of {', '.join(MODALITIES)} "
+                          "(a qualifier such as MR-T2 is fine)")
+    return text if (known.get(text.upper()) or known.get(base.upper())) else name + (f"-{qualifier}" if qualifier else "")
+
+
 def is_ct(modality: str | None) -> bool:
     return bool(modality) and modality.strip().upper().startswith("CT")
 

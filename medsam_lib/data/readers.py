@@ -7,6 +7,13 @@ Axis order (documented once, used everywhere):
   in the same (Z, Y, X) order, in mm. ``origin`` and ``direction`` keep SimpleITK's (x, y, z)
   conventions so a mask written back lines up with the source in any viewer.
 Slices of a volume are taken along the array's first axis (the out-of-plane axis, paper 3.2).
+
+Non-finite values, one rule for every format: an image or mask holding NaN or +-inf voxels is
+refused when it is read (MedSAMError naming the file and how many voxels), whatever the format
+(NIfTI, NRRD, MetaImage, TIFF float, ...). Nothing guesses a value for them: SimpleITK's NIfTI
+reader silently turns them into 0, so NIfTI voxel data is checked on the raw bytes as well.
+(Integer DICOM cannot hold them.) Inputs must be regular files or folders: a named pipe, device
+or socket is refused before anything opens it.
 """
 from __future__ import annotations
 
@@ -16,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import MedSAMError, atomic_path
+from ..fileio import MedSAMError, atomic_path, check_input_path
+from .integrity import (check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, quiet_itk,
+                        single_frame)
 
 IMAGE_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
@@ -25,6 +34,8 @@ VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
 def file_kind(path: str | os.PathLike) -> str:
     """'dicom' for a folder, '2d' or 'volume' by suffix; raises MedSAMError for anything else."""
     path = Path(path)
+    if os.path.exists(path):
+        check_input_path(path, "image")  # a pipe, device or socket is refused before anyone opens it
     if path.is_dir():
         return "dicom"
     name = path.name.lower()
@@ -66,21 +77,15 @@ class MedicalImage:
         return self.array[index]
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise MedSAMError(f"{path}: no such file or folder")
-    if path.is_file() and path.stat().st_size == 0:
-        raise MedSAMError(f"{path}: the file is empty (0 bytes)")
-
-
 def read_2d(path: str | os.PathLike) -> MedicalImage:
-    """PNG, JPEG, TIFF, GIF, BMP; 8 or 16 bit; grey, RGB, RGBA or palette (palette -> RGB)."""
-    from PIL import Image, UnidentifiedImageError
+    """PNG, JPEG, TIFF, GIF, BMP; 8 or 16 bit; grey, RGB, RGBA or palette (palette -> RGB); one frame."""
+    from PIL import Image
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
-        with Image.open(path) as img:
+        with open_2d(path, "image") as img:
+            single_frame(img, path)
             img.load()
             mode = img.mode
             if mode == "P":
@@ -90,10 +95,9 @@ def read_2d(path: str | os.PathLike) -> MedicalImage:
             elif mode == "CMYK" or mode == "YCbCr":
                 img = img.convert("RGB")
             array = np.array(img)
-    except UnidentifiedImageError as exc:
-        raise MedSAMError(f"{path}: not a readable image (Pillow cannot identify it)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MedSAMError(f"{path}: truncated or corrupt image ({exc})") from exc
+    check_finite(array, path)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]  # alpha carries no intensity
     if array.ndim == 3 and array.shape[2] == 2:
@@ -102,84 +106,28 @@ def read_2d(path: str | os.PathLike) -> MedicalImage:
                         meta={"mode": mode})
 
 
-def _nifti_data_check(path: Path, array: np.ndarray) -> np.ndarray:
-    """Guard against two silent SimpleITK NIfTI behaviours (seen with SimpleITK 2.5):
-    a truncated file is read with the missing voxels set to 0, and NaN voxels come back as 0.
-
-    The voxel bytes are streamed once (1 MiB at a time, no second copy of the volume): a short
-    stream is a truncated file; float voxels are checked for NaN on the way. Only when a NaN is
-    found is the volume read with nibabel, so the NaNs can be put back for the caller's NaN check.
-    """
-    import gzip
-    import zlib
-
-    import nibabel as nib
-
-    try:
-        proxy = nib.load(str(path)).dataobj  # header only; the proxy knows where the voxels start
-        dtype = np.dtype(proxy.dtype)
-        expected = int(np.prod(proxy.shape, dtype=np.int64)) * dtype.itemsize
-        offset = int(proxy.offset)
-        check_nan = np.issubdtype(dtype, np.floating)
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        found_nan, received, carry = False, 0, b""
-        with opener(path, "rb") as handle:
-            handle.read(offset)
-            while received < expected:
-                block = handle.read(min(1 << 20, expected - received))
-                if not block:
-                    break
-                received += len(block)
-                if check_nan and not found_nan:
-                    block, carry = carry + block, b""
-                    usable = len(block) - len(block) % dtype.itemsize
-                    block, carry = block[:usable], block[usable:]
-                    found_nan = bool(np.isnan(np.frombuffer(block, dtype=dtype)).any())
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise MedSAMError(f"{path}: truncated or corrupt volume ({first.strip()})") from exc
-    if received < expected:
-        raise MedSAMError(f"{path}: truncated or corrupt volume (voxel data ends after {received} of "
-                          f"{expected} bytes)")
-    if found_nan:
-        data = np.asanyarray(nib.load(str(path)).dataobj)
-        if data.ndim == 3:
-            nan = np.isnan(data.transpose(2, 1, 0))
-            if nan.shape == array.shape:
-                array = array.astype(np.float32, copy=True)
-                array[nan] = np.nan
-    return array
-
-
 def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalImage:
     """NIfTI, NRRD, MetaImage, or a DICOM series folder, via SimpleITK.
 
     A 4D or multi-component file (e.g. the Medical Segmentation Decathlon's multi-sequence MR) is an
     error unless ``channel`` picks one 3D volume out of it (index along the 4th axis / component).
+    NaN / +-inf voxels are refused (module docstring); a DICOM series is checked for unreadable
+    slices and uneven spacing.
     """
     import SimpleITK as sitk
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     modality = None
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise MedSAMError(f"{path}: folder holds no DICOM series")
-            if len(series) > 1:
-                raise MedSAMError(f"{path}: folder holds {len(series)} DICOM series; give a folder with one")
-            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-            reader.SetFileNames(files)
-            image = reader.Execute()
-            try:
-                one = sitk.ReadImage(files[0])
-                modality = one.GetMetaData("0008|0060").strip() if one.HasMetaDataKey("0008|0060") else None
-            except RuntimeError:
-                modality = None
-        else:
-            image = sitk.ReadImage(str(path))
+        with quiet_itk():
+            if path.is_dir():
+                from .dicom import read_dicom_series
+
+                image, modality = read_dicom_series(path)
+            else:
+                check_claimed_size(path)
+                image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
         raise MedSAMError(f"{path}: truncated or corrupt volume, SimpleITK cannot read it ({first.strip()})") from exc
@@ -191,9 +139,10 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
                           "or name the channel to use (manifest 'channel')")
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
-    array = sitk.GetArrayFromImage(image)
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        array = _nifti_data_check(path, array)
+        nifti_data_check(path)
+    array = sitk.GetArrayFromImage(image)
+    check_finite(array, path)
     spacing_xyz = image.GetSpacing()
     return MedicalImage(array=array, path=str(path), spacing=tuple(float(s) for s in spacing_xyz[::-1]),
                         is_volume=True, origin=tuple(image.GetOrigin()), direction=tuple(image.GetDirection()),
@@ -223,6 +172,24 @@ def _select_channel(image, channel: int, path: Path):
 
 MASK_ENCODINGS = ("label", "binary", "rgb")
 LOSSY_SUFFIXES = {".jpg", ".jpeg"}
+# What write_mask writes: lossless formats only, each one file (no detached header + data pair).
+MASK_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".nii.gz", ".nii", ".nrrd", ".mha")
+_LOSSY_OUTPUT = (".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".jp2", ".j2k", ".jpx", ".heic", ".avif")
+
+
+def check_mask_output(path: str | os.PathLike) -> Path:
+    """``path`` if ``write_mask`` can write a lossless mask there (by its suffix); MedSAMError otherwise."""
+    path = Path(path)
+    name = path.name.lower()
+    if any(name.endswith(s) for s in MASK_OUTPUT_SUFFIXES):
+        return path
+    if name.endswith(_LOSSY_OUTPUT):
+        raise MedSAMError(f"{path}: {path.suffix} is a lossy format: it would blur the mask into many grey values; "
+                          f"use one of {', '.join(MASK_OUTPUT_SUFFIXES)}")
+    if name.endswith((".mhd", ".nhdr", ".hdr")):
+        raise MedSAMError(f"{path}: {path.suffix} keeps the voxels in a second file; use .mha, .nrrd or .nii.gz")
+    raise MedSAMError(f"{path}: unsupported mask format {path.suffix or '(no suffix)'}; use one of "
+                      f"{', '.join(MASK_OUTPUT_SUFFIXES)}")
 
 
 def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float | None = None,
@@ -244,11 +211,12 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
         raise MedSAMError(f"{path}: unknown mask encoding {encoding!r}; use one of {MASK_ENCODINGS}")
     kind = file_kind(path)
     if kind == "2d":
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
-        _check_file(path)
+        check_file(path)
         try:
-            with Image.open(path) as img:
+            with open_2d(path, "mask image") as img:
+                single_frame(img, path)
                 img.load()
                 mode = img.mode
                 if mode == "P" and encoding == "label":
@@ -257,10 +225,9 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
                     array = np.array(img)
                 else:
                     array = np.array(img.convert("RGB"))
-        except UnidentifiedImageError as exc:
-            raise MedSAMError(f"{path}: not a readable mask image (Pillow cannot identify it)") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise MedSAMError(f"{path}: truncated or corrupt mask image ({exc})") from exc
+        check_finite(array, path)
         if array.dtype == bool:
             array = array.astype(np.uint8) * 255
         image = MedicalImage(array=array, path=str(path), spacing=(1.0, 1.0), is_volume=False, meta={"mode": mode})
@@ -339,7 +306,7 @@ def write_mask(mask: np.ndarray, path: str | os.PathLike, reference: MedicalImag
     ``reference``; for a mask of one slice, the full volume is written with that slice filled in.
     The output folder must exist; nothing is left behind on error.
     """
-    path = Path(path)
+    path = check_mask_output(path)
     mask = np.asarray(mask).astype(bool)
     suffix = "".join(path.suffixes).lower()
     if any(suffix.endswith(s) for s in VOLUME_SUFFIXES):
@@ -365,8 +332,6 @@ def write_mask(mask: np.ndarray, path: str | os.PathLike, reference: MedicalImag
         return path
     from PIL import Image
 
-    if path.suffix.lower() not in IMAGE_2D_SUFFIXES:
-        raise MedSAMError(f"{path}: unsupported mask format; use .png, .tif or .nii.gz")
     with atomic_path(path) as tmp:
         Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
     return path

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,6 +38,8 @@ INDEX_COLUMNS = (
     "target", "labels", "instance", "split", "x0", "y0", "x1", "y1", "pixels", "height", "width",
     "spacing_z", "spacing_y", "spacing_x", "spacing_known", "curated_spacing_y", "curated_spacing_x",
     "image_sha256", "mask_sha256", "file", "image_member", "mask_member", "image_id")
+PENDING = ".pending"  # replacement case files of a run in progress (moved in when it succeeds)
+NEXT_INFO = ".curation.next.json"  # the new description while a run finishes; present = store incomplete
 _STRING_COLUMNS = {c: str for c in ("dataset", "case", "volume", "image_key", "modality", "task", "target",
                                     "labels", "split", "image_sha256", "mask_sha256", "file", "image_member",
                                     "mask_member", "image_id")}
@@ -47,9 +50,12 @@ def _load_store_info(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise MedSAMError(f"{path}: corrupt store description ({exc}); move the folder aside and curate again") from exc
+    if not isinstance(info, dict) or not isinstance(info.get("manifests"), dict) or "preset" not in info:
+        raise MedSAMError(f"{path}: not a curated store description; move the folder aside and curate again")
+    return info
 
 
 def read_index(path: str | os.PathLike):
@@ -70,8 +76,16 @@ class CuratedDataset:
 
     def __init__(self, path: str | os.PathLike, cache_files: int = 8):
         self.path = Path(path)
-        self.info = _load_store_info(self.path)
         index_path = self.path / "index.csv"
+        if not self.path.is_dir():
+            raise MedSAMError(f"{self.path}: no curated store here (no such folder); "
+                              "run `python -m medsam_lib data curate --manifest M --out FOLDER` first")
+        started = (self.path / "cases").is_dir() or (self.path / NEXT_INFO).exists() or (self.path / PENDING).exists()
+        info_file = (self.path / "curation.json").is_file()
+        if (self.path / NEXT_INFO).exists() or (started and not (info_file and index_path.is_file())):
+            raise MedSAMError(f"{self.path}: curated store incomplete (a curation run stopped before it finished): "
+                              "run data curate again to finish (the same command; finished cases are kept)")
+        self.info = _load_store_info(self.path)
         if self.info is None or not index_path.is_file():
             raise MedSAMError(f"{self.path}: not a curated store (needs curation.json and index.csv); "
                               "run `python -m medsam_lib data curate` first")
@@ -101,7 +115,11 @@ class CuratedDataset:
         path = self.path / file
         if not path.is_file():
             raise MedSAMError(f"{path}: case file missing from the curated store; curate again")
-        npz = np.load(path)
+        try:
+            npz = np.load(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise MedSAMError(f"{path}: corrupt case file in the curated store ({exc}); delete it and run "
+                              "data curate again") from exc
         self._open[file] = npz
         if len(self._open) > self._cache_files:
             _, old = self._open.popitem(last=False)

@@ -165,26 +165,33 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         raise MedSAMError(f"checkpoint {path} is a folder; give the path of the .pth file inside it")
-    if not path.is_file():
+    if not path.exists():
         raise MedSAMError(f"checkpoint {path} does not exist")
+    from ..fileio import check_input_path
+
+    check_input_path(path, "checkpoint", allow_dir=False)  # a pipe or device is refused before torch opens it
     if path.stat().st_size == 0:
         raise MedSAMError(f"checkpoint {path} is empty (0 bytes); delete it and fetch or copy it again")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol": the error says it
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        refused = _refused_global(str(exc)) or _pickled_code(path)
         if refused:
             raise MedSAMError(
-                f"checkpoint {path} is not a plain state dict: it holds a pickled Python object "
-                f"({refused.group(1)}) that torch.load(weights_only=True) refuses to load, since unpickling "
-                "it could run arbitrary code. If you trust the file, re-save only its weights with "
-                "torch.save(model.state_dict(), path)") from exc
+                f"checkpoint {path} is not a plain state dict: it holds pickled Python code that calls "
+                f"{refused}; loading it would run that code, so torch.load(weights_only=True) blocks it. If you "
+                "trust the file, re-save only its weights with torch.save(model.state_dict(), path)") from exc
         raise MedSAMError(f"checkpoint {path} is corrupted or not a PyTorch checkpoint "
                           f"({_describe_unreadable(path)}); fetch or copy it again") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise MedSAMError(f"checkpoint {path} is truncated or not a PyTorch file ({detail}); "
                           "fetch or copy it again") from exc
+    except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on text and junk (IndexError, KeyError)
+        raise MedSAMError(f"checkpoint {path} is not a PyTorch checkpoint ({_describe_unreadable(path)}); "
+                          "give the .pth file of a model") from exc
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -207,7 +214,57 @@ def _describe_unreadable(path: Path) -> str:
         head = handle.read(64)
     if head.lstrip()[:1] in (b"<", b"{"):
         return "it starts like a text/HTML page, e.g. an error page saved by a failed download"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is a text file, first bytes {head[:8]!r}"
     return f"unreadable pickle data, first bytes {head[:8]!r}"
+
+
+def _refused_global(message: str) -> str | None:
+    """The global torch's weights-only unpickler names when it refuses one (its wording varies)."""
+    match = (re.search(r"Unsupported global: GLOBAL (\S+)", message)
+             or re.search(r"unsupported GLOBAL (\S+)", message))
+    return match.group(1) if match else None
+
+
+def _pickled_code(path: Path) -> str | None:
+    """The first global a raw pickle file imports (``module.name``), read with ``pickletools`` (which
+    only parses opcodes: nothing is imported or run); None if the file is not a pickle that imports
+    anything outside torch's own rebuild helpers."""
+    import pickletools
+
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(1 << 20)
+        if data[:2] == b"PK":
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                data = archive.read(member)
+        strings, memo = [], {}
+        for opcode, arg, _ in pickletools.genops(data):
+            name = opcode.name
+            if name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+                        "BINSTRING", "STRING"):
+                strings.append(str(arg))
+            elif name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                strings.append(memo[arg])
+            found = None
+            if name in ("GLOBAL", "INST"):
+                found = str(arg).replace(" ", ".")
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                found = f"{strings[-2]}.{strings[-1]}"
+            if found and not found.startswith(("torch.", "collections.OrderedDict", "_codecs.encode")):
+                return found
+    except Exception:  # noqa: BLE001 - not a readable pickle: the caller says so
+        return None
+    return None
 
 
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -261,6 +318,7 @@ class LoadedModel:
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
                arch: str | None = None) -> LoadedModel:
     """Load a named model or a checkpoint file, in eval mode, on ``device`` (default: CUDA if available)."""
+    device = resolve_device(device)  # a bad --device fails before any weights are read
     text = str(name_or_path)
     if text in MODELS:
         spec = get_spec(text)
@@ -288,7 +346,6 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
             f"checkpoint {path} does not match the {found!r} architecture: "
             f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})")
-    device = torch.device(device) if device is not None else default_device()
     model.to(device).eval()
     return LoadedModel(model=model, name=name, arch=found, checkpoint=str(path))
 
@@ -303,3 +360,28 @@ def _load_if_finetuned(path: Path, device) -> LoadedModel | None:
 def default_device() -> torch.device:
     """CUDA when present at run time, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device that exists here (None: ``default_device()``); MedSAMError naming
+    the option otherwise (a misspelt name, CUDA without a GPU, a GPU index that is not there)."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MedSAMError(f"--device {device!r}: not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MedSAMError(f"--device {device!r}: no CUDA GPU is available here (torch "
+                              f"{torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise MedSAMError(f"--device {device!r}: there are {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
+        return dev
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return dev
+    raise MedSAMError(f"--device {device!r}: not available here; use cpu"
+                      f"{' or cuda' if torch.cuda.is_available() else ''}")

@@ -1,0 +1,78 @@
+"""DICOM series folders, checked: GDCM silently drops a truncated slice (and then reports the
+spacing of the slices left), so the folder's files and the slice positions are checked first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import MedSAMError, check_input_path
+
+
+def _dicom_like(path: Path) -> bool:
+    """A file that claims to be DICOM: the .dcm suffix, or 'DICM' at byte 128."""
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom_series(path: Path):
+    """One DICOM series folder -> (SimpleITK image, modality). Refuses what GDCM would silently
+    drop or misread: a file in the folder that claims to be DICOM but is not part of the series
+    (truncated, corrupt) and slices that are not evenly spaced (a missing slice)."""
+    import SimpleITK as sitk
+
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    for entry in entries:
+        check_input_path(entry, "DICOM series file", allow_dir=True)  # a pipe would block GDCM's scan
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(path))
+    if not series:
+        raise MedSAMError(f"{path}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise MedSAMError(f"{path}: folder holds {len(series)} DICOM series; give a folder with one")
+    files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+    in_series = {Path(f).resolve() for f in files}
+    left_out = [e for e in entries if e.is_file() and e.resolve() not in in_series and e.name.upper() != "DICOMDIR"
+                and _dicom_like(e)]
+    if left_out:
+        names = ", ".join(e.name for e in left_out[:5]) + (" ..." if len(left_out) > 5 else "")
+        raise MedSAMError(f"{path}: {len(left_out)} DICOM file(s) could not be read as part of the series "
+                          f"({names}; {len(files)} slice(s) read of {len(files) + len(left_out)} files): truncated "
+                          "or corrupt? Replace or remove them")
+    positions, normal = [], None
+    for f in files:
+        info = sitk.ImageFileReader()
+        info.SetFileName(f)
+        try:
+            info.ReadImageInformation()
+        except RuntimeError as exc:
+            raise MedSAMError(f"{f}: truncated or corrupt DICOM file (SimpleITK cannot read its header)") from exc
+        d = np.asarray(info.GetDirection(), dtype=float)
+        if normal is None:
+            normal = d.reshape(3, 3)[:, 2] if d.size == 9 else np.array([0.0, 0.0, 1.0])
+        positions.append(float(np.dot(np.asarray(info.GetOrigin(), dtype=float)[:3], normal)))
+    if len(positions) >= 3:
+        gaps = np.abs(np.diff(np.sort(positions)))
+        step = float(np.median(gaps))
+        irregular = np.flatnonzero(np.abs(gaps - step) > max(1e-3, 0.01 * step))
+        if step == 0 or irregular.size:
+            i = int(irregular[0]) if irregular.size else 0
+            raise MedSAMError(f"{path}: slices are not evenly spaced (gap {gaps[i]:g} mm where the others are "
+                              f"{step:g} mm, or slices at the same position); a slice is missing or duplicated: "
+                              "complete the series")
+    reader.SetFileNames(files)
+    image = reader.Execute()
+    modality = None
+    try:
+        one = sitk.ReadImage(files[0])
+        modality = one.GetMetaData("0008|0060").strip() if one.HasMetaDataKey("0008|0060") else None
+    except RuntimeError:
+        modality = None
+    return image, modality
