@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from medsam_lib import paper  # noqa: E402
 from medsam_lib.data.readers import read_image  # noqa: E402
-from medsam_lib.examples import OFFICIAL_DEMO_BOX  # noqa: E402
-from medsam_lib.metrics import dice  # noqa: E402
+from medsam_lib.cases import OFFICIAL_DEMO_BOX  # noqa: E402
+from medsam_lib.evaluation import dice  # noqa: E402
 from medsam_lib.models.predictor import BoxPredictor, to_uint8_rgb  # noqa: E402
 from medsam_lib.models.zoo import load_state_dict, weights_path  # noqa: E402
 from medsam_lib.shared import shared_data_dir  # noqa: E402

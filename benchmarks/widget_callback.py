@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from medsam_lib.data.readers import read_image  # noqa: E402
 from medsam_lib.geometry import box_from_mask  # noqa: E402
-from medsam_lib.metrics import dice  # noqa: E402
+from medsam_lib.evaluation import dice  # noqa: E402
 from medsam_lib.models import zoo  # noqa: E402
 from medsam_lib.shared import shared_data_dir  # noqa: E402
 from medsam_lib.widgets import BoxPromptSession, encode_png, paint  # noqa: E402
@@ -58,8 +58,8 @@ def boxes_around(truth: np.ndarray, n: int, seed: int = 0) -> list[np.ndarray]:
     out = []
     for _ in range(n):
         jx0, jy0, jx1, jy1 = rng.integers(-5, 6, size=4)
-        out.append(np.array([max(0, x0 + jx0), max(0, y0 + jy0), min(w, x1 + 1 + jx1), min(h, y1 + 1 + jy1)],
-                            dtype=np.float64))
+        out.append(np.array([max(0, x0 + jx0), max(0, y0 + jy0), min(w - 1, x1 + jx1), min(h - 1, y1 + jy1)],
+                            dtype=np.float64))  # the project's convention: x1/y1 inclusive
     return out
 
 
@@ -70,7 +70,7 @@ def time_widget(session: BoxPromptSession, boxes: list[np.ndarray]) -> tuple[lis
     label = session.labels[0]
     times, masks = [], []
     for box in boxes:
-        raw = {"x": box[0], "y": box[1], "width": box[2] - box[0], "height": box[3] - box[1], "label": label}
+        raw = session.display.to_widget(box, label)  # the rectangle a mouse drag over the box's pixels sends
         shown_at.clear()
         start = time.perf_counter()
         session.widget.bboxes = [raw]  # what the browser's mouse release delivers
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     start = time.perf_counter()
-    session = BoxPromptSession(image_path, model="litemedsam", device="cpu", labels=["target"])
+    session = BoxPromptSession(image_path, model="litemedsam", device="cpu", labels=["target"], autosave_dir=False)
     print(f"widget ready (image embedded once) in {time.perf_counter() - start:.2f} s")
     time_widget(session, boxes[:2])  # warm-up: first decoder calls allocate
     widget_times, widget_masks = time_widget(session, boxes)

@@ -1,7 +1,14 @@
-"""Boxes from masks, and the paper's seeded box jitter.
+"""The project's one box convention, its conversions, boxes from masks and the paper's box jitter.
 
-Boxes are (x0, y0, x1, y1) in pixel coordinates of the image they belong to. ``box_from_mask``
-uses the released MedSAM code's convention: x1/y1 are the last foreground column/row (inclusive).
+Box convention (everywhere in medsam_lib: the curated index, the predictor, the widget's
+annotations, figures and tables): ``(x0, y0, x1, y1)`` are PIXEL INDICES of the image the box
+belongs to, x1/y1 INCLUSIVE (the last column/row inside the box), as the released MedSAM code takes
+them from a mask and passes them to the model. A box around one pixel column c has x0 = x1 = c.
+
+The only other form is a drawn rectangle's EDGES (left, top, right, bottom), e.g. the rectangles
+jupyter_bbox_widget sends and matplotlib draws: pixel i spans [i, i + 1) there. ``box_from_edges``
+and ``box_to_edges`` convert between the two; ``outline`` gives the rectangle that frames a box's
+pixels on ``imshow`` (whose pixel centres sit on integers). No other module adds or removes the 1.
 """
 from __future__ import annotations
 
@@ -21,6 +28,24 @@ def box_from_mask(mask: np.ndarray, source: str = "mask") -> np.ndarray:
     if rows.size == 0:
         raise MedSAMError(f"{source}: the mask is empty; no box can be taken from it")
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def box_from_edges(left: float, top: float, right: float, bottom: float) -> np.ndarray:
+    """Rectangle edges (pixel i spans [i, i + 1)) -> the box convention (x1, y1 inclusive)."""
+    return np.array([left, top, right - 1.0, bottom - 1.0], dtype=np.float64)
+
+
+def box_to_edges(box) -> tuple[float, float, float, float]:
+    """A box (x1, y1 inclusive) -> its rectangle's edges (left, top, right, bottom)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0, y0, x1 + 1.0, y1 + 1.0
+
+
+def outline(box) -> tuple[tuple[float, float], float, float]:
+    """((x, y), width, height) of the rectangle around a box's pixels on ``imshow`` (centres on integers),
+    for ``matplotlib.patches.Rectangle``."""
+    left, top, right, bottom = box_to_edges(box)
+    return (left - 0.5, top - 0.5), right - left, bottom - top
 
 
 def jitter_box(box: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,

@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
+from .layout import ResultsLayout
 from .shared import REPO_ROOT, shared_data_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -118,7 +119,7 @@ def _input_hashes(params: dict, out_dir: Path) -> dict:
     if params.get("data_source") == "shared":
         inputs["data"] = _hash_tree(shared_data_dir())
     else:
-        inputs["data"] = _hash_tree(out_dir / "data" / "synthetic")
+        inputs["data"] = _hash_tree(ResultsLayout(out_dir).synthetic_data)
     return inputs
 
 

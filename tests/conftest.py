@@ -14,6 +14,12 @@ def _require_shared() -> bool:
     return os.environ.get("MEDSAM_REQUIRE_SHARED") == "1"
 
 
+@pytest.fixture(autouse=True)
+def _user_dir(tmp_path_factory, monkeypatch):
+    """Interactive outputs (the widget's autosaves) go to a temporary user folder, never ~."""
+    monkeypatch.setenv("MEDSAM_USER_DIR", str(tmp_path_factory.getbasetemp() / "user"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from medsam_lib.data import curate as curation
-from medsam_lib.data.curate import CuratedDataset, curate, split_cases
+from medsam_lib.data.curate import CuratedDataset, curate
+from medsam_lib.data.splits import split_cases
 from medsam_lib.data.manifests import load_manifest, manifest_from_dict
 from medsam_lib.data.preprocess import resize_mask
 from medsam_lib.data.readers import read_image, read_mask

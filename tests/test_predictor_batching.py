@@ -4,7 +4,7 @@
 (b) a batch of images with one box each = one image at a time, for LiteMedSAM and a randomly
     initialised SAM ViT-B;
 (c) stock segment-anything 1.0 ``MaskDecoder`` cannot decode that batch, the patched one can;
-(d) the CT demo box gives the mask an independent, plain computation gives;
+(d) the CT demo box gives the mask of the reference pipeline (tests/reference_pipeline.py);
 plus the CPU fast paths (``fast_decode``, ``fast_encode``) against the model's own modules.
 """
 from __future__ import annotations
@@ -14,16 +14,17 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from medsam_lib.data.phantoms import CASES, make_case
 from medsam_lib.data.readers import read_image
 from medsam_lib.geometry import box_from_mask
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models import fast_decode, fast_encode
 from medsam_lib.models.decoder import patch_batched_decoder
 from medsam_lib.models.predictor import DECODE_CHUNK, BoxPredictor
 from medsam_lib.models.zoo import LoadedModel, build_model
+
+from reference_pipeline import reference_mask
 
 DEMO_BOX = (95.0, 255.0, 190.0, 350.0)  # MedSAM_Inference.py's --box for img_demo.png
 
@@ -244,30 +245,10 @@ def test_stock_decoder_fails_on_a_batch_of_images_and_the_patched_one_does_not()
 
 # --- (d) the CT demo box, against an independent computation -------------------------------------
 
-def _plain_litemedsam_mask(model: torch.nn.Module, image: np.ndarray, box) -> np.ndarray:
-    """Released LiteMedSAM inference written out: resize (INTER_AREA) to 256, min-max, pad, the
-    model's forward on NCHW input, crop, bilinear to the original size, sigmoid > 0.5."""
-    import cv2
-
-    rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-    h, w = rgb.shape[:2]
-    scale = 256 / max(h, w)
-    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
-    small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float64)
-    small = (small - small.min()) / max(small.max() - small.min(), 1e-8)
-    padded = np.zeros((256, 256, 3))
-    padded[:nh, :nw] = small
-    x = torch.tensor(padded, dtype=torch.float32).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        logits = model(x, np.array([box], dtype=np.float64) * scale)  # MedSAMLite.forward
-        logits = F.interpolate(logits[:, :, :nh, :nw], (h, w), mode="bilinear", align_corners=False)
-    return (torch.sigmoid(logits)[0, 0] > 0.5).numpy()
-
-
 @pytest.mark.shared
 def test_ct_demo_box_matches_a_plain_computation(shared_data, predictor, lite_model):
     image = read_image(shared_data / "ct_medsam_demo" / "img_demo.png").array
-    want = _plain_litemedsam_mask(lite_model.model, image, DEMO_BOX)
+    want = reference_mask(image, DEMO_BOX)
     predictor.set_image(image)
     got = predictor.predict([DEMO_BOX]).masks[0]
     assert dice(got, want) >= 0.999

@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from medsam_lib import teardown
+from medsam_lib import cases, prompts, teardown
 from medsam_lib.fileio import MedSAMError
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models import zoo
 from medsam_lib.models.predictor import BoxPredictor
 
 
 @pytest.fixture(scope="module")
 def ct(tmp_path_factory):
-    return teardown.reference_ct_slice("synthetic", "unused", tmp_path_factory.mktemp("results"), seed=0)
+    return cases.load("ct_slice", "synthetic", "unused", tmp_path_factory.mktemp("results"), seed=0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,11 @@ def lite_predictor(lite_model, ct):
     predictor = teardown.PromptPredictor(lite_model)
     predictor.set_image(ct.image, modality=ct.modality, source=ct.name)
     return predictor
+
+
+@pytest.fixture(scope="module")
+def modes(lite_predictor, ct):
+    return teardown.three_modes(lite_predictor, ct, points_per_side=4, n_background=3)
 
 
 def test_parameter_counts_add_up(lite_model):
@@ -53,7 +58,7 @@ def test_sam_vit_b_random_init_when_weights_absent(monkeypatch, tmp_path, lite_m
     vit, pretrained = teardown.sam_vit_b(seed=3, device="cpu")
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
     assert not pretrained and "random init (seed 3" in vit.checkpoint
-    monkeypatch.setattr(teardown, "sam_vit_b", lambda seed, device: (vit, False))
+    monkeypatch.setattr(teardown.architecture, "sam_vit_b", lambda seed, device: (vit, False))
     models, pretrained = teardown.load_models("litemedsam", seed=3, device="cpu")
     assert list(models) == ["LiteMedSAM", "SAM ViT-B (random init)"] and not pretrained
     assert teardown.weights_note(vit) == vit.checkpoint
@@ -113,14 +118,13 @@ def test_multimask_and_point_mode(lite_predictor, ct):
         teardown.deepest_point(np.zeros((4, 4), bool))
 
 
-def test_segment_everything_keeps_the_embedding(lite_predictor, ct):
+def test_segment_everything_keeps_the_embedding(lite_predictor, ct, modes):
     features = lite_predictor.features
     records = teardown.segment_everything(lite_predictor, ct.image, ct.modality, points_per_side=4,
                                           pred_iou_thresh=0.0, stability_score_thresh=0.0)
     assert records and all(r["segmentation"].shape == ct.image.shape for r in records)
     assert [r["area"] for r in records] == sorted((r["area"] for r in records), reverse=True)
     assert lite_predictor.is_image_set and lite_predictor.features is features  # no second encoder pass
-    modes = teardown.three_modes(lite_predictor, ct, points_per_side=4, n_background=1)
     table = teardown.modes_table(modes, "synthetic", ct.target)
     assert list(table["panel"])[:2] == ["segment everything", "box"]
     assert table["masks"][0] == len(modes.everything)
@@ -130,12 +134,86 @@ def test_segment_everything_keeps_the_embedding(lite_predictor, ct):
 
 def test_reference_slice_bad_source():
     with pytest.raises(MedSAMError, match="data_source"):
-        teardown.reference_ct_slice("cloud", "unused", "unused")
+        cases.load("ct_slice", "cloud", "unused", "unused")
+    with pytest.raises(MedSAMError, match="no case set"):
+        cases.load("nowhere", "synthetic", "unused", "unused")
+
+
+def test_vit_b_prompt_predictor_matches_box_predictor(ct):
+    """Both families go through models/transforms.py: the adapter's box mask is the BoxPredictor's."""
+    torch.manual_seed(0)
+    model = zoo.build_model("vit_b").eval()
+
+    class CheapEncoder(nn.Module):  # a 1024 -> 64 x 64 x 256 stand-in: the ViT-B's pass takes a minute here
+        img_size = 1024
+
+        def __init__(self):
+            super().__init__()
+            self.pool, self.mix = nn.AvgPool2d(16), nn.Conv2d(3, 256, 1)
+
+        def forward(self, x):
+            return self.mix(self.pool(x))
+
+    model.image_encoder = CheapEncoder().eval()
+    vit = zoo.LoadedModel(model=model, name="sam_vit_b", arch="vit_b", checkpoint="random")
+    image = ct.image[::2, :]  # non-square (64 x 128): exercises the padding and the crop
+    box = np.array([10.0, 5.0, 90.0, 50.0])
+    adapter = teardown.PromptPredictor(vit)
+    adapter.set_image(image, modality="CT")
+    assert adapter.input_size == (512, 1024) and adapter.original_size == image.shape
+    masks, scores, _ = adapter.predict(box=box, multimask_output=False)
+    reference = BoxPredictor(vit)
+    reference.set_image(image, modality="CT")
+    expected = reference.predict([box])
+    assert masks.shape == (1, *image.shape)
+    assert (masks[0] == expected.masks[0]).mean() >= 0.999
+    assert float(scores[0]) == pytest.approx(float(expected.scores[0]), abs=1e-4)
+
+
+def test_simulated_clicks_are_pure_and_reusable(ct):
+    truth = ct.truth
+    first = prompts.deepest_point(truth)
+    grown = np.zeros_like(truth)
+    x0, y0, x1, y1 = (int(v) for v in ct.box)
+    grown[max(0, y0 - 15):y1 + 16, max(0, x0 - 15):x1 + 16] = True  # a mask spilling over the target
+    click = prompts.next_background_click(grown, truth, first[None], ct.box)
+    assert grown[int(click[1]), int(click[0])] and not truth[int(click[1]), int(click[0])]
+    exact = prompts.next_background_click(truth, truth, first[None], ct.box)  # no false positive
+    assert exact is None or (not truth[int(exact[1]), int(exact[0])]
+                             and x0 <= exact[0] <= x1 and y0 <= exact[1] <= y1)
+    with pytest.raises(MedSAMError, match="differ in shape"):
+        prompts.next_background_click(truth[:5], truth, first[None], ct.box)
+
+
+def test_figures_have_titles_legends_and_units(lite_predictor, ct, lite_model, modes):
+    import matplotlib
+
+    matplotlib.use("Agg")  # the test's choice; library code never switches the backend
+    import matplotlib.pyplot as plt
+
+    fig = teardown.plot_three_modes(ct, modes, "LiteMedSAM")
+    assert len([ax for ax in fig.axes if ax.images]) == 6 and fig.axes[0].get_gridspec().ncols == 3
+    assert fig._suptitle.get_text().startswith("Fig. 2") and fig.legends
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "reference liver" in texts and "background click" in texts
+    assert all("IoU score" not in ax.get_title() for ax in fig.axes)
+    assert "predicted IoU" in fig.axes[1].get_title()
+    plt.close(fig)
+    click = prompts.deepest_point(ct.truth)
+    fig = teardown.plot_multimask(ct, click, {"LiteMedSAM": teardown.multimask_outputs(lite_predictor, click)})
+    image_ax, bars = fig.axes[:2]
+    assert image_ax.get_xlabel() == "x (pixels)" and "candidate 1" in image_ax.get_legend().get_texts()[1].get_text()
+    assert [t.get_text() for t in bars.get_legend().get_texts()][0].startswith("predicted IoU (the model's estimate)")
+    plt.close(fig)
+    table = teardown.architecture_table({"LiteMedSAM": lite_model})
+    fig = teardown.plot_architecture(table)
+    assert all(ax.get_title() and ax.get_ylabel() for ax in fig.axes)
+    plt.close(fig)
 
 
 @pytest.mark.shared
 def test_real_ct_slice(shared_data, lite_model):
-    ct = teardown.reference_ct_slice("shared", shared_data, "unused")
+    ct = cases.load("ct_slice", "shared", shared_data, "unused")[0]
     assert not ct.synthetic and ct.image.shape == (512, 512) and ct.truth.sum() > 10_000
     predictor = teardown.PromptPredictor(lite_model)
     predictor.set_image(ct.image, modality=ct.modality)

@@ -13,9 +13,10 @@ from medsam_lib.data.phantoms import CASES, write_synthetic_set
 from medsam_lib.data.readers import read_image
 from medsam_lib.fileio import MedSAMError
 from medsam_lib.geometry import box_from_mask
-from medsam_lib.metrics import dice
+from medsam_lib.evaluation import dice
 from medsam_lib.models.predictor import BoxPredictor
-from medsam_lib import widgets
+from medsam_lib import cases, widgets
+from medsam_lib.layout import user_dir
 
 BY_ID = {c.case_id: c for c in CASES}
 
@@ -34,18 +35,15 @@ def predictor(lite_model):
 def us_case(synthetic):
     case = BY_ID["synthetic_us_breast"]
     truth = read_image(synthetic / case.mask).array > 0
-    x0, y0, x1, y1 = box_from_mask(truth)
-    return synthetic / case.image, truth, np.array([x0, y0, x1 + 1, y1 + 1])
+    return synthetic / case.image, truth, box_from_mask(truth)
 
 
 def _drag(session, box, label=None, existing=()):
-    """What the widget sends for one drag: a zero-size box on mouse down, the full list on release."""
-    x0, y0, x1, y1 = box
+    """What the widget sends for one drag over a box's pixels (x1/y1 inclusive): a zero-size box on
+    mouse down, the full list on release (rectangle edges in display pixels)."""
     label = label or session.labels[0]
-    s = session.display_scale
-    start = {"x": x0 * s, "y": y0 * s, "width": 0, "height": 0, "label": label}
-    session.widget.bboxes = [*existing, start]
-    full = {"x": x0 * s, "y": y0 * s, "width": (x1 - x0) * s, "height": (y1 - y0) * s, "label": label}
+    full = session.display.to_widget(box, label)
+    session.widget.bboxes = [*existing, {**full, "width": 0, "height": 0}]
     session.widget.bboxes = [*existing, full]
     return full
 
@@ -68,12 +66,18 @@ def test_drag_gives_mask_overlay_and_autosave(us_case, predictor, tmp_path):
     assert "predicted IoU" in session.message.value
     # the picture the widget shows changed exactly where the (enlarged) mask is
     shown = _decoded(session)
-    changed = np.any(shown != before, axis=2)
+    untagged = session.overlay(tags=False)
+    changed = np.any(untagged != before, axis=2)
     assert np.array_equal(changed, annotation.mask.repeat(2, 0).repeat(2, 1))
+    # ... plus the box's label tag, painted inside its top-left corner
+    tag = np.argwhere(np.any(shown != untagged, axis=2))
+    assert len(tag) and (tag.min(0) >= np.array([box[1], box[0]]) * 2).all()
+    assert (tag.max(0) - tag.min(0) < [30, 80]).all()
     # autosave: what the kernel received and the mask
     state = json.loads((tmp_path / "boxes.json").read_text())
     assert state["annotations"][0]["box"] == [float(v) for v in box]
-    assert state["last_boxes_received"][0]["width"] == (box[2] - box[0]) * 2
+    assert state["last_boxes_received"][0]["width"] == (box[2] - box[0] + 1) * 2  # edges: one pixel wider
+    assert state["box_convention"].endswith("inclusive")
     masks = np.load(tmp_path / "masks.npz")["masks"]
     assert masks.shape == (1, *truth.shape) and np.array_equal(masks[0], annotation.mask)
 
@@ -108,7 +112,7 @@ def test_boxes_outside_or_malformed_are_ignored_and_partial_ones_clipped(us_case
     session.widget.bboxes = [{"x": "left", "y": 1}]
     assert not session.current and "not of the form" in session.message.value
     session.widget.bboxes = [{"x": 400, "y": 400, "width": 200, "height": 200, "label": "lesion"}]
-    assert session.current[0].box == (200.0, 200.0, 256.0, 256.0)
+    assert session.current[0].box == (200.0, 200.0, 255.0, 255.0)  # clipped to the last pixel
     with pytest.raises(MedSAMError, match="zero area"):
         session.apply_box([5, 5, 5, 40])
     with pytest.raises(MedSAMError, match="outside"):
@@ -182,14 +186,14 @@ def test_volume_slices_and_nifti_export_keep_geometry(synthetic, predictor, tmp_
     assert session.display_scale == 4  # 128 -> 512
     liver3 = np.isin(labels[3], (1, 2))
     x0, y0, x1, y1 = box_from_mask(liver3)
-    _drag(session, [x0, y0, x1 + 1, y1 + 1])
+    _drag(session, [x0, y0, x1, y1])
     assert session.current[0].slice_index == 3
     assert dice(session.current[0].mask, liver3) >= 0.8
     session.slider.value = 7  # the slider moves to another slice: its own (empty) box list
     assert session.current_slice == 7 and session.current == [] and session.widget.bboxes == []
     kidney7 = labels[7] == 3
     kx0, ky0, kx1, ky1 = box_from_mask(kidney7)
-    session.apply_box([kx0, ky0, kx1 + 1, ky1 + 1], "kidney")
+    session.apply_box([kx0, ky0, kx1, ky1], "kidney")
     session.slider.value = 3  # back: the box of slice 3 is shown again
     assert len(session.widget.bboxes) == 1 and session.widget.bboxes[0]["x"] == x0 * 4
     written = session.export(tmp_path)
@@ -262,35 +266,37 @@ def test_one_slice_volume_and_constant_slice(tmp_path, predictor):
 
 
 def test_resolve_case_and_box(tmp_path, synthetic):
-    case = widgets.resolve_case("synthetic", "unused", tmp_path, seed=0)
+    case = cases.prompting_case("synthetic", "unused", tmp_path, seed=0)
     assert case.synthetic and case.image_path.name == "synthetic_ct_abdomen.nii.gz" and case.modality == "CT"
     labels = read_image(case.mask_path).array
     assert case.slice_index == int(np.argmax(np.isin(labels, (1, 2)).sum(axis=(1, 2))))
-    box = widgets.resolve_box("from_mask", case, case.slice_index)
-    x0, y0, x1, y1 = box_from_mask(np.isin(labels[case.slice_index], (1, 2)))
-    assert box.tolist() == [x0, y0, x1 + 1, y1 + 1]
-    assert widgets.resolve_box(None, case, 3) is None
-    assert widgets.resolve_box([1, 2, 3, 4], case, 3).tolist() == [1, 2, 3, 4]
+    box, _ = widgets.resolve_box("from_mask", case, case.slice_index)
+    assert box.tolist() == box_from_mask(np.isin(labels[case.slice_index], (1, 2))).tolist()  # as it is
+    assert widgets.resolve_box("auto", case, case.slice_index)[0].tolist() == box.tolist()
+    assert widgets.resolve_box(None, case, 3)[0] is None
+    assert widgets.resolve_box([1, 2, 3, 4], case, 3)[0].tolist() == [1, 2, 3, 4]
     with pytest.raises(MedSAMError, match="from_mask"):
         widgets.resolve_box("mask", case, 3)
     us = synthetic / BY_ID["synthetic_us_breast"].image
-    own = widgets.resolve_case("synthetic", "unused", tmp_path, image_path=us)
+    own = cases.prompting_case("synthetic", "unused", tmp_path, image_path=us)
     assert own.labels == ["target", "other"] and own.mask_path is None
     with pytest.raises(MedSAMError, match="needs a reference mask"):
         widgets.resolve_box("from_mask", own, None)
+    none, why = widgets.resolve_box("auto", own, None)  # image_path alone: the default runs through
+    assert none is None and "draw one" in why
     with pytest.raises(MedSAMError, match="without image_path"):
-        widgets.resolve_case("synthetic", "unused", tmp_path, mask_path=us)
+        cases.prompting_case("synthetic", "unused", tmp_path, mask_path=us)
     with pytest.raises(MedSAMError, match="data_source"):
-        widgets.resolve_case("cloud", "unused", tmp_path)
+        cases.prompting_case("cloud", "unused", tmp_path)
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a volume")
     with pytest.raises(MedSAMError, match="bad.nii.gz"):
-        widgets.resolve_case("synthetic", "unused", tmp_path, image_path=bad)
+        cases.prompting_case("synthetic", "unused", tmp_path, image_path=bad)
 
 
 def test_summary_table_scores_target_boxes(us_case, predictor, synthetic):
     path, truth, box = us_case
-    case = widgets.resolve_case("synthetic", "unused", synthetic.parent, image_path=path,
+    case = cases.prompting_case("synthetic", "unused", synthetic.parent, image_path=path,
                                 mask_path=synthetic / BY_ID["synthetic_us_breast"].mask, labels=["lesion", "other"])
     session = widgets.BoxPromptSession(path, model=predictor, labels=case.labels)
     session.apply_box(box, "lesion")
@@ -311,5 +317,94 @@ def test_real_ultrasound_box_with_jitter(shared_data, predictor):
     rng = np.random.default_rng(0)
     for _ in range(4):
         jitter = rng.integers(-3, 4, size=4)
-        a = session.apply_box(np.array([x0, y0, x1 + 1, y1 + 1]) + jitter)
+        a = session.apply_box(np.array([x0, y0, x1, y1]) + jitter)
         assert dice(a.mask, truth) >= 0.85
+
+
+# --- the pure layers: state, events, tags; the first-contact details -----------------------------
+
+def test_annotation_state_without_widgets(tmp_path):
+    calls = []
+
+    def segment(slice_index, box):
+        calls.append((slice_index, box))
+        mask = np.zeros((20, 30), bool)
+        x0, y0, x1, y1 = (int(v) for v in box)
+        mask[y0:y1 + 1, x0:x1 + 1] = True  # the box's pixels, x1/y1 inclusive
+        return mask, 0.5
+
+    state = widgets.Annotations(segment, ["organ", "lesion"], (20, 30), is_volume=False)
+    state.set_boxes(None, [((2, 3, 20, 15), "organ"), ((5, 6, 9, 10), "lesion")])  # a box inside a box
+    assert [a.label for a in state.on(None)] == ["organ", "lesion"] and int(state.on(None)[1].mask.sum()) == 25
+    state.set_boxes(None, [((2, 3, 20, 15), "organ")])
+    assert len(calls) == 2  # cached: the organ box was not segmented again
+    assert state.undo(None).label == "organ" and state.undo(None) is None
+    state.set_boxes(None, [((2, 3, 20, 15), "organ")])
+    state.autosave(tmp_path, source="x")
+    assert json.loads((tmp_path / "boxes.json").read_text())["annotations"][0]["box"] == [2, 3, 20, 15]
+    with pytest.raises(MedSAMError, match="not one of"):
+        state.annotate(None, (1, 1, 4, 4), "bone")
+    assert state.clear(None) == 1 and state.all() == []
+
+
+def test_widget_events_parse_into_inclusive_boxes():
+    display = widgets.Display.for_image((100, 200), 512)
+    assert display.scale == 3
+    raw = display.to_widget((10, 20, 29, 39), "a")
+    assert raw == {"x": 30.0, "y": 60.0, "width": 60.0, "height": 60.0, "label": "a"}
+    assert widgets.parse_box(raw, display).box == (10.0, 20.0, 29.0, 39.0)  # round trip
+    assert widgets.parse_box({**raw, "width": 2}, display).kind == "small"
+    parsed = widgets.parse_boxes([raw, {**raw, "x": 45, "width": 9, "label": "a"},
+                                  {"x": 5, "y": 5, "width": 0, "height": 0, "label": "a"}], display, ["a"])
+    assert [b for b, _ in parsed.kept] == [(10.0, 20.0, 29.0, 39.0), (15.0, 20.0, 17.0, 39.0)]
+    assert parsed.drawing is not None and not parsed.dropped  # the last one is being dragged
+
+
+def test_label_tags_never_overlap():
+    from medsam_lib.widgets.drawing import place_tags
+
+    rects = [(10, 10, 200, 200), (10, 10, 60, 60), (12, 11, 50, 40), (300, 5, 320, 30)]
+    sizes = [(50, 16)] * 4
+    corners = place_tags(rects, sizes, (256, 330))
+    tags = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, sizes)]
+    for i, a in enumerate(tags):
+        assert 0 <= a[0] and a[2] <= 330 and 0 <= a[1] and a[3] <= 256
+        for b in tags[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_autosave_and_export_default_to_the_user_folder(us_case, predictor, tmp_path):
+    path, truth, box = us_case
+    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    assert session.autosave_dir == user_dir() / "synthetic_us_breast" and session.autosave_dir.is_dir()
+    assert "results" not in session.autosave_dir.parts
+    session.apply_box(box)
+    assert (session.autosave_dir / "boxes.json").is_file()
+    assert session.export_dir.value == str(session.autosave_dir)
+    session.export_button.click()
+    assert (session.autosave_dir / "synthetic_us_breast_lesion.png").is_file(), session.message.value
+    off = widgets.BoxPromptSession(path, model=predictor, autosave_dir=False)
+    assert off.autosave_dir is None
+
+
+def test_move_toggle_large_images_and_the_slider_message(synthetic, predictor):
+    from medsam_lib.widgets.bbox import CSS
+
+    big = np.random.default_rng(0).integers(0, 255, size=(950, 850), dtype=np.uint8)
+    session = widgets.BoxPromptSession(big, model=predictor, autosave_dir=False)
+    assert session.display_scale == 1 and session.widget.layout.width == f"{widgets.DISPLAY_MAX_PX + 10}px"
+    assert session.widget.draws_inside_boxes and "pointer-events: none" in session.widget._css and CSS
+    assert "__medsam_stock" in session.widget._esm and not session.widget.move_mode
+    session.move_toggle.value = True
+    assert session.widget.move_mode and "move mode" in session.message.value
+    case = BY_ID["synthetic_ct_abdomen"]
+    volume = widgets.BoxPromptSession(synthetic / case.image, model=predictor, modality="CT", autosave_dir=False)
+    seen = []
+    original = volume.predictor.set_image
+    volume.predictor.set_image = lambda *a, **k: seen.append(volume.message.value) or original(*a, **k)
+    try:
+        volume.slider.value = 2
+    finally:
+        volume.predictor.set_image = original
+    assert "embedding slice 2..." in seen[0]  # said while the slice is embedded
+    assert "slice 2: ready" in volume.message.value

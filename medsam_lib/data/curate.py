@@ -20,23 +20,10 @@ Targets: each manifest target gives one binary mask per slice (several label val
 target covering fewer than 100 pixels at 256 x 256 is dropped (paper 3.2; ``official_code``
 instead removes small objects at native size, see ``preprocess.remove_small_objects``).
 
-Split (paper 3.2): per data set, a seeded 80/20 train/test split *by case* (a patient's volumes
-and slices never straddle the split); with two or more cases at least one is in each split. The
-released code instead takes the first 40 of 50 sorted cases, or calls ``random.sample`` unseeded.
+Split (paper 3.2): per data set, a seeded 80/20 train/test split by case (``splits.split_cases``).
 
-Index columns: dataset, case, volume, image_key, modality, task (paper task or ""), stand_in,
-synthetic, slice, n_slices, target, labels ("1;2"), instance (0 = whole target), split, x0, y0,
-x1, y1 (box at 256 x 256, x1/y1 inclusive as the released code's boxes), pixels (at 256 x 256),
-height, width (native), spacing_z, spacing_y, spacing_x (native mm; 1.0 where unknown),
-spacing_known, curated_spacing_y, curated_spacing_x (mm per pixel at 256 x 256), image_sha256,
-mask_sha256, file, image_member, mask_member, image_id.
-
-Case file members: ``image_<key>_<slice>`` (256, 256) or (256, 256, 3) uint8;
-``labels_<mask key>_<slice>`` the slice's label map resized to 256 x 256 (nearest), stored once and
-shared by every target on it (a target's mask = the pixels holding one of its ``labels``);
-``instances_<target>_<slice>`` the connected-object numbers of an instance target (mask = pixels
-equal to the row's ``instance``); ``sample_raw_<key>`` / ``sample_norm_<key>`` intensity samples;
-``rows`` and ``meta`` (JSON). ``CuratedDataset`` hides all of this behind ``load(row)``.
+The store's format (index columns, case-file members) and its reader, ``CuratedDataset``, live in
+``medsam_lib.data.store``: training and evaluation import the reader only.
 """
 from __future__ import annotations
 
@@ -56,10 +43,12 @@ from scipy.ndimage import find_objects
 
 from .. import paper
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, make_folder, same_path, sha256_file
+from ..layout import ResultsLayout
 from .manifests import CaseSpec, DatasetSpec, Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
 from .readers import MedicalImage, compact_labels, read_image, read_mask
+from .splits import split_cases  # noqa: F401  (build_index uses it; kept importable from here)
 from .store import (INDEX_COLUMNS, NEXT_INFO, PENDING, CuratedDataset, _load_store_info, curated_dir,  # noqa: F401
                     read_index)
 
@@ -88,25 +77,6 @@ class CurationReport:
         for case, error in self.failed.items():
             text += f"\n  failed {case}: {error}"
         return text
-
-
-# --- splits ---------------------------------------------------------------------------------------
-
-def split_cases(case_ids, seed: int, dataset: str, train_fraction: float = paper.TRAIN_FRACTION) -> dict[str, str]:
-    """case id -> "train" / "test": a seeded permutation per data set (paper 3.2: 80/20 by case).
-
-    Deterministic for the same case list, seed and data-set name. With n >= 2 cases at least one
-    case goes to each split.
-    """
-    ids = sorted(set(case_ids))
-    n = len(ids)
-    n_test = int(round(n * (1.0 - train_fraction)))
-    if n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    rng = np.random.default_rng([int(seed), zlib.crc32(dataset.encode())])
-    order = rng.permutation(n)
-    test = {ids[i] for i in order[:n_test]}
-    return {c: ("test" if c in test else "train") for c in ids}
 
 
 # --- reading one case -----------------------------------------------------------------------------
@@ -542,13 +512,13 @@ def curate_profile(data_source: str, shared_data_dir: str | os.PathLike, results
     """Curate a profile's data and open the store.
 
     ``data_source="synthetic"``: the phantom set written (idempotently) to
-    ``{results_dir}/data/synthetic`` with manifest ``synthetic``; ``"shared"``: the real cases in
+    the results layout's ``synthetic_data`` folder with manifest ``synthetic``; ``"shared"``: the real cases in
     ``shared_data_dir`` with manifest ``shared_data``. Reruns reuse finished cases.
     """
     if data_source == "synthetic":
         from .phantoms import write_synthetic_set
 
-        manifest, root = "synthetic", write_synthetic_set(Path(results_dir) / "data" / "synthetic", seed)
+        manifest, root = "synthetic", write_synthetic_set(ResultsLayout(results_dir).synthetic_data, seed)
     elif data_source == "shared":
         manifest, root = "shared_data", Path(shared_data_dir)
     else:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path
-from .curate import CuratedDataset
+from ..geometry import outline
+from .store import CuratedDataset
 
 NO_TASK = "(not a paper task)"
 
@@ -83,9 +84,6 @@ def _save(fig, path: str | Path) -> Path:
 
 def plot_intensity_histograms(samples, path: str | Path, preset: str = "paper") -> Path:
     """Per modality: raw intensities (left, one colour per data set) and after the preset (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -114,9 +112,6 @@ def plot_intensity_histograms(samples, path: str | Path, preset: str = "paper") 
 def plot_slice_grid(dataset: CuratedDataset, path: str | Path, per_task: int = 3, seed: int = 0) -> Path:
     """``per_task`` random curated slices per paper task (targets no task uses are pooled in one
     row), with the target's mask filled and its box drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -139,8 +134,8 @@ def plot_slice_grid(dataset: CuratedDataset, path: str | Path, per_task: int = 3
             overlay = np.zeros((*mask.shape, 4))
             overlay[mask] = (1.0, 0.35, 0.0, 0.45)
             ax.imshow(overlay)
-            ax.add_patch(Rectangle((row["x0"], row["y0"]), row["x1"] - row["x0"], row["y1"] - row["y0"],
-                                   fill=False, lw=1.2, edgecolor="cyan"))
+            corner, width, height = outline((row["x0"], row["y0"], row["x1"], row["y1"]))
+            ax.add_patch(Rectangle(corner, width, height, fill=False, lw=1.2, edgecolor="cyan"))
             tag = "SYNTHETIC " if bool(row["synthetic"]) else ""
             what = f"{row['dataset']}: {row['target']}" if group == NO_TASK else group
             ax.set_title(f"{tag}{what}\n{row['volume']} z={row['slice']} ({row['split']})", fontsize=6.5)

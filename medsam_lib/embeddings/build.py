@@ -14,11 +14,12 @@ chunk that holds it.
 Concurrency: each chunk is written under its own lock file (fcntl), so two processes building the
 same store share the work instead of corrupting it. Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r
 takes chunks r, r + N, r + 2N, ...; rank 0 writes the plan, and the result is the one-process store.
+Several machines: the same command with torchrun's ``--nnodes``/``--rdzv-endpoint`` arguments and
+``--out`` on a file system all of them share (the locks only guard against independent writers).
 Out of GPU memory: the batch is halved (with a message) until it fits.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -26,7 +27,6 @@ import json
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from ..models.transforms import for_model
 from ..models.zoo import LoadedModel, load_model
 from .encoder import BatchEncoder
 from .keys import expected_key
+from .parallel import Dist, flock, resolve_device
 from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER, EmbeddingStore, check_dtype,
                     chunk_marker, chunk_problem, key_differences, load_store, marker_matches, n_chunks,
                     plan_ids, read_header, read_json, store_key)
@@ -45,63 +46,6 @@ from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER,
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, mode: int, blocking: bool = True):
-    """An advisory lock on ``path`` (created); yields False when non-blocking and held elsewhere."""
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, mode | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        handle.close()  # releases the lock; a killed process releases it too
-
-
-class _Dist:
-    """torchrun's rank and world size from the environment (one process when absent)."""
-
-    def __init__(self, device_type: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.td = None
-        if self.world > 1:
-            import torch.distributed as td
-
-            if not td.is_initialized():
-                if device_type == "cuda":
-                    torch.cuda.set_device(self.local_rank)
-                td.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=12))
-            self.td = td
-
-    def broadcast(self, obj):
-        if self.td is None:
-            return obj
-        box = [obj]
-        self.td.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.td is not None:
-            self.td.barrier()
-
-
-def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
-    text = "auto" if device is None else str(device)
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MedSAMError(f"device {device!r}: CUDA is not available on this machine; use --device cpu or auto")
-        return torch.device(text if ":" in text else f"cuda:{local_rank}")
-    if text != "cpu":
-        raise MedSAMError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device("cpu")
 
 
 def pixels_sha256(rgb: np.ndarray) -> str:
@@ -142,16 +86,32 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 
 class _Builder:
-    def __init__(self, path: Path, header: dict, dataset: CuratedDataset, loaded: LoadedModel, encoder: BatchEncoder,
-                 transform, batch_size: int, progress_bar):
+    def __init__(self, path: Path, header: dict, dataset: CuratedDataset, model, device: torch.device,
+                 vit_preprocess: str, compile: bool, batch_size: int, progress_bar):
         self.path, self.header, self.dataset = path, header, dataset
-        self.loaded, self.encoder, self.transform = loaded, encoder, transform
+        self._model, self._device, self._vit_preprocess, self._compile = model, device, vit_preprocess, compile
+        self._encoder: BatchEncoder | None = None
+        self.rank = 0
         self.batch_size = batch_size
         self.bar = progress_bar
         self.key = store_key(header)
         self.computed = self.copied = self.kept = 0
         self.reuse = self._reusable()
         self.rows = {r["image_id"]: r for _, r in dataset.index.drop_duplicates("image_id").iterrows()}
+
+    @property
+    def encoder(self) -> BatchEncoder:
+        """The model and its encoder path, loaded on first use (a finished store needs neither)."""
+        if self._encoder is None:
+            model = self._model
+            self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=self._device)
+            self.transform = for_model(self.loaded, self._vit_preprocess)
+            self._encoder = BatchEncoder(self.loaded, self._device, compile=self._compile)
+        return self._encoder
+
+    @property
+    def encoder_path(self) -> str | None:
+        return self._encoder.path if self._encoder is not None else None
 
     def _reusable(self) -> dict:
         """(image_id, pixels hash) -> (chunk file, row) from every committed, intact chunk there is."""
@@ -198,20 +158,21 @@ class _Builder:
         self._write(k, ids, array)
 
     def _encode_rows(self, ids: list[str], todo: list[int], array: np.ndarray) -> None:
+        encoder = self.encoder
         tensors = [self.transform.prepare(self.dataset.load_image(self.rows[ids[r]])).tensor for r in todo]
         done = 0
         while done < len(todo):
             batch = torch.stack(tensors[done:done + self.batch_size])
             try:
-                emb = self.encoder(batch)
+                emb = encoder(batch)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc):
                     raise
                 if self.batch_size == 1:
-                    raise MedSAMError(f"out of memory on {self.encoder.device} encoding one image at a time "
+                    raise MedSAMError(f"out of memory on {encoder.device} encoding one image at a time "
                                       f"with {self.loaded.name}; free the device or use --device cpu") from exc
                 self.batch_size //= 2
-                log(f"out of memory on {self.encoder.device} at batch {len(batch)}: batch size halved to "
+                log(f"out of memory on {encoder.device} at batch {len(batch)}: batch size halved to "
                     f"{self.batch_size}, going on")
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -232,7 +193,8 @@ class _Builder:
             stat = file.stat()
             marker = {"chunk": k, "key": self.key, "ids": ids, "pixels_sha256": digests, "file": file.name,
                       "shape": list(array.shape), "dtype": str(array.dtype), "bytes": stat.st_size,
-                      "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(file), "encoder": self.encoder.path}
+                      "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(file), "encoder": self.encoder_path,
+                      "rank": self.rank}
             atomic_write_text(chunk_marker(self.path, k), json.dumps(marker))
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -268,7 +230,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
         raise MedSAMError(f"{out}: exists and is not a folder; choose another --out")
     key = {**expected_key(model, vit_preprocess), "preset": dataset.preset, "dtype": dtype}
     dev = resolve_device(device)
-    dist = _Dist(dev.type)
+    dist = Dist(dev.type)
     if dev.type == "cuda" and dist.world > 1:
         dev = torch.device(f"cuda:{dist.local_rank}")
     started = time.perf_counter()
@@ -283,26 +245,23 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     if problem:
         raise MedSAMError(problem)
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=dev)
-    encoder = BatchEncoder(loaded, dev, compile=compile)
-    transform = for_model(loaded, vit_preprocess)
     mine = [k for k in range(n_chunks(header)) if k % dist.world == dist.rank]
     from tqdm.auto import tqdm
 
     total = sum(len(header["images"]) - k * header["chunk_size"] if k == n_chunks(header) - 1
                 else header["chunk_size"] for k in mine)
-    bar = tqdm(total=total, desc=f"embedding ({loaded.name})", unit="img",
-               disable=not progress or dist.rank != 0)
-    builder = _Builder(out, header, dataset, loaded, encoder, transform, int(batch_size), bar)
+    bar = tqdm(total=total, desc=f"embedding ({header['model']})", unit="img", disable=not progress or dist.rank != 0)
+    builder = _Builder(out, header, dataset, model, dev, vit_preprocess, compile, int(batch_size), bar)
+    builder.rank = dist.rank
     compute_started = time.perf_counter()
-    with _flock(out / "store.lock", fcntl.LOCK_SH):
+    with flock(out / "store.lock", fcntl.LOCK_SH):
         deferred = []
         for k in mine:
             if builder.committed(k, say=True):
                 builder.kept += len(builder.chunk_ids(k))
                 bar.update(len(builder.chunk_ids(k)))
                 continue
-            with _flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX, blocking=False) as got:
+            with flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX, blocking=False) as got:
                 if not got:
                     deferred.append(k)  # another process is writing it: come back at the end
                     continue
@@ -312,7 +271,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
                     builder.kept += len(builder.chunk_ids(k))
                     bar.update(len(builder.chunk_ids(k)))
         for k in deferred:
-            with _flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX):
+            with flock(out / "chunks" / f"chunk_{k:05d}.lock", fcntl.LOCK_EX):
                 if not builder.committed(k):
                     builder.run_chunk(k)
     seconds = time.perf_counter() - compute_started
@@ -321,6 +280,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     if dist.rank == 0:
         _collect_garbage(out, header)
     dist.barrier()
+    dist.close()
     header, markers, problems = load_store(out)
     if problems:
         raise MedSAMError(f"{problems[0]}; the store is still incomplete after building: rerun the same command")
@@ -328,7 +288,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     store.stats = {"images": len(store), "computed": builder.computed, "copied": builder.copied,
                    "kept": builder.kept, "seconds": time.perf_counter() - started, "encode_seconds": seconds,
                    "images_per_s": builder.computed / seconds if builder.computed and seconds > 0 else None,
-                   "encoder": encoder.path, "batch_size": builder.batch_size, "size_bytes": store.size_bytes,
+                   "encoder": builder.encoder_path, "batch_size": builder.batch_size, "size_bytes": store.size_bytes,
                    "rank": dist.rank, "world_size": dist.world}
     return store
 
@@ -347,7 +307,7 @@ def _write_plan(out: Path, dataset: CuratedDataset, key: dict, chunk_size: int |
         chunk_size = existing["chunk_size"]
     header = _plan(dataset, key, int(chunk_size or DEFAULT_CHUNK_SIZE))
     (out / "chunks").mkdir(parents=True, exist_ok=True)
-    with _flock(out / "store.lock", fcntl.LOCK_EX):
+    with flock(out / "store.lock", fcntl.LOCK_EX):
         if read_header(out) != header:
             atomic_write_text(out / HEADER, json.dumps(header, indent=1))
     return header
@@ -356,7 +316,7 @@ def _write_plan(out: Path, dataset: CuratedDataset, key: dict, chunk_size: int |
 def _collect_garbage(out: Path, header: dict) -> None:
     """Remove chunk files no marker of the finished plan points to (old plans), unless another
     build holds the store."""
-    with _flock(out / "store.lock", fcntl.LOCK_EX, blocking=False) as got:
+    with flock(out / "store.lock", fcntl.LOCK_EX, blocking=False) as got:
         if not got:
             return
         n = n_chunks(header)

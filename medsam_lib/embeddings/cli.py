@@ -8,8 +8,27 @@ from __future__ import annotations
 import argparse
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..fileio import MedSAMError
+    from .store import load_store
+
+    header, markers, problems = load_store(args.out, verify="full")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MedSAMError(f"{problems[0]}{more}; rerun `python -m medsam_lib embed` with the store's --curated and "
+                          "--model to recompute the damaged or missing chunks")
+    print(f"{args.out}: {len(header['images'])} embeddings in {len(markers)} chunks, every chunk's SHA-256 verified")
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    from ..fileio import MedSAMError
     from .build import build_store
+
+    if args.check:
+        return cmd_check(args)
+    if not args.curated:
+        raise MedSAMError("embed needs --curated DIR (the curated store to embed), or --check to verify --out")
 
     store = build_store(args.curated, args.model, args.out, dtype=args.dtype, batch_size=args.batch_size,
                         device=args.device, progress=not args.no_progress, vit_preprocess=args.vit_preprocess,
@@ -18,7 +37,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if s["rank"] == 0:
         speed = f"{s['images_per_s']:.2f} images/s" if s["images_per_s"] else "nothing to compute"
         print(f"{len(store)} images ({s['computed']} computed, {s['copied']} copied, {s['kept']} kept) with "
-              f"{store.meta['model']} [{s['encoder']}, batch {s['batch_size']}"
+              f"{store.meta['model']} [{s['encoder'] or 'nothing encoded'}, batch {s['batch_size']}"
               f"{', ' + str(s['world_size']) + ' ranks' if s['world_size'] > 1 else ''}]: {speed}; "
               f"store {s['size_bytes'] / 2**20:.1f} MiB ({store.meta['dtype']}) at {store.path}")
     return 0
@@ -26,7 +45,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="precompute the image embeddings of a curated store (resumable)")
-    p.add_argument("--curated", required=True, help="curated store folder (from `data curate`)")
+    p.add_argument("--curated", help="curated store folder (from `data curate`)")
     p.add_argument("--model", default="litemedsam", help="model name or checkpoint path (default litemedsam)")
     p.add_argument("--out", required=True, help="embedding store folder (created; an existing one is resumed)")
     p.add_argument("--dtype", default="float16", help="float16 (default) or float32")
@@ -36,5 +55,7 @@ def register(subparsers) -> None:
                    help="ViT-B input transform (models/transforms.py); LiteMedSAM has one")
     p.add_argument("--chunk-size", type=int, default=None, help="images per chunk file (new stores; default 16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the CUDA ViT-B encoder")
+    p.add_argument("--check", action="store_true",
+                   help="only verify --out: every chunk's size and SHA-256 (exit 2 naming a damaged file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)

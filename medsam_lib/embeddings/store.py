@@ -130,6 +130,7 @@ class EmbeddingStore:
     def __init__(self, path: str | os.PathLike, header: dict, markers: list[dict]):
         self.path = Path(path)
         self.meta = header
+        self.markers = markers  # one completion marker per chunk (ids, file, bytes, sha256, rank, encoder)
         self._files = [self.path / "chunks" / m["file"] for m in markers]
         self._maps: dict[int, np.ndarray] = {}
         self._where = {image_id: (info["chunk"], info["row"]) for image_id, info in header["images"].items()}
@@ -212,7 +213,8 @@ def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess
                verify: str = "quick") -> EmbeddingStore:
     """Open a finished store. With ``model`` (name, checkpoint path or LoadedModel) and/or
     ``curated`` (path or CuratedDataset): refuse (MedSAMError saying what differs) a store of other
-    weights, transform or preset, or of other curated images. A truncated or edited chunk is
+    weights, transform or preset, or of other curated images (ids, source hashes and pixels
+    compared). A truncated or edited chunk is
     recomputed when both are given (with a message), and an error otherwise."""
     from .keys import expected_key
 
@@ -250,15 +252,19 @@ def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess
 
 
 def _check_curated(path: Path, header: dict, dataset) -> None:
+    """The store holds exactly the curated store's images, with the same pixels (hashed here)."""
+    from .build import pixels_sha256
+
     unique = dataset.index.drop_duplicates("image_id")
-    theirs = dict(zip(unique["image_id"], unique["image_sha256"]))
-    ours = {i: info["image_sha256"] for i, info in header["images"].items()}
-    if theirs != ours:
-        missing = [i for i in theirs if i not in ours]
-        changed = [i for i in theirs if i in ours and ours[i] != theirs[i]]
-        extra = [i for i in ours if i not in theirs]
-        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                 (("images not in the store", missing), ("images changed", changed),
-                  ("images no longer curated", extra)) if v]
+    ours = header["images"]
+    missing = [i for i in unique["image_id"] if i not in ours]
+    extra = [i for i in ours if i not in set(unique["image_id"])]
+    changed = [row["image_id"] for _, row in unique.iterrows() if row["image_id"] in ours and (
+        ours[row["image_id"]]["image_sha256"] != row["image_sha256"]
+        or ours[row["image_id"]]["pixels_sha256"] != pixels_sha256(dataset.load_image(row)))]
+    parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+             (("images not in the store", missing), ("images changed", changed),
+              ("images no longer curated", extra)) if v]
+    if parts:
         raise MedSAMError(f"{path / HEADER}: built from other curated images than {dataset.path}: "
                           + "; ".join(parts) + ". Rerun `python -m medsam_lib embed` to update it")

@@ -1,0 +1,283 @@
+"""What notebooks 05 and 06 call: the profile's store, the base and fine-tuned models, predictions
+made once and scored under each choice, and the tables' captions.
+
+The fine-tuned model is notebook 04's ``ResultsLayout(results_dir).training("decoder") / "best.pt"``
+unless ``finetuned_model`` names another checkpoint. When it is absent the fine-tuned columns say
+"not available" (with the reason) instead of failing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..layout import ResultsLayout
+from .inference import EmbeddingCache, same_encoder
+from .options import OFFICIAL_CODE, EvalOptions
+from .run import PredictedTarget, predict_store, score_predictions, write_metrics
+
+
+@dataclass
+class Models:
+    base: object  # BoxPredictor
+    finetuned: object | None
+    finetuned_note: str
+    caches: dict = field(default_factory=dict)  # id(predictor) -> EmbeddingCache
+
+    def cache_for(self, predictor) -> EmbeddingCache:
+        return self.caches[id(predictor)]
+
+    @property
+    def pairs(self):
+        out = [("base", self.base)]
+        if self.finetuned is not None:
+            out.append(("finetuned", self.finetuned))
+        return out
+
+
+def default_finetuned(results_dir) -> Path:
+    return ResultsLayout(results_dir).training("decoder") / "best.pt"
+
+
+def open_embedding_store(results_dir, model, curated=None):
+    """The profile's embedding store of ``model`` (notebooks 03/04 build it) when present and
+    made from these weights and this curated store, else None (then images are encoded here).
+    Stored embeddings are float16: masks can differ from encoding on the fly in a few pixels."""
+    path = ResultsLayout(results_dir).embeddings(str(model))
+    if not path.is_dir():
+        return None
+    try:
+        from ..embeddings import open_store
+    except ImportError:
+        return None
+    try:
+        return open_store(path, model=model, curated=curated)
+    except Exception as exc:  # noqa: BLE001 - a broken store falls back to encoding, loudly
+        print(f"embedding store {path} not used: {exc}")
+        return None
+
+
+def load_models(model: str, finetuned_model, results_dir, device=None, curated=None) -> Models:
+    from ..models.predictor import BoxPredictor
+
+    base = BoxPredictor(model, device=device)
+    backing = open_embedding_store(results_dir, base.loaded, curated)
+    caches = {id(base): EmbeddingCache(base, backing)}
+    path = Path(finetuned_model) if finetuned_model else default_finetuned(results_dir)
+    finetuned, note = None, ""
+    if not path.is_file():
+        note = (f"fine-tuned checkpoint {path} not found (notebook 04 writes it); "
+                "the fine-tuned columns say 'not available'")
+    else:
+        finetuned = BoxPredictor(str(path), device=device)
+        finetuned.loaded.name = f"{model} + fine-tuned decoder ({path.name})"
+        if same_encoder(base.loaded, finetuned.loaded):
+            caches[id(finetuned)] = caches[id(base)]  # decoder-only fine-tuning: one embedding per image
+            note = f"fine-tuned: {path} (image encoder identical to the base model's; embeddings shared)"
+        else:
+            caches[id(finetuned)] = EmbeddingCache(finetuned)
+            note = f"fine-tuned: {path} (its own image encoder)"
+    return Models(base, finetuned, note, caches)
+
+
+def choose_split(store, split: str) -> tuple[str, str]:
+    """(split to score, note): a store with no test case at all (the demo phantoms: one case per
+    data set, all in train) is scored on ``all`` with a note saying so."""
+    if split != "all" and not (store.index["split"] == split).any():
+        return "all", (f"this store has no '{split}' case (every case is in "
+                       f"{sorted(store.index['split'].unique())}); scored on all cases: NOT a held-out evaluation")
+    return split, ""
+
+
+def predict_both(store, models: Models, options: EvalOptions, progress: bool = True) -> dict:
+    return {name: predict_store(store, p, options, progress=progress, cache=models.cache_for(p))
+            for name, p in models.pairs}
+
+
+def score_and_write(store, models: Models, predictions: dict, options: EvalOptions, results_dir,
+                    source_root=None) -> dict:
+    """Score each model's predictions; write each ``metrics.csv`` under ``layout.evaluation(model)``."""
+    layout = ResultsLayout(results_dir)
+    frames = {}
+    for name, predictor in models.pairs:
+        frame = score_predictions(predictions[name], options, store, source_root)
+        slug = models.base.loaded.name if name == "base" else f"{models.base.loaded.name}_finetuned"
+        write_metrics(frame, layout.evaluation(slug), predictor, options, store, overwrite=True)
+        frames[name] = frame
+    return frames
+
+
+def caption(table: int, profile: str, store, models: Models, options: EvalOptions, split_note: str) -> str:
+    index = store.index
+    synthetic = index["synthetic"].astype(str).eq("True").any()
+    base = models.base.loaded.name
+    ft = models.finetuned.loaded.name if models.finetuned is not None else "not available"
+    kind = "3D" if table == 1 else "2D"
+    spacing = (f"NSD at {options.tolerance_mm:g} mm on the curated 256 x 256 grid's physical spacing "
+               "(1 curated pixel where the file carried no spacing: 2D PNG/JPEG)"
+               if options.nsd_spacing == "physical" else f"NSD at {options.tolerance_mm:g} voxel (spacing 1,1,1)")
+    parts = [f"Table {table} ({kind} tasks of the paper), profile '{profile}': DSC and NSD (%), mean over "
+             f"{options.split} cases [bootstrap 95% CI], paired Wilcoxon p base vs fine-tuned (>= 5 cases).",
+             f"Models: base {base}; fine-tuned {ft}.",
+             f"Data: {'SYNTHETIC phantoms' if synthetic else 'real cases of ../shared/data'} curated with preset "
+             f"'{store.preset}'; † = stand-in data (not the paper's data set for that task); * = a target that is "
+             "no paper task (listed only where it has test cases).",
+             f"Boxes: protocol '{options.protocol}', margin {options.box_margin:g} px, jitter 0-{options.box_jitter} px "
+             f"(seed {options.seed}) at 256 x 256. {spacing}; GT slices counted: {options.slices}; "
+             f"2D NSD: {options.nsd_2d}.",
+             "Paper columns: published SAM / MedSAM values (ViT-B, the paper's test sets), not recomputed here; "
+             "ours-MedSAM = fine-tuned (base where no fine-tuned model) minus published MedSAM."]
+    if split_note:
+        parts.append(f"Note: {split_note}.")
+    return " ".join(parts)
+
+
+def _averages(frame, table_of) -> dict:
+    from .tables import per_case
+
+    out = {}
+    if not len(frame):
+        return out
+    cases = per_case(frame).reset_index()
+    task_means = cases.groupby("task_label")[["dsc", "nsd"]].mean() * 100
+    dims = frame.assign(task_label=[t if t else f"{tg} ({m})" for t, tg, m in
+                                    zip(frame["task"], frame["target"], frame["modality"])])
+    dims = dims.groupby("task_label")["dimensionality"].first()
+    for table in (1, 2):
+        labels = [t for t in task_means.index if table_of(t, dims[t]) == table]
+        for metric in ("dsc", "nsd"):
+            out[f"T{table} {metric.upper()}"] = float(task_means.loc[labels, metric].mean()) if labels else math.nan
+    return out
+
+
+def choice_effects(store, models: Models, predictions: dict, options: EvalOptions, source_root=None,
+                   official_store=None, official_predictions: dict | None = None, progress: bool = False):
+    """How each paper-vs-code choice moves the table averages (mean over task labels of each
+    table, %), one choice changed at a time from ``options``. ``official_store``: the same data
+    curated with preset ``official_code`` (CT window [-160, 240], MR percentiles of voxels > 0,
+    small objects removed at native size), its CT targets predicted with the same models and boxes
+    (``official_predictions`` when already made, e.g. by ``predictions(ctx, store=official_store,
+    modalities=("CT",))``); the row replaces the CT targets' values and keeps every other target's."""
+    import pandas as pd
+
+    from .tables import PAPER_TASKS, paper_table_of
+
+    def table_of(label, dim):
+        return paper_table_of(label if label in PAPER_TASKS else "", dim)
+
+    variants = [("paper defaults", "-", options)]
+    for name, value in OFFICIAL_CODE.items():
+        if name == "slices" and source_root is None:
+            continue
+        variants.append((name, value, options.with_(**{name: value})))
+    rows = []
+    for choice, value, opts in variants:
+        for name, _ in models.pairs:
+            frame = score_predictions(predictions[name], opts, store, source_root)
+            rows.append({"choice": choice, "setting": value, "model": name, **_averages(frame, table_of)})
+    if official_store is not None:
+        import pandas as pd
+
+        for name, predictor in models.pairs:
+            preds = official_predictions[name] if official_predictions is not None else predict_store(
+                official_store, predictor, options, progress=progress, cache=EmbeddingCache(predictor),
+                modalities=("CT",))
+            default = score_predictions(predictions[name], options, store)
+            frame = pd.concat([default[default["modality"] != "CT"], score_predictions(preds, options, official_store)],
+                              ignore_index=True)
+            rows.append({"choice": "CT window", "setting": "[-160, 240] (official_code preset)", "model": name,
+                         **_averages(frame, table_of)})
+    frame = pd.DataFrame(rows)
+    value_cols = [c for c in frame.columns if c.startswith("T")]
+    reference = frame[frame["choice"] == "paper defaults"].set_index("model")[value_cols]
+    for col in value_cols:
+        frame[f"{col} change"] = [r[col] - reference.loc[r["model"], col] for _, r in frame.iterrows()]
+    return frame
+
+
+def predictions_frame(predictions: list[PredictedTarget]):
+    """One row per target with its arrays' positions (for the failure figures)."""
+    import pandas as pd
+
+    return pd.DataFrame([{**t.meta, "position": i} for i, t in enumerate(predictions)])
+
+
+def worst_slice(target: PredictedTarget) -> int:
+    """The slice (array index) with the lowest per-slice DSC among those with ground truth."""
+    best, worst = None, 2.0
+    for z in range(target.gt.shape[0]):
+        g, p = target.gt[z], target.pred[z]
+        if not g.any():
+            continue
+        d = 2 * np.logical_and(g, p).sum() / (g.sum() + p.sum())
+        if d < worst:
+            best, worst = z, d
+    return best if best is not None else 0
+
+
+@dataclass
+class Context:
+    """Everything notebooks 05 and 06 share for one profile."""
+
+    store: object
+    models: Models
+    options: EvalOptions
+    split_note: str
+    source_root: Path | None
+    results_dir: Path
+    profile: str
+    data_source: str
+    shared_data_dir: str
+
+
+def prepare(profile: str, results_dir, data_source: str, shared_data_dir, model: str, finetuned_model=None,
+            device=None, seed: int = 0, split: str = "test", protocol: str = "gt", box_margin: float = 0,
+            box_jitter: int = 0) -> Context:
+    """Open (curating if needed: idempotent) the profile's paper-preset store and load both models."""
+    from ..data.curate import curate_profile
+
+    store = curate_profile(data_source, shared_data_dir, results_dir, seed=seed)
+    device = None if device in (None, "auto") else device
+    models = load_models(model, finetuned_model or None, results_dir, device, store)
+    used_split, note = choose_split(store, split)
+    options = EvalOptions(protocol=protocol, box_margin=box_margin, box_jitter=box_jitter, seed=seed, split=used_split)
+    root = Path(results_dir) / "data" / "synthetic" if data_source == "synthetic" else Path(shared_data_dir)
+    return Context(store, models, options, note, root if root.is_dir() else None, Path(results_dir), profile,
+                   data_source, str(shared_data_dir))
+
+
+def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "",
+                modalities: tuple[str, ...] | None = None) -> dict:
+    """Each model's predictions on the split (of ``store``, default the paper-preset store), reused
+    from ``layout.evaluation(<model>[_finetuned]<tag>)/predictions.npz`` when the same model
+    (checksum), store index and options made them."""
+    from .run import load_predictions, model_identity, save_predictions
+
+    store = store if store is not None else ctx.store
+    layout = ResultsLayout(ctx.results_dir)
+    out = {}
+    for name, predictor in ctx.models.pairs:
+        record = {**model_identity(predictor), "options": ctx.options.record(), "index_sha256": _index_hash(store),
+                  "modalities": list(modalities) if modalities else None}
+        where = layout.evaluation(_slug(ctx, name) + tag) / "predictions.npz"
+        found = load_predictions(where, record)
+        if found is None:
+            cache = ctx.models.cache_for(predictor) if store is ctx.store else EmbeddingCache(predictor)
+            found = predict_store(store, predictor, ctx.options, progress=progress, cache=cache, modalities=modalities)
+            where.parent.mkdir(parents=True, exist_ok=True)
+            save_predictions(found, where, record)
+        out[name] = found
+    return out
+
+
+def _slug(ctx: Context, name: str) -> str:
+    base = ctx.models.base.loaded.name
+    return base if name == "base" else f"{base}_finetuned"
+
+
+def _index_hash(store) -> str:
+    from ..fileio import sha256_file
+
+    return sha256_file(Path(store.path) / "index.csv")

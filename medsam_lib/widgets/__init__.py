@@ -1,0 +1,17 @@
+"""Interactive box prompting (notebook 07): draw boxes on an image, get MedSAM masks at once.
+
+- ``annotations``: the pure state (boxes per slice, masks, undo, export, autosave);
+- ``events``: the widget's box events parsed into image boxes (no widget needed);
+- ``drawing``: the picture shown (masks, label tags that never overlap);
+- ``bbox``: the drawing surface (jupyter_bbox_widget with a move-mode toggle);
+- ``session``: ``BoxPromptSession``, the thin widget layer;
+- ``notebook``: the papermill box and the summary table.
+"""
+from .annotations import Annotation, Annotations
+from .drawing import encode_png, hex_to_rgb, paint
+from .events import Display, parse_box, parse_boxes
+from .notebook import resolve_box, summary_table
+from .session import DISPLAY_MAX_PX, BoxPromptSession
+
+__all__ = ["Annotation", "Annotations", "BoxPromptSession", "DISPLAY_MAX_PX", "Display", "encode_png", "hex_to_rgb",
+           "paint", "parse_box", "parse_boxes", "resolve_box", "summary_table"]

@@ -1,0 +1,154 @@
+"""The annotation state of a box-prompting session, without any widget.
+
+    state = Annotations(segment=lambda slice_index, box: (mask, predicted_iou), labels=["liver"],
+                        image_size=(H, W), is_volume=False)
+    state.set_boxes(None, [((10, 12, 40, 50), "liver")])   # the boxes on a slice (None: a 2D image)
+    state.undo(None); state.clear(None)
+    state.masks_by_label((H, W))       # label -> union of its masks
+    state.autosave(folder, extra)       # boxes.json + masks.npz, atomically
+    state.export(folder, stem, image)   # one mask per label (PNG / NIfTI) + <stem>_boxes.json
+
+Boxes follow ``medsam_lib.geometry`` (pixel indices, x1/y1 inclusive). Each (slice, box) is
+segmented once: masks are cached.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.readers import MedicalImage, write_mask
+from ..fileio import MedSAMError, atomic_path, atomic_write_text
+
+MASK_CACHE_SIZE = 512
+
+
+@dataclass
+class Annotation:
+    """One box and its mask."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels (x1, y1 inclusive)
+    label: str
+    mask: np.ndarray  # (H, W) bool at the image's resolution
+    score: float  # the model's predicted IoU
+    slice_index: int | None  # None for 2D images
+
+    def as_dict(self) -> dict:
+        return {"box": [round(v, 2) for v in self.box], "label": self.label, "slice_index": self.slice_index,
+                "predicted_iou": round(self.score, 4), "mask_pixels": int(self.mask.sum())}
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "label"
+
+
+def stem(path: str) -> str:
+    """A file name without its (possibly double) image suffix."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+                   ".bmp", ".gif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class Annotations:
+    """Boxes and masks per slice; ``segment(slice_index, box) -> (mask, score)`` makes the masks."""
+
+    def __init__(self, segment: Callable, labels: list[str], image_size: tuple[int, int], is_volume: bool):
+        self._segment = segment
+        self.labels = list(labels)
+        self.image_size = tuple(image_size)
+        self.is_volume = is_volume
+        self.by_slice: dict[int | None, list[Annotation]] = {}
+        self._cache: dict[tuple, tuple[np.ndarray, float]] = {}
+
+    def on(self, slice_index: int | None) -> list[Annotation]:
+        return list(self.by_slice.get(slice_index, []))
+
+    def all(self) -> list[Annotation]:
+        return [a for key in sorted(self.by_slice, key=lambda k: -1 if k is None else k) for a in self.by_slice[key]]
+
+    def annotate(self, slice_index: int | None, box, label: str) -> Annotation:
+        if label not in self.labels:
+            raise MedSAMError(f"label {label!r} is not one of {self.labels}")
+        box = tuple(float(v) for v in box)
+        key = (slice_index, *box)
+        if key not in self._cache:
+            self._cache[key] = self._segment(slice_index, box)
+            while len(self._cache) > MASK_CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+        mask, score = self._cache[key]
+        return Annotation(box=box, label=label, mask=mask, score=float(score), slice_index=slice_index)
+
+    def set_boxes(self, slice_index: int | None, boxes: list[tuple]) -> tuple[list[Annotation], list[Annotation]]:
+        """Make ``boxes`` [(box, label), ...] the boxes of a slice; returns (before, after)."""
+        before = self.on(slice_index)
+        self.by_slice[slice_index] = [self.annotate(slice_index, box, label) for box, label in boxes]
+        return before, self.on(slice_index)
+
+    def undo(self, slice_index: int | None) -> Annotation | None:
+        current = self.on(slice_index)
+        if not current:
+            return None
+        self.by_slice[slice_index] = current[:-1]
+        return current[-1]
+
+    def clear(self, slice_index: int | None) -> int:
+        removed = len(self.on(slice_index))
+        self.by_slice[slice_index] = []
+        return removed
+
+    def masks_by_label(self, volume_shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+        """Label -> union of its masks: (H, W) bool for 2D images, ``volume_shape`` (Z, H, W) for volumes."""
+        out: dict[str, np.ndarray] = {}
+        shape = volume_shape if self.is_volume else self.image_size
+        for a in self.all():
+            target = out.setdefault(a.label, np.zeros(shape, dtype=bool))
+            if self.is_volume:
+                target[a.slice_index or 0] |= a.mask
+            else:
+                target |= a.mask
+        return out
+
+    def state(self, **extra) -> dict:
+        return {"image_size": list(self.image_size), "is_volume": self.is_volume, "labels": self.labels,
+                "box_convention": "x0, y0, x1, y1 pixel indices, x1/y1 inclusive",
+                "annotations": [a.as_dict() for a in self.all()], **extra}
+
+    def autosave(self, folder: Path, **extra) -> None:
+        """``boxes.json`` and ``masks.npz`` in ``folder``, each written atomically."""
+        annotations = self.all()
+        masks = np.array([a.mask for a in annotations], dtype=bool).reshape(len(annotations), *self.image_size)
+        slices = np.array([-1 if a.slice_index is None else a.slice_index for a in annotations])
+        with atomic_path(folder / "masks.npz", suffix=".npz") as tmp:
+            np.savez_compressed(tmp, masks=masks, slices=slices)
+        atomic_write_text(folder / "boxes.json", json.dumps(self.state(**extra), indent=2))
+
+    def export(self, folder: Path, name: str, image: MedicalImage, **extra) -> list[Path]:
+        """One mask per label into an existing folder, and the boxes as JSON; every file atomically.
+
+        2D images: ``<name>_<label>.png`` (0/255). Volumes: ``<name>_<label>.nii.gz`` (0/1) with the
+        source's spacing, origin and direction.
+        """
+        if not str(folder).strip() or not Path(folder).is_dir():
+            raise MedSAMError(f"export folder {str(folder)!r} does not exist (create it first); nothing written")
+        folder = Path(folder)
+        masks = self.masks_by_label(image.array.shape[:3] if self.is_volume else None)
+        if not masks:
+            raise MedSAMError("nothing to export: draw a box first")
+        base = safe_name(name)
+        suffix = ".nii.gz" if self.is_volume else ".png"
+        written = []
+        for label, mask in masks.items():
+            path = folder / f"{base}_{safe_name(label)}{suffix}"
+            write_mask(mask, path, reference=image if self.is_volume else None)
+            written.append(path)
+        boxes_path = folder / f"{base}_boxes.json"
+        atomic_write_text(boxes_path, json.dumps(self.state(**extra), indent=2))
+        written.append(boxes_path)
+        return written
