@@ -151,15 +151,17 @@ def main() -> int:
         else:
             encoder = loaded.model.image_encoder
         results = []
+        print(f"{'batch':>5} {'step fed from':>13} {'samples/s':>10} {'load ms':>8} {'step ms':>9} {'load %':>7} "
+              f"{'peak MiB':>9}", flush=True)
         for batch in batches:
-            results.append(bench("store", loaded, pairs, embedding_source(store), batch, steps, device, bf16))
+            kinds = [("store", embedding_source(store), None)]
             if not args.skip_on_the_fly:
-                results.append(bench("on the fly", loaded, pairs, image_source(curated, curated.index, transform),
-                                     batch, steps, device, bf16, encoder))
-    print(f"{'batch':>5} {'step fed from':>13} {'samples/s':>10} {'load ms':>8} {'step ms':>9} {'load %':>7} {'peak MiB':>9}")
-    for r in results:
-        print(f"{r['batch']:>5} {r['kind']:>13} {r['samples_s']:>10.1f} {1000 * r['load_s']:>8.1f} "
-              f"{1000 * r['step_s']:>9.1f} {100 * r['load_share']:>6.1f}% {r['peak_mib']:>9.0f}")
+                kinds.append(("on the fly", image_source(curated, curated.index, transform), encoder))
+            for kind, source, enc in kinds:
+                r = bench(kind, loaded, pairs, source, batch, steps, device, bf16, enc)
+                results.append(r)
+                print(f"{r['batch']:>5} {r['kind']:>13} {r['samples_s']:>10.1f} {1000 * r['load_s']:>8.1f} "
+                      f"{1000 * r['step_s']:>9.1f} {100 * r['load_share']:>6.1f}% {r['peak_mib']:>9.0f}", flush=True)
     for batch in batches:
         pair = {r["kind"]: r for r in results if r["batch"] == batch}
         if "on the fly" in pair:

@@ -293,3 +293,36 @@ def test_full_recipe_trains_encoder_and_decoder_from_images(stores, tmp_path):
     assert moved == {"image_encoder", "mask_decoder"}
     tuned = load_model(Path(cfg.out) / "last.pt", device="cpu").model.state_dict()
     assert all(torch.equal(tuned[k], base[k]) for k in base if k.startswith("prompt_encoder."))
+
+
+def test_before_after_table_matches_the_runs_own_validations(finished, tmp_path):
+    import pandas as pd
+
+    from medsam_lib.training.report import before_after, plot_curves
+
+    cfg, result = finished
+    table = before_after(cfg)
+    total = table[table["dataset"] == "all"].iloc[0]
+    metrics = pd.read_csv(Path(cfg.out) / "metrics.csv").set_index("step")
+    assert total["base_dsc"] == pytest.approx(metrics.loc[0, "val_dice"], abs=1e-9)
+    assert total["finetuned_dsc"] == pytest.approx(metrics.loc[result.best_step, "val_dice"], abs=1e-9)
+    assert total["targets"] == table["targets"].iloc[:-1].sum()
+    png = plot_curves(result.metrics, tmp_path / "curves.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keys():
+    from medsam_lib.training.loop import checkpoint_blocks
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+                                  for _ in range(2)])
+    x = torch.randn(4, 8)
+    blocks[1](blocks[0](x)).square().sum().backward()
+    plain, keys = [p.grad.clone() for p in blocks.parameters()], list(blocks.state_dict())
+    blocks.zero_grad()
+    checkpoint_blocks(blocks)
+    blocks.train()
+    blocks[1](blocks[0](x)).square().sum().backward()
+    assert list(blocks.state_dict()) == keys  # checkpoints stay loadable into the plain model
+    assert all(torch.allclose(a, p.grad) for a, p in zip(plain, blocks.parameters()))

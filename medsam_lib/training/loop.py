@@ -10,7 +10,9 @@ to the model input, loss = Dice + BCE (``loss``), a non-finite loss stops the ru
 the step and the batch's image ids; nothing is written, the last good checkpoint stays). Every
 ``val_every`` steps (and at step 0: the base model) rank 0 computes the mean validation Dice with
 the unjittered boxes; a better one writes ``best.pt``. (The released code kept the lowest
-*training* loss as its best model; we select on validation Dice.) Every ``checkpoint_every`` steps
+*training* loss as its best model; we select on validation Dice. Without a validation split,
+``best.pt`` is the last step's weights.) The IoU head gets no gradient (its score is not in the
+loss) and is marked frozen. Every ``checkpoint_every`` steps
 and at the end: ``last.pt`` and ``metrics.csv``. bfloat16 autocast on CUDA, float32 on CPU.
 """
 from __future__ import annotations
@@ -56,17 +58,17 @@ class StepModel(nn.Module):
         return low_res
 
 
-class _Checkpointed(nn.Module):
-    """One ViT block recomputed in the backward pass (activation checkpointing)."""
+def checkpoint_blocks(blocks) -> None:
+    """Activation checkpointing: each block recomputed in the backward pass while training. The
+    blocks' forward is wrapped in place, so the state-dict keys (and checkpoints) are unchanged."""
+    from torch.utils.checkpoint import checkpoint
 
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        from torch.utils.checkpoint import checkpoint
-
-        return checkpoint(self.block, x, use_reentrant=False) if self.training else self.block(x)
+    for block in blocks:
+        def forward(*args, _inner=block.forward, _block=block):
+            if _block.training and torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False)
+            return _inner(*args)
+        block.forward = forward
 
 
 @dataclass
@@ -168,17 +170,15 @@ def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run
     for p in model.mask_decoder.iou_prediction_head.parameters():
         p.requires_grad_(False)
     if cfg.activation_checkpointing and hasattr(model.image_encoder, "blocks"):
-        blocks = model.image_encoder.blocks
-        for i, block in enumerate(blocks):
-            blocks[i] = _Checkpointed(block)
+        checkpoint_blocks(model.image_encoder.blocks)
     return Run(cfg, loaded, base, transform, curated, train, val, source, modules)
 
 
 def validate(run: Run, net: StepModel, device, autocast, pairs: Pairs | None = None) -> np.ndarray:
-    """Per-target Dice on the validation pairs with their unjittered boxes (eval mode, no grad)."""
+    """Per-target Dice on the validation pairs with their unjittered boxes (eval mode, no grad;
+    the caller puts the modules back in training mode)."""
     pairs = run.val if pairs is None else pairs
     scores = np.empty(len(pairs), dtype=np.float64)
-    was_training = net.training
     net.eval()
     with torch.no_grad():
         for start in range(0, len(pairs), VAL_BATCH):
@@ -187,7 +187,6 @@ def validate(run: Run, net: StepModel, device, autocast, pairs: Pairs | None = N
             with autocast():
                 logits = net(batch.inputs.to(device), (batch.boxes * run.box_scale).to(device))
             scores[idx] = dice_score(logits, batch.targets.to(device)).cpu().numpy()
-    net.train(was_training)
     return scores
 
 
@@ -287,9 +286,13 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunRes
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.toml")
     ddp = distributed.wrap(net, ctx)
-    net.train()
-    for name in ("prompt_encoder",) + (() if cfg.recipe == "full" else ("image_encoder",)):
-        getattr(model, name).eval()  # frozen parts stay in inference mode (BatchNorm statistics)
+
+    def training_modes() -> None:
+        net.train()
+        for name in ("prompt_encoder",) + (() if cfg.recipe == "full" else ("image_encoder",)):
+            getattr(model, name).eval()  # frozen parts stay in inference mode (BatchNorm statistics)
+
+    training_modes()
 
     def keep(step: int, val_dice: float | None) -> None:
         if ctx.is_main and not len(run.val) and step == cfg.steps:  # no validation split: best.pt = the last
@@ -357,6 +360,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunRes
             if step % cfg.val_every == 0 or step == cfg.steps:
                 if ctx.is_main and len(run.val):
                     row["val_dice"] = float(validate(run, net, ctx.device, autocast).mean())
+                    training_modes()
                 keep(step, None if math.isnan(row["val_dice"]) else row["val_dice"])
                 ctx.barrier()
             metrics.append(row)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.transforms import LOGIT_THRESHOLD
+
 EPS = 1e-5
 
 
@@ -38,7 +40,7 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dice_bce_per_sample(logits, target).mean()
 
 
-def dice_score(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+def dice_score(logits: torch.Tensor, target: torch.Tensor, threshold: float = LOGIT_THRESHOLD) -> torch.Tensor:
     """(B,) Dice similarity of (logits > threshold) with the target (1.0 where both are empty)."""
     target = resize_target(target.float(), logits.shape[-2:]).flatten(1) > 0.5
     pred = (logits.float() > threshold).flatten(1)
