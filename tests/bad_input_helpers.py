@@ -14,7 +14,8 @@ Rows run in-process through ``medsam_lib.cli.main`` (fast); ``subprocess=True`` 
 ``python -m medsam_lib`` with a timeout instead (end-to-end checks). In-process, every named pipe
 under ``tmp`` is watched: if the command opens one for reading (where it would block forever), a
 watcher thread unblocks it and the row fails ("opened the named pipe").
-Commands added later (embed, train, evaluate) add their own rows and call ``check_bad_input``.
+Commands added later (embed, train, evaluate) have their cheap rows in the same table (group 7);
+their own test files call ``check_bad_input`` for rows that need a real model or store.
 """
 from __future__ import annotations
 

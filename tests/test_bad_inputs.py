@@ -4,8 +4,9 @@ no traceback, nothing written, every input byte-for-byte unchanged (``bad_input_
 The rows are grouped by class (issue 9): data loss (output = an input), silent wrong answers
 (non-finite voxels in every format, broken DICOM series, lossy or unknown output formats, unknown
 modalities, empty masks), hangs (pipes, devices, sockets), stores a failing run must not change,
-errors that used to reach the catch-all, and the smaller ones (pickled code, ITK warnings,
-refused archives). Inputs are generated in the test. Rows that must fail before model loading
+errors that used to reach the catch-all, the smaller ones (pickled code, ITK warnings,
+refused archives), and the cheap bad inputs of the commands later issues added (embed, train,
+evaluate: issues 10-12; those needing a real model or embedding store stay in their own files). Inputs are generated in the test. Rows that must fail before model loading
 (all but those about checkpoints) run with model loading forbidden.
 """
 from __future__ import annotations
@@ -409,7 +410,127 @@ def _rows() -> list[BadInput]:
     row("slice_on_a_2d_image", lambda t, c: _seg(str(_png(t / "in.png")), str(t / "m.png"), "--slice", "0"),
         "in.png", "2D image")
     row("no_such_image", lambda t, c: _seg(str(t / "missing.png"), str(t / "m.png")), "missing.png", "no such file")
+
+    # 7. the commands later issues added (embed: issue 10, train: 11, evaluate: 12); rows that need a
+    #    real model or a real embedding store stay in those commands' own test files
+    row("embed_curated_missing", lambda t, c: _embed(t, t / "nope"), "nope")
+    row("embed_curated_empty_folder", lambda t, c: ((t / "empty").mkdir(), _embed(t, t / "empty"))[-1], "empty")
+    row("embed_curated_not_a_store", lambda t, c: ((t / "pics").mkdir(), _png(t / "pics" / "a.png"),
+                                                   _embed(t, t / "pics"))[-1], "pics")
+    row("embed_curated_is_a_file", lambda t, c: _embed(t, _png(t / "a.png")), "a.png", "a file")
+    row("embed_dtype_bogus", lambda t, c: _embed(t, _good_store(t), "--dtype", "bogus"), "--dtype", "bogus", "float16")
+    row("embed_batch_size_zero", lambda t, c: _embed(t, _good_store(t), "--batch-size", "0"), "--batch-size", "0")
+    row("embed_batch_size_negative", lambda t, c: _embed(t, _good_store(t), "--batch-size", "-3"), "--batch-size", "-3")
+    row("embed_chunk_size_zero", lambda t, c: _embed(t, _good_store(t), "--chunk-size", "0"), "--chunk-size", "0")
+    row("embed_device_bogus", lambda t, c: _embed(t, _good_store(t), "--device", "bogus"), "--device", "bogus")
+    row("embed_check_missing_store", lambda t, c: ["embed", "--check", "--out", str(t / "nostore")], "nostore")
+    row("embed_out_is_a_file", lambda t, c: ((t / "emb").write_text("x"), _embed(t, _good_store(t)))[-1], "emb")
+    row("embed_out_is_the_curated_store", lambda t, c: (_good_store(t), ["embed", "--curated", str(t / "store"),
+                                                                         "--out", str(t / "store")])[-1], "store")
+
+    row("train_no_config", lambda t, c: ["train"], "--config")
+    row("train_config_missing", lambda t, c: ["train", "--config", str(t / "nope.toml")], "nope.toml", "not found")
+    row("train_config_wrong_suffix", lambda t, c: ((t / "run.json").write_text("{}"),
+                                                   ["train", "--config", str(t / "run.json")])[-1], "run.json", ".toml")
+    row("train_config_not_toml", lambda t, c: ((t / "bad.toml").write_text("steps = = 3\n[[["),
+                                               ["train", "--config", str(t / "bad.toml")])[-1], "bad.toml", "not valid TOML")
+    row("train_config_not_yaml", lambda t, c: ((t / "bad.yaml").write_text("steps: [1, 2\n  - x: : y\n"),
+                                               ["train", "--config", str(t / "bad.yaml")])[-1], "bad.yaml", "not valid YAML", "line 2")
+    row("train_config_yaml_a_list", lambda t, c: ((t / "list.yaml").write_text("- 1\n- 2\n"),
+                                                  ["train", "--config", str(t / "list.yaml")])[-1], "list.yaml", "table of keys")
+    row("train_config_binary", lambda t, c: ((t / "bin.toml").write_bytes(bytes(range(256)) * 4),
+                                             ["train", "--config", str(t / "bin.toml")])[-1], "bin.toml")
+    row("train_unknown_key", lambda t, c: _train(t, stepz=3), "run.toml", "unknown key 'stepz'")
+    row("train_wrong_type", lambda t, c: _train(t, steps='"ten"'), "run.toml", "steps", "int")
+    row("train_steps_zero", lambda t, c: _train(t, steps=0), "run.toml", "steps", ">=")
+    row("train_bad_recipe", lambda t, c: _train(t, recipe='"bogus"'), "run.toml", "recipe", "bogus")
+    row("train_bad_device", lambda t, c: _train(t, device='"bogus"'), "run.toml", "device", "bogus")
+    row("train_missing_required_key", lambda t, c: _train(t, drop="steps"), "run.toml", "'steps' is required")
+    row("train_curated_store_missing", lambda t, c: _train(t, curated='"nostore"'), "run.toml", "nostore",
+        "not a curated store")
+    row("train_embeddings_store_missing", lambda t, c: _train(t, store=True, embeddings='"noemb"'), "run.toml",
+        "noemb", "not an embedding store")
+    row("train_out_holds_a_finished_run", lambda t, c: _train(t, store=True, finished=True), "run", "finished run",
+        "--resume")
+    row("train_out_holds_a_best_pt", lambda t, c: _train(t, store=True, best=True), "best.pt", "--resume")
+
+    def pair(t, pred, gt, *extra, suffix=".png"):
+        for name, array in (("pred", pred), ("gt", gt)):
+            if suffix == ".png":
+                Image.fromarray(array).save(t / f"{name}.png")
+            else:
+                sitk.WriteImage(sitk.GetImageFromArray(array), str(t / f"{name}{suffix}"))
+        return ["evaluate", "--pred", str(t / f"pred{suffix}"), "--gt", str(t / f"gt{suffix}"), *extra]
+
+    mask = (_blob() > 0).astype(np.uint8)
+    row("evaluate_shapes_differ", lambda t, c: pair(t, mask, mask[:, :40]), "pred.png", "gt.png", "shape")
+    row("evaluate_non_binary_mask", lambda t, c: pair(t, mask * np.arange(64, dtype=np.uint8)[:, None] % 5, mask),
+        "pred.png", "binary")
+    row("evaluate_4d_array", lambda t, c: pair(t, np.zeros((2, 3, 8, 8), np.uint8), np.zeros((2, 3, 8, 8), np.uint8),
+                                               suffix=".nii.gz"), "pred.nii.gz", "4D")
+    for spacing in ("nan,1", "0,1", "-1,1", "inf,1", "1,2,3,4", "a,b"):
+        row(f"evaluate_spacing_{spacing}", functools.partial(
+            lambda t, c, s: pair(t, mask, mask, f"--spacing={s}"), s=spacing), "--spacing", spacing)
+    row("evaluate_spacing_3_values_on_2d", lambda t, c: pair(t, mask, mask, "--spacing", "1,1,1"), "--spacing", "2D")
+    for tol in ("0", "-1", "nan"):
+        row(f"evaluate_tolerance_{tol}", functools.partial(
+            lambda t, c, v: pair(t, mask, mask, f"--tolerance-mm={v}"), v=tol), "--tolerance-mm", "> 0")
+    row("evaluate_pred_missing", lambda t, c: (Image.fromarray(mask).save(t / "gt.png"),
+                                               ["evaluate", "--pred", str(t / "p.png"), "--gt", str(t / "gt.png")])[-1],
+        "p.png", "no such file")
+    row("evaluate_gt_missing", lambda t, c: (Image.fromarray(mask).save(t / "pred.png"),
+                                             ["evaluate", "--pred", str(t / "pred.png"), "--gt", str(t / "g.png")])[-1],
+        "g.png", "no such file")
+    row("evaluate_only_pred", lambda t, c: (Image.fromarray(mask).save(t / "pred.png"),
+                                            ["evaluate", "--pred", str(t / "pred.png")])[-1], "--gt")
+    row("evaluate_pred_is_junk", lambda t, c: ((t / "pred.png").write_bytes(b"junk" * 10),
+                                               Image.fromarray(mask).save(t / "gt.png"),
+                                               ["evaluate", "--pred", str(t / "pred.png"), "--gt", str(t / "gt.png")])[-1],
+        "pred.png")
+    row("evaluate_curated_missing", lambda t, c: ["evaluate", "--curated", str(t / "nostore"), "--model", "litemedsam",
+                                                  "--out", str(t / "ev")], "nostore")
+    row("evaluate_curated_without_model", lambda t, c: ["evaluate", "--curated", str(_good_store(t)), "--out",
+                                                        str(t / "ev")], "--model")
+    row("evaluate_curated_without_out", lambda t, c: ["evaluate", "--curated", str(_good_store(t)), "--model",
+                                                      "litemedsam"], "--out")
+    row("evaluate_out_is_a_file", lambda t, c: ((t / "ev").write_text("x"), ["evaluate", "--curated", str(_good_store(t)),
+                                                "--model", "litemedsam", "--out", str(t / "ev")])[-1], "ev", "not a folder")
+    row("evaluate_pair_and_curated", lambda t, c: pair(t, mask, mask, "--curated", str(_good_store(t)), "--model",
+                                                       "litemedsam"), "--curated")
+    row("evaluate_embeddings_missing", lambda t, c: ["evaluate", "--curated", str(_good_store(t)), "--model", "litemedsam",
+                                                     "--out", str(t / "ev"), "--embeddings", str(t / "noemb")], "noemb")
+    row("evaluate_volume_slices_without_source_root", lambda t, c: [
+        "evaluate", "--curated", str(_good_store(t)), "--model", "litemedsam", "--out", str(t / "ev"),
+        "--slices", "volume"], "--source-root")
     return r
+
+
+def _embed(tmp: Path, curated: Path, *extra: str) -> list[str]:
+    return ["embed", "--curated", str(curated), "--out", str(tmp / "emb"), "--no-progress", *extra]
+
+
+def _train(tmp: Path, store: bool = False, finished: bool = False, best: bool = False, drop: str = "",
+           **keys) -> list[str]:
+    """train --config tmp/run.toml over a tiny curated store (``store``: built for real) into tmp/run."""
+    if store:
+        _good_store(tmp)
+        (tmp / "emb").mkdir()  # a fake embedding store: train must refuse before reading it
+        (tmp / "emb" / "store.json").write_text("{}")
+    values = {"curated": '"store"', "embeddings": '"emb"', "out": '"run"', "steps": 3, "device": '"cpu"', **keys}
+    values.pop(drop, None)
+    (tmp / "run.toml").write_text("".join(f"{k} = {v}\n" for k, v in values.items()))
+    if finished or best:
+        import torch
+
+        (tmp / "run").mkdir()
+        if finished:
+            from medsam_lib.models.finetuned import FORMAT, FORMAT_VERSION
+
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "base": {}, "weights": {},
+                        "trained_modules": [], "training": {"step": 3, "steps": 3}}, tmp / "run" / "last.pt")
+        if best:
+            (tmp / "run" / "best.pt").write_bytes(b"weights")
+    return ["train", "--config", str(tmp / "run.toml"), "--quiet"]
 
 
 def _truncate(path: Path) -> None:
@@ -629,3 +750,11 @@ def test_damaged_store_files_are_clear_errors(tmp_path):
     (store / "curation.json").write_bytes(bytes(range(256)))
     with pytest.raises(MedSAMError, match=r"curation\.json: corrupt store description"):
         CuratedDataset(store)
+
+
+def test_a_yaml_syntax_error_is_one_error_line(tmp_path, capfd):
+    """yaml's parser messages span several lines; train's error stays one line (the rows check the first)."""
+    (tmp_path / "bad.yaml").write_text("steps: [1, 2\n  - x: : y\n")
+    code, _, err = run_cli(["train", "--config", str(tmp_path / "bad.yaml")], capfd)
+    assert code == 2 and err.startswith("error:") and err.strip().count("\n") == 0, err
+    assert "bad.yaml" in err and "line 2" in err

@@ -83,7 +83,8 @@ class CuratedDataset:
         self.path = Path(path)
         index_path = self.path / "index.csv"
         if not self.path.is_dir():
-            raise MedSAMError(f"{self.path}: no curated store here (no such folder); "
+            what = "a file, not a store's folder" if self.path.exists() else "no such folder"
+            raise MedSAMError(f"{self.path}: no curated store here ({what}); "
                               "run `python -m medsam_lib data curate --manifest M --out FOLDER` first")
         started = (self.path / "cases").is_dir() or (self.path / NEXT_INFO).exists() or (self.path / PENDING).exists()
         info_file = (self.path / "curation.json").is_file()

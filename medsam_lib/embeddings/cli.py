@@ -29,6 +29,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
         return cmd_check(args)
     if not args.curated:
         raise MedSAMError("embed needs --curated DIR (the curated store to embed), or --check to verify --out")
+    from .store import check_dtype
+
+    try:  # the library's checks, here with the option they came from
+        check_dtype(args.dtype)
+    except MedSAMError as exc:
+        raise MedSAMError(f"--dtype: {exc}") from None
+    for option, value, what in (("--batch-size", args.batch_size, "batch size"),
+                                ("--chunk-size", args.chunk_size, "chunk size")):
+        if value is not None and value < 1:
+            raise MedSAMError(f"{option}: {what} must be at least 1, got {value}")
 
     store = build_store(args.curated, args.model, args.out, dtype=args.dtype, batch_size=args.batch_size,
                         device=args.device, progress=not args.no_progress, vit_preprocess=args.vit_preprocess,

@@ -190,7 +190,11 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise MedSAMError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MedSAMError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a config is TOML or YAML "
+                          "text") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -205,7 +209,8 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     except MedSAMError:
         raise
     except Exception as exc:  # noqa: BLE001 - tomllib / yaml syntax errors name the line
-        raise MedSAMError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({exc})") from exc
+        detail = " ".join(str(exc).split())  # yaml's messages span lines: one error line
+        raise MedSAMError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({detail})") from exc
     return config_from_dict(values, source=str(path), base_dir=path.parent.resolve())
 
 

@@ -101,15 +101,21 @@ class RunResult:
     reused: bool  # a finished run found and returned as it was
 
 
+def check_embeddings_path(cfg: TrainConfig) -> None:
+    """Refuse a missing embedding store (cheap: before the model is loaded)."""
+    path = Path(cfg.embeddings)
+    if not (path / "store.json").is_file():
+        raise MedSAMError(f"{cfg.source}: key 'embeddings': {path} is not an embedding store (no store.json); "
+                          f"build it with `python -m medsam_lib embed --curated {cfg.curated} --model {cfg.model} "
+                          f"--out {path}`")
+
+
 def open_embeddings(cfg: TrainConfig, base: dict, transform_key: str, preset: str, needed: list[str], store=None,
                     needed_sha: dict | None = None):
     """The run's embedding store, refused when missing, incomplete or made by another model."""
     path = Path(cfg.embeddings)
     if store is None:
-        if not (path / "store.json").is_file():
-            raise MedSAMError(f"{cfg.source}: key 'embeddings': {path} is not an embedding store (no store.json); "
-                              f"build it with `python -m medsam_lib embed --curated {cfg.curated} --model {cfg.model} "
-                              f"--out {path}`")
+        check_embeddings_path(cfg)
         from ..embeddings import open_store
 
         store = open_store(path)
@@ -145,6 +151,8 @@ def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run
         raise MedSAMError(f"{cfg.source}: key 'curated': {cfg.curated} is not a curated store (no curation.json); "
                           "run `python -m medsam_lib data curate` first")
     curated = CuratedDataset(cfg.curated)
+    if cfg.recipe == "paper" and store is None:
+        check_embeddings_path(cfg)
     loaded = load_model(cfg.model, device=device)
     base = base_reference(cfg.model, loaded.arch)
     transform = for_model(loaded)
