@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import paper
-from ..data.curate import split_cases
+from ..data.splits import split_cases
 from ..fileio import MedSAMError
 
 SIZE = paper.CURATED_IMAGE_SIZE
