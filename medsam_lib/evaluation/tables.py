@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.manifests import PAPER_TASKS
+from ..data.manifest_schema import PAPER_TASKS
 from ..fileio import atomic_write_text
 from ..shared import shared_dir
 
