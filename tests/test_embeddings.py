@@ -267,7 +267,9 @@ def test_weights_sha256_is_computed_once_per_checkpoint(tmp_path, monkeypatch):
 
     path = _random_lite_checkpoint(tmp_path / "user.pth")
     calls = []
-    monkeypatch.setattr(keys, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    import medsam_lib.models.weights_hash as weights_hash
+
+    monkeypatch.setattr(weights_hash, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 1
     assert keys.weights_sha256(str(path)) == sha256_file(path) and len(calls) == 1  # this process remembers
     keys._MEMO.clear()

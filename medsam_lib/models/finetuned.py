@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import MedSAMError, sha256_file
+from ..fileio import MedSAMError
 
 FORMAT = "medsam_lib.finetuned"
 FORMAT_VERSION = 1
@@ -44,23 +44,10 @@ def is_finetuned(path: str | os.PathLike) -> bool:
         return False
 
 
-def weights_sha256(model: str | os.PathLike) -> str:
-    """SHA-256 of a base model's weights file: the zoo's recorded hash for a verified named model,
-    else the file's own."""
-    from .zoo import MODELS, weights_path
-
-    text = str(model)
-    if text in MODELS:
-        path = weights_path(text)  # verified against the recorded hashes, when the zoo has them
-        recorded = MODELS[text].hashes.get("sha256")
-        return recorded if recorded else sha256_file(path)
-    if not Path(text).is_file():
-        raise MedSAMError(f"model {text!r}: neither a zoo name nor an existing checkpoint file")
-    return sha256_file(text)
-
-
 def base_reference(model: str | os.PathLike, arch: str) -> dict:
     """What a fine-tuned checkpoint records of its base model."""
+    from .weights_hash import weights_sha256
+
     return {"model": str(model), "arch": arch, "weights_sha256": weights_sha256(model)}
 
 
@@ -125,6 +112,8 @@ def load_finetuned(path: str | os.PathLike, device=None):
     base = resolve_base(reference, path)
     if is_finetuned(base):
         raise MedSAMError(f"{path}: its base {base} is itself a fine-tuned checkpoint; give the original base")
+    from .weights_hash import weights_sha256
+
     found = weights_sha256(base)
     if found != reference["weights_sha256"]:
         raise MedSAMError(f"{path}: fine-tuned from base weights with SHA-256 {reference['weights_sha256'][:16]}..., "
