@@ -35,6 +35,10 @@ RECORDED_PACKAGES = ("torch", "torchvision", "segment-anything", "medsam-lite-to
                      "SimpleITK", "nibabel", "papermill", "nbval", "jupyter-bbox-widget", "seaborn",
                      "matplotlib", "connected-components-3d", "opencv-python-headless")
 CELL_TIMEOUT_S = 1800
+# The kernels' own log (a "running over TCP without encryption" warning on every start, shutdown
+# noise) goes to the terminal under the progress bar otherwise. Cell errors are not in it: they are in
+# the executed notebook, kept as NN_name.failed.ipynb, and in the one line the chain prints.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 def available_profiles() -> list[str]:
@@ -145,7 +149,9 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
     }
     chain_unchanged = True
     paths = notebook_paths(only)
-    for path in tqdm(paths, desc=f"notebooks ({name})", unit="nb"):
+    bar = tqdm(paths, desc=f"notebooks ({name})", unit="nb")
+    for path in bar:
+        bar.set_postfix_str(path.stem)
         source_hash = sha256_file(path)
         prev = previous_nbs.get(path.name)
         if (resume and chain_unchanged and prev and prev["status"] == "ok" and prev["sha256"] == source_hash
@@ -161,7 +167,7 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
                 try:
                     pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(NOTEBOOKS_DIR),
                                         kernel_name="python3", progress_bar=False,
-                                        execution_timeout=CELL_TIMEOUT_S)
+                                        execution_timeout=CELL_TIMEOUT_S, extra_arguments=KERNEL_ARGUMENTS)
                 except pm.PapermillExecutionError:
                     if tmp.is_file():  # keep the executed notebook with its traceback for debugging
                         tmp.replace(failed_copy)
@@ -171,7 +177,7 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
         except Exception as exc:  # noqa: BLE001 - recorded, reported, and the chain stops
             entry["status"] = "failed"
             entry["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            print(f"error: {path.name} failed: {entry['error']} (see {failed_copy.name})", file=sys.stderr)
+            bar.write(f"error: {path.name} failed: {entry['error']} (see {failed_copy})", file=sys.stderr)
         entry["wall_s"] = round(time.perf_counter() - start, 2)
         record["notebooks"].append(entry)
         if entry["status"] != "ok":
@@ -191,7 +197,7 @@ def refresh_notebooks(only: list[str] | None = None, timeout: int = CELL_TIMEOUT
 
     for path in notebook_paths(only):
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=KERNEL_ARGUMENTS,
                        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
         with atomic_path(path) as tmp:
             nbformat.write(nb, str(tmp))

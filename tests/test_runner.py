@@ -44,9 +44,13 @@ def _tiny_chain(tmp_path, monkeypatch, fail: bool = False):
 
 
 @pytest.mark.slow
-def test_run_record_and_resume(tmp_path, monkeypatch):
+def test_run_record_and_resume(tmp_path, monkeypatch, capfd):
     out = _tiny_chain(tmp_path, monkeypatch)
     record = runner.run_profile("demo")
+    printed = capfd.readouterr()
+    # one progress bar and the result line; the kernels' own log (TCP warning) stays out of the terminal
+    assert "without encryption" not in printed.err + printed.out and "[IPKernelApp]" not in printed.err
+    assert "notebooks (demo)" in printed.err and "2/2 notebooks ok" in printed.out
     assert [nb["status"] for nb in record["notebooks"]] == ["ok", "ok"]
     saved = json.loads((out / "run_record.json").read_text())
     assert saved["packages"]["torch"] and saved["seeds"] == {"seed": 0}
