@@ -220,3 +220,36 @@ def test_nested_locks_in_one_process_are_counted_and_a_refusal_leaves_no_new_fol
         with locks.output_folder(tmp_path / "b"):
             raise RuntimeError("the run failed")
     assert not (tmp_path / "b").exists()  # a failed run leaves no new folder
+
+
+def test_two_curate_runs_into_one_new_store_the_second_is_refused_and_the_first_completes(tmp_path):
+    """Two processes: the first holds the new store's lock (stopped there with SIGSTOP, so the
+    overlap is certain), the second is refused naming it; the first then finishes an intact store."""
+    cases = [f"c{i:02d}" for i in range(40)]
+    _pair_folders(tmp_path, {c: _blob() for c in cases})
+    manifest = _manifest(tmp_path, "m", cases)
+    out, env = tmp_path / "store", {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "medsam_lib", "data", "curate", "--manifest", str(manifest), "--out", str(out)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lock, deadline = out / locks.LOCK_NAME, time.monotonic() + 120
+        while not (lock.is_file() and f"pid {first.pid} " in lock.read_text()):
+            assert first.poll() is None, "the first run ended before it was seen holding the lock"
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1, second.stderr
+    assert "in use by another run" in errors[0] and f"pid {first.pid} " in errors[0] and "curate" in errors[0]
+    assert first.returncode == 0, stderr
+    assert "40 case(s) curated" in stdout
+    assert sorted(CuratedDataset(out).index["case"].unique()) == cases
+    assert not lock.exists()
