@@ -86,11 +86,10 @@ def acquire(folder: str | os.PathLike, what: str = "--out", shared: bool = False
     if handle is None:
         raise MedSAMError(f"{what} {folder}: the folder is in use by another run ({_describe_holder(path)}); "
                           "wait for it to finish or choose another folder")
-    if not shared or os.fstat(handle.fileno()).st_size == 0:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(_holder_line() + ("  [shared]" if shared else "") + "\n")
-        handle.flush()
+    handle.seek(0)  # the holder, for whoever is refused (with sharers: the latest one)
+    handle.truncate()
+    handle.write(_holder_line() + (" (shared with other writers of its kind)" if shared else "") + "\n")
+    handle.flush()
     _HELD[key] = [handle, 1]
     return key
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot
+from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli
 from medsam_lib import locks, runner
 from medsam_lib.data.store import CuratedDataset
 from test_bad_inputs import _blob, _good_store, _manifest, _pair_folders, _train
