@@ -114,6 +114,32 @@ def check_output_path(out: str | os.PathLike, inputs=(), what: str = "--out") ->
     return out
 
 
+def check_output_folder(out: str | os.PathLike, inputs=(), what: str = "--out") -> Path:
+    """Check an output *folder* before any work: nothing but a folder is in the way, and it neither
+    is, lies inside, nor contains any of ``inputs`` (input files, folders or stores; ``(label, path)``
+    pairs name them, e.g. ``("--curated", path)``), compared after resolving links. Returns ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedSAMError(f"{what} {out}: exists and is not a folder; give a folder")
+    target = out.resolve()
+    for item in inputs:
+        label, path = item if isinstance(item, tuple) else ("input", item)
+        if path is None or str(path) == "" or not os.path.exists(path):
+            continue
+        real = Path(path).resolve()
+        if same_path(out, path) or real == target:
+            relation = "is"
+        elif real in target.parents:
+            relation = "lies inside"
+        elif target in real.parents:
+            relation = "contains"
+        else:
+            continue
+        raise MedSAMError(f"{what} {out} {relation} the {label} {path}; writing there would change an input. "
+                          "Choose a folder outside the inputs")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from .fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
 from .layout import ResultsLayout
+from .locks import output_folder
+from .profile_check import check_profile, check_profile_name, declared_parameters, load_profile_file
 from .shared import REPO_ROOT, shared_data_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -46,13 +48,13 @@ def available_profiles() -> list[str]:
 
 
 def load_profile(name: str) -> dict:
+    """The profile ``name`` (a plain name from ``profiles/``), checked as data before anything runs:
+    parameter names the notebooks declare, values of their defaults' types (``profile_check``)."""
+    check_profile_name(name, available_profiles())
     path = PROFILES_DIR / f"{name}.json"
-    if not path.is_file():
-        raise MedSAMError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MedSAMError(f"{path}: invalid JSON ({exc})") from exc
+    profile = load_profile_file(path)
+    check_profile(path, profile, declared_parameters(notebook_paths()))
+    return profile
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
@@ -129,13 +131,19 @@ def _input_hashes(params: dict, out_dir: Path) -> dict:
 
 def run_profile(name: str, only: list[str] | None = None, resume: bool = False) -> dict:
     """Execute the chain for one profile; returns (and writes) the run record."""
-    import papermill as pm
-    from tqdm.auto import tqdm
-
     profile = load_profile(name)
     params = profile_parameters(name, profile)
+    paths = notebook_paths(only)
     out_dir = RESULTS_DIR / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_folder(out_dir, f"--profile {name}: results folder"):  # one run per profile at a time
+        return _run_locked(name, profile, params, out_dir, paths, resume)
+
+
+def _run_locked(name: str, profile: dict, params: dict, out_dir: Path, paths: list[Path], resume: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    import papermill as pm
+
     record_path = out_dir / "run_record.json"
     previous = json.loads(record_path.read_text()) if (resume and record_path.is_file()) else {}
     previous_nbs = {nb["name"]: nb for nb in previous.get("notebooks", [])}
@@ -148,7 +156,6 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
         "notebooks": [],
     }
     chain_unchanged = True
-    paths = notebook_paths(only)
     bar = tqdm(paths, desc=f"notebooks ({name})", unit="nb")
     for path in bar:
         bar.set_postfix_str(path.stem)

@@ -33,7 +33,8 @@ def _tiny_chain(tmp_path, monkeypatch, fail: bool = False):
     for name, body in [("00_first", "value = seed * 2\nprint(profile, data_source, value)"),
                        ("01_second", "raise RuntimeError('boom')" if fail else "print('second', results_dir)")]:
         nb = nbformat.v4.new_notebook()
-        params = nbformat.v4.new_code_cell('profile = "x"\ndata_source = "x"\nresults_dir = "x"\nseed = 1')
+        params = nbformat.v4.new_code_cell('profile = "x"\ndata_source = "x"\nresults_dir = "x"\nseed = 1\n'
+                                            'model = "x"\ndevice = "x"')
         params.metadata["tags"] = ["parameters"]
         nb.cells = [params, nbformat.v4.new_code_cell(body)]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

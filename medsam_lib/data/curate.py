@@ -36,8 +36,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileio import MedSAMError, make_folder
+from ..fileio import MedSAMError
 from ..layout import ResultsLayout
+from ..locks import output_folder
 from .case_writer import IMAGE_SIZE, STORE_VERSION, case_done, case_key, curate_case, fingerprint
 from .manifests import Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import check_preset
@@ -83,8 +84,6 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
     ``curation.json`` (a failed or killed first run) is reported by ``CuratedDataset`` as
     incomplete, with the command that finishes it.
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     check_preset(preset)
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
@@ -93,6 +92,17 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
     chosen = [manifest.dataset(n) for n in datasets] if datasets else list(manifest.datasets)
     resolved = {ds.name: resolve_cases(ds, data_root) for ds in chosen}  # fails early on missing files
     check_out(out, manifest, data_root, resolved)
+
+    with output_folder(out, "--out"):  # one writer per store; a new store's folder goes if nothing finished
+        report = _curate_locked(manifest, out, preset, seed, chosen, resolved, data_root, keep_going, progress)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _curate_locked(manifest: Manifest, out: Path, preset: str, seed: int, chosen: list, resolved: dict,
+                   data_root: Path, keep_going: bool, progress: bool) -> CurationReport:
+    """The run, holding the store's lock: the store is read, and changed, by this process only."""
+    from tqdm.auto import tqdm
 
     old = _load_store_info(out) if out.is_dir() else None
     info = copy.deepcopy(old) if old else {"store_version": STORE_VERSION, "preset": preset, "image_size": IMAGE_SIZE,
@@ -111,8 +121,6 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
         entry["datasets"][ds.name] = {
             "cases": {c.volume: {"case": c.case, "file": f"cases/{ds.name}/{safe_name(c.volume)}.npz"}
                       for c in resolved[ds.name]}}
-    created = not out.exists()
-    make_folder(out, "store folder")
     folders_before = {p for p in out.rglob("*") if p.is_dir()}
     remove_stale_temporaries(out)
 
@@ -148,12 +156,11 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
             report.curated.append(label)
             report.dropped_small += stats["dropped_small"]
     except Exception:
-        tidy_after_failure(out, created, folders_before)
+        tidy_after_failure(out, folders_before)  # a new store's folder: output_folder
         raise
     index = finish(out, info, staged)
     report.rows = len(index)
     report.slices = int(index[["image_id"]].drop_duplicates().shape[0]) if len(index) else 0
-    report.seconds = time.perf_counter() - start
     return report
 
 

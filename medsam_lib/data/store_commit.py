@@ -55,14 +55,12 @@ def check_out(out: Path, manifest: Manifest, data_root: Path, resolved: dict) ->
                               "choose another folder")
 
 
-def tidy_after_failure(out: Path, created: bool, folders_before: set) -> None:
-    """Remove the empty folders a failed run made; a store folder it created with no finished case goes."""
+def tidy_after_failure(out: Path, folders_before: set) -> None:
+    """Remove the empty folders a failed run made (the store folder itself: ``locks.output_folder``)."""
     made = [p for p in out.rglob("*") if p.is_dir() and p not in folders_before]
     for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
         if not any(folder.iterdir()):
             folder.rmdir()
-    if created and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
 
 
 def finish(out: Path, info: dict, staged: list[str]):

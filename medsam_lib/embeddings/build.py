@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..data.store import CuratedDataset
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder, sha256_file
+from ..locks import output_folder
 from ..models.transforms import for_model
 from ..models.zoo import LoadedModel, load_model
 from .encoder import BatchEncoder
@@ -224,12 +225,20 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
         raise MedSAMError(f"chunk size must be at least 1, got {chunk_size}")
     dataset = _open_curated(curated)
     out = Path(out)
-    if (out / "curation.json").exists() or out.resolve() == dataset.path.resolve():
+    if (out / "curation.json").exists():
         raise MedSAMError(f"{out}: this is a curated store, not an embedding store's folder; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise MedSAMError(f"{out}: exists and is not a folder; choose another --out")
+    model_file = None if isinstance(model, LoadedModel) else Path(str(model))
+    check_output_folder(out, [("curated store", dataset.path),
+                              ("model", model_file if model_file is not None and model_file.is_file() else None)])
     key = {**expected_key(model, vit_preprocess), "preset": dataset.preset, "dtype": dtype}
     dev = resolve_device(device)
+    # embed processes (and torchrun's ranks) share a store chunk by chunk; other commands are kept out
+    with output_folder(out, "--out", shared=True):
+        return _build(out, dataset, model, key, dev, batch_size, progress, vit_preprocess, chunk_size, compile)
+
+
+def _build(out: Path, dataset: CuratedDataset, model, key: dict, dev: torch.device, batch_size: int, progress: bool,
+           vit_preprocess: str, chunk_size: int | None, compile: bool) -> EmbeddingStore:
     dist = Dist(dev.type)
     if dev.type == "cuda" and dist.world > 1:
         dev = torch.device(f"cuda:{dist.local_rank}")
@@ -293,21 +302,29 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
     return store
 
 
+def _check_key(out: Path, key: dict, chunk_size: int | None) -> int | None:
+    """The chunk size of a store already at ``out`` (``chunk_size`` when there is none); MedSAMError
+    when that store was built with another key or chunk size."""
+    existing = read_header(out) if out.is_dir() else None
+    if existing is None:
+        return chunk_size
+    differences = key_differences(existing, key)
+    if differences:
+        raise MedSAMError(f"{out / HEADER}: this embedding store was built differently: " + "; ".join(differences)
+                          + ". Use another --out for this model or curated store (or delete this one)")
+    if chunk_size is not None and int(chunk_size) != existing["chunk_size"]:
+        raise MedSAMError(f"{out / HEADER}: the store has chunks of {existing['chunk_size']} images, asked for "
+                          f"{chunk_size}; leave the chunk size out or use another --out")
+    return existing["chunk_size"]
+
+
 def _write_plan(out: Path, dataset: CuratedDataset, key: dict, chunk_size: int | None) -> dict:
     """Check the key of a store already at ``out`` and write the current plan (rank 0 only)."""
-    existing = read_header(out) if out.is_dir() else None
-    if existing is not None:
-        differences = key_differences(existing, key)
-        if differences:
-            raise MedSAMError(f"{out / HEADER}: this embedding store was built differently: " + "; ".join(differences)
-                              + ". Use another --out for this model or curated store (or delete this one)")
-        if chunk_size is not None and int(chunk_size) != existing["chunk_size"]:
-            raise MedSAMError(f"{out / HEADER}: the store has chunks of {existing['chunk_size']} images, asked for "
-                              f"{chunk_size}; leave the chunk size out or use another --out")
-        chunk_size = existing["chunk_size"]
-    header = _plan(dataset, key, int(chunk_size or DEFAULT_CHUNK_SIZE))
+    header = _plan(dataset, key, int(_check_key(out, key, chunk_size) or DEFAULT_CHUNK_SIZE))
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     with flock(out / "store.lock", fcntl.LOCK_EX):
+        # again under the lock: another build of other weights may have written its plan meanwhile
+        _check_key(out, key, header["chunk_size"])
         if read_header(out) != header:
             atomic_write_text(out / HEADER, json.dumps(header, indent=1))
     return header

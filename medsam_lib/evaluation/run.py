@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder, sha256_file
+from ..locks import output_folder
 from . import metrics
 from .inference import EmbeddingCache, SliceSource, predict_volume
 from .options import EvalOptions
@@ -211,14 +212,21 @@ def evaluate_store(store, model, out_dir=None, options: EvalOptions = EvalOption
     if not len(select(store.index, options.split)):
         raise MedSAMError(f"{store.path}: no targets in split {options.split!r} (splits present: "
                           f"{sorted(store.index['split'].unique())}); choose --split train or all")
-    identity = None
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        identity = model_identity(model)
-        check_out_dir(out_dir, identity, overwrite)
-    predictions = predict_store(store, model, options, embeddings, device, progress, cache)
-    frame = score_predictions(predictions, options, store, source_root)
-    if out_dir is not None:
+    if out_dir is None:
+        return score_predictions(predict_store(store, model, options, embeddings, device, progress, cache),
+                                 options, store, source_root)
+    from ..models.zoo import MODELS
+
+    out_dir = Path(out_dir)
+    model_path = None if not isinstance(model, (str, os.PathLike)) or str(model) in MODELS else model
+    check_output_folder(out_dir, [("curated store", store.path), ("embedding store", getattr(embeddings, "path", None)),
+                                  ("source root", source_root), ("model", model_path)])
+    identity = model_identity(model)
+    check_out_dir(out_dir, identity, overwrite)
+    with output_folder(out_dir, "--out"):  # one writer per metrics folder; a failed run leaves no new folder
+        check_out_dir(out_dir, identity, overwrite)  # again, now that no other run can write it
+        predictions = predict_store(store, model, options, embeddings, device, progress, cache)
+        frame = score_predictions(predictions, options, store, source_root)
         write_metrics(frame, out_dir, model, options, store, identity=identity, overwrite=True)
     return frame
 

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import MedSAMError, atomic_path
+from ..fileio import MedSAMError, atomic_path, check_output_folder
+from ..locks import output_folder
+from ..models.zoo import MODELS
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig, write_config
@@ -238,10 +240,16 @@ def _write_metrics(path: Path, metrics: list[dict]):
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, store=None) -> RunResult:
-    """Train as ``cfg`` says (see the module docstring); under torchrun each rank calls this."""
+    """Train as ``cfg`` says (see the module docstring); under torchrun each rank calls this, and
+    the main rank holds ``out``'s lock (a second run into the same ``out`` is refused)."""
     ctx = distributed.setup(cfg.device)
     try:
-        return _train(cfg, resume, progress, store, ctx)
+        if not ctx.is_main:
+            return _train(cfg, resume, progress, store, ctx)
+        check_output_folder(cfg.out, [("curated store", cfg.curated), ("embedding store", cfg.embeddings or None),
+                                      ("model", None if cfg.model in MODELS else cfg.model)], f"{cfg.source}: key 'out':")
+        with output_folder(cfg.out, f"{cfg.source}: key 'out':"):
+            return _train(cfg, resume, progress, store, ctx)
     finally:
         distributed.teardown(ctx)
 
