@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from .fileio import MedSAMError
+from .fileio import MedSAMError, one_line
 
 # Subcommands contributed by the task modules: each module has register(subparsers).
 COMMAND_MODULES = ("medsam_lib.data.cli", "medsam_lib.embeddings.cli", "medsam_lib.training.cli",
@@ -106,7 +106,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``error: ...``) and exit code 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+        self.exit(2, f"error: {one_line(f'{self.prog}: {message}')} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
-    except MedSAMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except MedSAMError as exc:  # the one place an error line is printed: always one line, bounded
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
-        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(set MEDSAM_DEBUG=1 for the traceback)", file=sys.stderr)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {type(exc).__name__}: {one_line(first, 500)} (set MEDSAM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return 1

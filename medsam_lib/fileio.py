@@ -1,7 +1,13 @@
-"""Small file helpers used everywhere: atomic writes and hashes."""
+"""Small file helpers used everywhere: atomic writes, hashes, and how a user's value is shown.
+
+``quote(value)`` is the one way an error message shows a value the user gave (bounded: a hostile
+config cannot make a gigabyte error line); ``one_line(text)`` makes any message a single line
+(newlines and other control characters escaped), as the CLI's ``error:`` line needs.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -12,6 +18,35 @@ from typing import Iterator
 
 class MedSAMError(Exception):
     """A user-facing error: its message names the file or value and what to do."""
+
+
+QUOTE_LIMIT = 80  # characters of a user's value shown in an error message
+MESSAGE_LIMIT = 2000  # characters of one error line
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)``, cut to ``limit`` characters (with how long it was): the one way error messages
+    quote a user's value. Containers are cut before their repr is built in full."""
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"<deeply nested {type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` as one printable line: newlines, tabs and other control characters escaped (a file
+    name holding a newline cannot split an error), cut to ``limit`` characters."""
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else f"{text[:limit]}... (message cut at {limit} characters)"
+
+
+_DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the file system "
+              "or the process's file size limit", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
 
 
 def _kind_of(mode: int) -> str:
@@ -160,6 +195,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in _DISK_FULL:  # nothing half-written: the temporary file is gone, ``path`` untouched
+            raise MedSAMError(f"cannot write {path}: {_DISK_FULL[exc.errno]}; nothing was written (free space "
+                              "or choose another output folder)") from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -78,7 +78,9 @@ def test_pair_bad_inputs_exit_2_naming_the_file(tmp_path, capsys, problem):
     elif problem == "spacing_files":
         p = write_nifti(tmp_path / "p.nii.gz", pred, (0.8, 0.7, 2.0))
     elif problem == "binary":
-        p = write_nifti(tmp_path / "p.nii.gz", pred.astype(np.uint8) * 3, (0.8, 0.7, 3.0))
+        labels = pred.astype(np.uint8) * 3
+        labels.flat[0] = 1  # {0, 1, 3}: a label map ({0, 3} alone is binary, issue 16)
+        p = write_nifti(tmp_path / "p.nii.gz", labels, (0.8, 0.7, 3.0))
     elif problem in ("nan", "zero", "negative"):
         extra = ["--spacing", {"nan": "nan,1,1", "zero": "0,1,1", "negative": "1,-1,1"}[problem]]
     elif problem == "tolerance":

@@ -158,8 +158,10 @@ def test_bad_inputs_refused():
         nsd(m, m, tolerance_mm=0)
     with pytest.raises(MedSAMError, match="shape"):
         nsd(m, m[:10])
+    three = m.astype(np.uint8) * 2
+    three[0, 0] = 1  # {0, 1, 2}: a label map ({0, 2} alone counts as binary: 0 and one value, issue 16)
     with pytest.raises(MedSAMError, match="not binary"):
-        nsd(m.astype(np.uint8) * 2, m)
+        nsd(three, m)
     with pytest.raises(MedSAMError, match="4D"):
         nsd(np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2, 2)))
 

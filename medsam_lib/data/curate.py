@@ -42,6 +42,7 @@ from ..locks import output_folder
 from .case_writer import IMAGE_SIZE, STORE_VERSION, case_done, case_key, curate_case, fingerprint
 from .manifests import Manifest, load_manifest, resolve_cases, resolve_root, safe_name
 from .preprocess import check_preset
+from .splits import check_seed
 from .store import PENDING, CuratedDataset, _load_store_info, curated_dir
 from .store_commit import check_out, finish, remove_stale_temporaries, tidy_after_failure
 
@@ -86,6 +87,7 @@ def curate(manifest: Manifest | str | os.PathLike, out: str | os.PathLike, prese
     """
     start = time.perf_counter()
     check_preset(preset)
+    seed = check_seed(seed)  # every option is checked before anything is staged or written
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     out = Path(out)
     data_root = resolve_root(manifest, root)

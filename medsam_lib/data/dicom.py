@@ -25,7 +25,8 @@ def _dicom_like(path: Path) -> bool:
 def read_dicom_series(path: Path):
     """One DICOM series folder -> (SimpleITK image, modality). Refuses what GDCM would silently
     drop or misread: a file in the folder that claims to be DICOM but is not part of the series
-    (truncated, corrupt) and slices that are not evenly spaced (a missing slice)."""
+    (truncated, corrupt), slices of different sizes or orientations, two slices at one position and
+    slices that are not evenly spaced (a missing slice)."""
     import SimpleITK as sitk
 
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
@@ -46,7 +47,7 @@ def read_dicom_series(path: Path):
         raise MedSAMError(f"{path}: {len(left_out)} DICOM file(s) could not be read as part of the series "
                           f"({names}; {len(files)} slice(s) read of {len(files) + len(left_out)} files): truncated "
                           "or corrupt? Replace or remove them")
-    positions, normal = [], None
+    positions, normal, first = [], None, None
     for f in files:
         info = sitk.ImageFileReader()
         info.SetFileName(f)
@@ -55,18 +56,33 @@ def read_dicom_series(path: Path):
         except RuntimeError as exc:
             raise MedSAMError(f"{f}: truncated or corrupt DICOM file (SimpleITK cannot read its header)") from exc
         d = np.asarray(info.GetDirection(), dtype=float)
-        if normal is None:
+        size = tuple(int(n) for n in info.GetSize()[:2])
+        if first is None:
+            first = (Path(f).name, size, d)
             normal = d.reshape(3, 3)[:, 2] if d.size == 9 else np.array([0.0, 0.0, 1.0])
+        elif size != first[1]:
+            raise MedSAMError(f"{path}: slices differ in size ({first[0]} is {first[1][0]} x {first[1][1]}, "
+                              f"{Path(f).name} is {size[0]} x {size[1]}); one series has one slice size: remove "
+                              "the slices that belong elsewhere")
+        elif d.shape != first[2].shape or not np.allclose(d, first[2], atol=1e-4):
+            raise MedSAMError(f"{path}: slices differ in orientation ({first[0]} and {Path(f).name}: "
+                              "ImageOrientationPatient differs); they cannot be stacked as one volume: split "
+                              "the series by orientation")
         positions.append(float(np.dot(np.asarray(info.GetOrigin(), dtype=float)[:3], normal)))
+    order = np.argsort(positions)
+    gaps = np.abs(np.diff(np.asarray(positions)[order]))
+    if gaps.size and gaps.min() <= 1e-3:
+        i = int(np.argmin(gaps))
+        same = ", ".join(Path(files[j]).name for j in order[i:i + 2])
+        raise MedSAMError(f"{path}: two slices at the same position {positions[order[i]]:g} mm ({same}); the "
+                          "spacing between slices is undefined: remove the duplicate")
     if len(positions) >= 3:
-        gaps = np.abs(np.diff(np.sort(positions)))
         step = float(np.median(gaps))
         irregular = np.flatnonzero(np.abs(gaps - step) > max(1e-3, 0.01 * step))
-        if step == 0 or irregular.size:
-            i = int(irregular[0]) if irregular.size else 0
+        if irregular.size:
+            i = int(irregular[0])
             raise MedSAMError(f"{path}: slices are not evenly spaced (gap {gaps[i]:g} mm where the others are "
-                              f"{step:g} mm, or slices at the same position); a slice is missing or duplicated: "
-                              "complete the series")
+                              f"{step:g} mm); a slice is missing: complete the series")
     reader.SetFileNames(files)
     image = reader.Execute()
     modality = None

@@ -17,6 +17,10 @@
 
 Both presets share the resizing. A volume is windowed once (``intensity_window``) and then each slice
 is scaled on its own (``apply_window``), so curation never holds a float copy of the whole volume.
+This pair is the one place intensities are normalised: the window is found and applied in float64
+(a float32 image spanning -3e38..3e38 overflows in float32 arithmetic: its brightest quarter came
+out 0), and an image whose range overflows even float64 (e.g. +-1e308) is refused, never scaled to
+black.
 """
 from __future__ import annotations
 
@@ -105,14 +109,28 @@ def _check_numeric(array: np.ndarray, source: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise MedSAMError(f"{source}: {bad} pixels are NaN or infinite; fix or mask them before segmenting")
+    if array.size and np.issubdtype(array.dtype, np.floating):
+        low, high = float(array.min()), float(array.max())
+        if not np.isfinite(high - low):
+            raise MedSAMError(f"{source}: intensities span {low:g} .. {high:g}, a range too wide to normalise "
+                              "(it overflows float64); rescale the image")
     return array
+
+
+def _percentile(array: np.ndarray, q) -> np.ndarray:
+    """Percentiles interpolated in float64 (numpy interpolates in the array's own float type, and a
+    float32 range near 3e38 overflows there)."""
+    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize < 8 and array.size:
+        if float(array.max()) - float(array.min()) > float(np.finfo(array.dtype).max):
+            array = array.astype(np.float64)
+    return np.percentile(array, q).astype(np.float64)
 
 
 def paper_window(array: np.ndarray, modality: str | None) -> Window:
     """Paper 3.1: CT [-500, 1000] HU; otherwise the 0.5 / 99.5 percentiles of all values."""
     if is_ct(modality):
         return Window(*ct_window("paper"))
-    low, high = np.percentile(array, paper.PERCENTILES)
+    low, high = _percentile(array, paper.PERCENTILES)
     return Window(float(low), float(high))
 
 
@@ -123,7 +141,7 @@ def official_code_window(array: np.ndarray, modality: str | None) -> Window:
     foreground = array[array > 0]
     if foreground.size == 0:
         return Window(0.0, 0.0, keep_zero=True)
-    low, high = np.percentile(foreground, paper.PERCENTILES)
+    low, high = _percentile(foreground, paper.PERCENTILES)
     return Window(float(low), float(high), keep_zero=True)
 
 
@@ -139,18 +157,23 @@ def intensity_window(array: np.ndarray, modality: str | None = None, preset: str
 
 
 def apply_window(array: np.ndarray, window: Window) -> np.ndarray:
-    """Clip to the window and scale to float32 in [0, 255]; a degenerate window gives zeros."""
+    """Clip to the window and scale to float32 in [0, 255], computed in float64 (module docstring);
+    a degenerate window gives zeros."""
     lo, hi = paper.INTENSITY_RANGE
     if window.high <= window.low:
         return np.zeros(np.shape(array), dtype=np.float32)
+    width = window.high - window.low
+    if not np.isfinite(width):
+        raise MedSAMError(f"intensity window {window.low:g} .. {window.high:g} is too wide to normalise "
+                          "(it overflows float64); rescale the image")
     raw = np.asarray(array)
-    out = np.clip(raw.astype(np.float32), window.low, window.high)
+    out = np.clip(raw.astype(np.float64), window.low, window.high)
     out -= window.low
-    out *= (hi - lo) / (window.high - window.low)
+    out *= (hi - lo) / width
     out += lo
     if window.keep_zero:
         out[raw == 0] = 0.0
-    return out
+    return out.astype(np.float32)
 
 
 def normalize_intensity(array: np.ndarray, modality: str | None = None, preset: str = "paper",

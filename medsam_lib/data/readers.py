@@ -26,6 +26,7 @@ import numpy as np
 from ..fileio import MedSAMError, atomic_path, check_input_path
 from .integrity import (check_claimed_size, check_file, check_finite, nifti_data_check, open_2d, quiet_itk,
                         single_frame)
+from .nifti import check_nifti_header
 
 IMAGE_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp"}
 VOLUME_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"}
@@ -126,6 +127,8 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> MedicalI
 
                 image, modality = read_dicom_series(path)
             else:
+                if path.name.lower().endswith((".nii", ".nii.gz")):
+                    check_nifti_header(path)  # compression, NIfTI-2, shear, qform vs sform: named, not "corrupt"
                 check_claimed_size(path)
                 image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from ..fileio import MedSAMError
+from ..fileio import MedSAMError, quote
 from ..paper import NSD_TOLERANCE_MM
 
 
@@ -27,11 +27,16 @@ def _parse_spacing(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--spacing needs numbers sx,sy[,sz], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--spacing needs numbers sx,sy[,sz], got {quote(text)}") from None
     if len(values) not in (2, 3):
-        raise argparse.ArgumentTypeError(f"--spacing needs 2 or 3 numbers (x,y[,z]), got {text!r}")
+        raise argparse.ArgumentTypeError(f"--spacing needs 2 or 3 numbers (x,y[,z]), got {quote(text)}")
     if not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"--spacing values must be finite and > 0 mm, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--spacing values must be finite and > 0 mm, got {quote(text)}")
+    from .metrics import SPACING_RANGE_MM
+
+    low, high = SPACING_RANGE_MM
+    if not all(low <= v <= high for v in values):
+        raise argparse.ArgumentTypeError(f"--spacing values must be {low:g} .. {high:g} mm, got {quote(text)}")
     return values
 
 
@@ -113,6 +118,11 @@ def cmd_curated(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.tolerance_mm is None or not (math.isfinite(args.tolerance_mm) and args.tolerance_mm > 0):
         raise MedSAMError(f"--tolerance-mm {args.tolerance_mm} must be a number > 0")
+    from .metrics import TOLERANCE_MAX_MM
+
+    if args.tolerance_mm > TOLERANCE_MAX_MM:
+        raise MedSAMError(f"--tolerance-mm {args.tolerance_mm:g} is beyond {TOLERANCE_MAX_MM:g} mm; give the NSD "
+                          "tolerance in mm (the paper uses 1)")
     if (args.pred or args.gt) and args.curated:
         raise MedSAMError("give either --pred/--gt (one pair) or --curated (a store), not both")
     if args.curated:

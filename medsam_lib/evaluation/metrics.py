@@ -31,8 +31,9 @@ NSD_2D_VARIANTS = ("true", "unit_axis")
 
 
 def as_binary(mask, source: str = "mask") -> np.ndarray:
-    """A bool array from a bool or 0/1 array; anything else is refused (a label map or
-    probabilities must be thresholded by the caller, who knows which labels mean what)."""
+    """A bool array from a bool array or a two-valued one: 0 and one positive value ({0, 1}, {0, 255}
+    as ``segment`` writes and most data sets ship, {0, max}). Anything else is refused (a label map
+    or probabilities must be thresholded by the caller, who knows which labels mean what)."""
     array = np.asarray(mask)
     if array.dtype == bool:
         return array
@@ -41,11 +42,18 @@ def as_binary(mask, source: str = "mask") -> np.ndarray:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise MedSAMError(f"{source}: mask holds NaN or infinite values; expected 0/1")
     values = np.unique(array)
-    if not np.isin(values, (0, 1)).all():
+    foreground = values[values != 0]
+    if foreground.size > 1 or (foreground.size and foreground[0] < 0):
         shown = ", ".join(str(v) for v in values[:6])
         raise MedSAMError(f"{source}: mask is not binary (values {shown}{', ...' if values.size > 6 else ''}); "
-                          "pass one label as a 0/1 mask")
-    return array.astype(bool)
+                          "a binary mask holds 0 and one positive value (0/1, 0/255): pass one label as a 0/1 mask")
+    return array != 0
+
+
+# Spacing in mm: below a nanometre or above a kilometre a value is a unit or header error, and the
+# NSD's grid arithmetic (tolerance / spacing) would overflow or underflow.
+SPACING_RANGE_MM = (1e-6, 1e6)
+TOLERANCE_MAX_MM = 1e6
 
 
 def check_spacing(spacing: Sequence[float], ndim: int, source: str = "spacing") -> tuple[float, ...]:
@@ -57,6 +65,9 @@ def check_spacing(spacing: Sequence[float], ndim: int, source: str = "spacing") 
         raise MedSAMError(f"{source}: {len(values)} spacing values for a {ndim}D mask (need {ndim}, array order)")
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise MedSAMError(f"{source}: spacing {values} must be finite and > 0 mm")
+    low, high = SPACING_RANGE_MM
+    if not all(low <= v <= high for v in values):
+        raise MedSAMError(f"{source}: spacing {values} out of range: each value must be {low:g} .. {high:g} mm")
     return values
 
 
@@ -64,6 +75,9 @@ def check_tolerance(tolerance_mm: float) -> float:
     tol = float(tolerance_mm)
     if not (math.isfinite(tol) and tol > 0):
         raise MedSAMError(f"NSD tolerance {tolerance_mm!r} must be a finite number of mm > 0")
+    if tol > TOLERANCE_MAX_MM:
+        raise MedSAMError(f"NSD tolerance {tolerance_mm!r} mm is beyond {TOLERANCE_MAX_MM:g} mm; give the "
+                          "tolerance in mm (the paper uses 1)")
     return tol
 
 

@@ -161,6 +161,8 @@ def within_tolerance(source: np.ndarray, target: np.ndarray, spacing: Sequence[f
     spacing = np.asarray(spacing, dtype=np.float64)
     if not target.any():
         return np.zeros(int(source.sum()), dtype=bool)
+    if tolerance >= float(np.sqrt(np.sum((np.asarray(source.shape) * spacing) ** 2))):
+        return np.ones(int(source.sum()), dtype=bool)  # beyond the grid's diagonal: every point is close (work bounded)
     reach = np.floor(tolerance / spacing).astype(int)
     if np.prod(2 * reach + 1) <= MAX_BALL_OFFSETS:
         return _within_by_offsets(source, target, tolerance_ball(spacing, tolerance), reach)

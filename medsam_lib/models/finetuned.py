@@ -19,13 +19,13 @@ SHA-256 differs from the one recorded, and applies the trained weights on top.
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ..fileio import MedSAMError
+from .safe_load import load_torch_file
 
 FORMAT = "medsam_lib.finetuned"
 FORMAT_VERSION = 1
@@ -53,14 +53,7 @@ def base_reference(model: str | os.PathLike, arch: str) -> dict:
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The dict of a fine-tuned checkpoint (weights_only); MedSAMError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedSAMError(f"{path}: checkpoint does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MedSAMError(f"{path}: unreadable or truncated checkpoint ({first})") from exc
+    obj = load_torch_file(path, "checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise MedSAMError(f"{path}: not a medsam_lib fine-tuned checkpoint (no format {FORMAT!r})")
     if obj.get("format_version") != FORMAT_VERSION:

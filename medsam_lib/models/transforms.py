@@ -47,6 +47,9 @@ class Prepared:
     box_scale: tuple[float, float]  # x and y factors from original pixels to model input pixels
 
 
+MIN_MODEL_INPUT = 256  # the smallest model input side (LiteMedSAM); ViT-B's is 1024
+
+
 def to_uint8_rgb(image: np.ndarray, modality: str | None = None, source: str = "image") -> np.ndarray:
     """(H, W) / (H, W, 1|3|4) of any numeric dtype -> (H, W, 3) uint8, validating on the way."""
     image = np.asarray(image)
@@ -56,6 +59,10 @@ def to_uint8_rgb(image: np.ndarray, modality: str | None = None, source: str = "
         raise MedSAMError(f"{source}: expected a 2D image (H, W) or (H, W, 3), got shape {image.shape}")
     if min(image.shape[:2]) < 2:
         raise MedSAMError(f"{source}: image of size {image.shape[:2]} is too small to segment")
+    h, w = image.shape[:2]
+    if min(h, w) * MIN_MODEL_INPUT < 2 * max(h, w):  # the long side goes to 256 (or 1024): the short one must stay >= 2 px
+        raise MedSAMError(f"{source}: image of {h} x {w} pixels is too elongated to segment: scaled to the "
+                          f"model's {MIN_MODEL_INPUT}-pixel input its short side would be under 2 pixels; crop it")
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         bad = int((~np.isfinite(image)).sum())
         raise MedSAMError(f"{source}: {bad} pixels are NaN or infinite; fix or mask them before segmenting")

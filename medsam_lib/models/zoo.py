@@ -16,10 +16,7 @@ Weights are looked up in ``$MEDSAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsam_li
 from __future__ import annotations
 
 import os
-import pickle
-import re
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -30,6 +27,7 @@ from torch import nn
 from .. import paper
 from ..download import fetch_url, verify_file
 from ..fileio import MedSAMError
+from .safe_load import load_torch_file
 
 LITE_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 LITE_SIZE = 39_370_479
@@ -162,36 +160,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Accepts raw state dicts, ``{"model": sd}`` / ``{"state_dict": sd}`` wrappers and DDP
     ``module.`` prefixes. Raises MedSAMError naming the file on anything else.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise MedSAMError(f"checkpoint {path} is a folder; give the path of the .pth file inside it")
-    if not path.exists():
-        raise MedSAMError(f"checkpoint {path} does not exist")
-    from ..fileio import check_input_path
-
-    check_input_path(path, "checkpoint", allow_dir=False)  # a pipe or device is refused before torch opens it
-    if path.stat().st_size == 0:
-        raise MedSAMError(f"checkpoint {path} is empty (0 bytes); delete it and fetch or copy it again")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol": the error says it
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = _refused_global(str(exc)) or _pickled_code(path)
-        if refused:
-            raise MedSAMError(
-                f"checkpoint {path} is not a plain state dict: it holds pickled Python code that calls "
-                f"{refused}; loading it would run that code, so torch.load(weights_only=True) blocks it. If you "
-                "trust the file, re-save only its weights with torch.save(model.state_dict(), path)") from exc
-        raise MedSAMError(f"checkpoint {path} is corrupted or not a PyTorch checkpoint "
-                          f"({_describe_unreadable(path)}); fetch or copy it again") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
-        raise MedSAMError(f"checkpoint {path} is truncated or not a PyTorch file ({detail}); "
-                          "fetch or copy it again") from exc
-    except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on text and junk (IndexError, KeyError)
-        raise MedSAMError(f"checkpoint {path} is not a PyTorch checkpoint ({_describe_unreadable(path)}); "
-                          "give the .pth file of a model") from exc
+    obj = load_torch_file(path, "checkpoint")
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -207,64 +176,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
-
-
-def _describe_unreadable(path: Path) -> str:
-    with path.open("rb") as handle:
-        head = handle.read(64)
-    if head.lstrip()[:1] in (b"<", b"{"):
-        return "it starts like a text/HTML page, e.g. an error page saved by a failed download"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
-        return f"it is a text file, first bytes {head[:8]!r}"
-    return f"unreadable pickle data, first bytes {head[:8]!r}"
-
-
-def _refused_global(message: str) -> str | None:
-    """The global torch's weights-only unpickler names when it refuses one (its wording varies)."""
-    match = (re.search(r"Unsupported global: GLOBAL (\S+)", message)
-             or re.search(r"unsupported GLOBAL (\S+)", message))
-    return match.group(1) if match else None
-
-
-def _pickled_code(path: Path) -> str | None:
-    """The first global a raw pickle file imports (``module.name``), read with ``pickletools`` (which
-    only parses opcodes: nothing is imported or run); None if the file is not a pickle that imports
-    anything outside torch's own rebuild helpers."""
-    import pickletools
-
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(1 << 20)
-        if data[:2] == b"PK":
-            with zipfile.ZipFile(path) as archive:
-                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-                if member is None:
-                    return None
-                data = archive.read(member)
-        strings, memo = [], {}
-        for opcode, arg, _ in pickletools.genops(data):
-            name = opcode.name
-            if name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
-                        "BINSTRING", "STRING"):
-                strings.append(str(arg))
-            elif name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
-                strings.append(memo[arg])
-            found = None
-            if name in ("GLOBAL", "INST"):
-                found = str(arg).replace(" ", ".")
-            elif name == "STACK_GLOBAL" and len(strings) >= 2:
-                found = f"{strings[-2]}.{strings[-1]}"
-            if found and not found.startswith(("torch.", "collections.OrderedDict", "_codecs.encode")):
-                return found
-    except Exception:  # noqa: BLE001 - not a readable pickle: the caller says so
-        return None
-    return None
 
 
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}

@@ -5,18 +5,24 @@
 
 Relative paths (``curated``, ``embeddings``, ``out``, a ``model`` path) are taken relative to the
 config file's folder (for a dict: to ``base_dir``, default the current folder). An unknown key, a
-value of the wrong type or out of range is refused with a MedSAMError naming the key and the file.
+value of the wrong type or out of range is refused with a MedSAMError naming the key and the file:
+every number must be finite and within its field's range, so a run never starts (nor writes
+``config.toml`` or a checkpoint) with a value it would fail on later. A config file is read only if
+it is a regular file of at most ``MAX_CONFIG_BYTES``; YAML anchors and aliases are refused (nested
+aliases expand exponentially: a few hundred bytes can ask for gigabytes).
 ``python -m medsam_lib train --help-config`` prints the table below.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paper
-from ..fileio import MedSAMError, atomic_write_text
+from ..data.splits import SEED_MAX
+from ..fileio import MedSAMError, atomic_write_text, check_input_path, quote
 
 RECIPES = ("paper", "full")
 RECIPE_DEFAULTS = {  # (optimiser, lr, weight decay)
@@ -24,6 +30,8 @@ RECIPE_DEFAULTS = {  # (optimiser, lr, weight decay)
     "full": ("adamw", 1e-4, 0.01),  # released train_one_gpu.py: AdamW 1e-4, weight decay 0.01
 }
 _REQUIRED = object()
+MAX_CONFIG_BYTES = 1 << 20  # a training config is a few hundred bytes; anything near this is not one
+MAX_COUNT = 10**9  # steps, intervals and target counts: far beyond any run, well inside every integer type
 
 
 @dataclass(frozen=True)
@@ -50,19 +58,24 @@ FIELDS = (
     Field("recipe", str, "paper", "paper: mask decoder only, from stored embeddings, Adam (paper 2.3/3.2); "
           "full: image encoder + mask decoder from curated images, prompt encoder frozen, AdamW (the released "
           "code's departure from the paper)", choices=RECIPES),
-    Field("steps", int, _REQUIRED, "total optimiser steps; a resumed run stops at the same total", minimum=1),
+    Field("steps", int, _REQUIRED, "total optimiser steps; a resumed run stops at the same total", minimum=1,
+          maximum=MAX_COUNT),
     Field("batch_size", int, paper.BATCH_SIZE, "global batch: (image, one target) pairs per step, split evenly "
-          "across distributed ranks", minimum=1),
-    Field("lr", float, -1.0, "learning rate; -1: the recipe's (paper 1e-5, full 1e-4)", minimum=-1.0),
-    Field("weight_decay", float, -1.0, "weight decay; -1: the recipe's (paper 0, full 0.01)", minimum=-1.0),
-    Field("seed", int, 0, "seeds the validation split, the sampler order and the box jitter"),
-    Field("checkpoint_every", int, 100, "write last.pt every this many steps (and at the end)", minimum=1),
+          "across distributed ranks", minimum=1, maximum=65536),
+    Field("lr", float, -1.0, "learning rate; -1: the recipe's (paper 1e-5, full 1e-4)", minimum=-1.0,
+          maximum=1.0),
+    Field("weight_decay", float, -1.0, "weight decay; -1: the recipe's (paper 0, full 0.01)", minimum=-1.0,
+          maximum=1.0),
+    Field("seed", int, 0, "seeds the validation split, the sampler order and the box jitter",
+          minimum=0, maximum=SEED_MAX),
+    Field("checkpoint_every", int, 100, "write last.pt every this many steps (and at the end)", minimum=1,
+          maximum=MAX_COUNT),
     Field("val_every", int, 0, "validate (and maybe write best.pt) every this many steps; 0: with each "
-          "checkpoint", minimum=0),
+          "checkpoint", minimum=0, maximum=MAX_COUNT),
     Field("val_fraction", float, 0.2, "fraction of each data set's train cases held out for validation "
           "(by case, seeded; at least one case when a data set has two or more)", minimum=0.0, maximum=0.9),
     Field("val_max_targets", int, 0, "validate on at most this many targets (a seeded sample); 0: all",
-          minimum=0),
+          minimum=0, maximum=MAX_COUNT),
     Field("box_jitter", str, "paper", "paper: each box side moved outwards by a random 0-20 px at 256 (paper "
           "3.2); official_code: 0-19 px (v1 train.py, np.random.randint(0, 20))",
           choices=("paper", "official_code")),
@@ -115,6 +128,10 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _number(bound) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 def _check(field: Field, value, source: str):
     where = f"{source}: key {field.name!r}"
     kind = field.kind
@@ -125,15 +142,17 @@ def _check(field: Field, value, source: str):
         hint = ""
         if kind is float and isinstance(value, str):
             hint = " (YAML 1.1 reads 1e-5 as text: write 1.0e-5)"
-        raise MedSAMError(f"{where} must be {kind.__name__}, got {type(value).__name__} {value!r}{hint}")
+        raise MedSAMError(f"{where} must be {kind.__name__}, got {type(value).__name__} {quote(value)}{hint}")
+    if kind is float and not math.isfinite(value):
+        raise MedSAMError(f"{where} must be a finite number, got {quote(value)}")
     if field.choices and value not in field.choices:
-        raise MedSAMError(f"{where} must be one of {', '.join(field.choices)}, got {value!r}")
+        raise MedSAMError(f"{where} must be one of {', '.join(field.choices)}, got {quote(value)}")
     if field.minimum is not None and value < field.minimum:
-        raise MedSAMError(f"{where} must be >= {field.minimum:g}, got {value!r}")
+        raise MedSAMError(f"{where} must be >= {_number(field.minimum)}, got {quote(value)}")
     if field.maximum is not None and value > field.maximum:
-        raise MedSAMError(f"{where} must be <= {field.maximum:g}, got {value!r}")
+        raise MedSAMError(f"{where} must be <= {_number(field.maximum)}, got {quote(value)}")
     if kind is str and field.name == "device" and not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
-        raise MedSAMError(f"{where} must be auto, cpu, cuda or cuda:N, got {value!r}")
+        raise MedSAMError(f"{where} must be auto, cpu, cuda or cuda:N, got {quote(value)}")
     return value
 
 
@@ -152,7 +171,7 @@ def config_from_dict(values: dict, source: str = "<dict>", base_dir: str | os.Pa
         raise MedSAMError(f"{source}: a training config is a table of keys, got {type(values).__name__}")
     unknown = sorted(set(values) - set(_BY_NAME))
     if unknown:
-        raise MedSAMError(f"{source}: unknown key {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+        raise MedSAMError(f"{source}: unknown key {quote(unknown[0])}" + (f" (and {quote(unknown[1:])})" if unknown[1:] else "")
                           + f"; known keys: {', '.join(_BY_NAME)}")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     out = {}
@@ -172,7 +191,7 @@ def config_from_dict(values: dict, source: str = "<dict>", base_dir: str | os.Pa
     out["lr"] = lr if out["lr"] == -1.0 else out["lr"]
     out["weight_decay"] = wd if out["weight_decay"] == -1.0 else out["weight_decay"]
     if out["lr"] <= 0:
-        raise MedSAMError(f"{source}: key 'lr' must be > 0 (or -1 for the recipe's), got {out['lr']!r}")
+        raise MedSAMError(f"{source}: key 'lr' must be > 0 (or -1 for the recipe's), got {quote(out['lr'])}")
     if out["weight_decay"] < 0:
         raise MedSAMError(f"{source}: key 'weight_decay' must be >= 0 (or -1 for the recipe's)")
     if out["recipe"] == "paper" and not out["embeddings"]:
@@ -185,32 +204,66 @@ def config_from_dict(values: dict, source: str = "<dict>", base_dir: str | os.Pa
     return TrainConfig(**out, source=source)
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read a ``.toml`` or ``.yaml``/``.yml`` config file and check it."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedSAMError(f"{path}: config file not found")
+class _RefusedAlias(Exception):
+    def __init__(self, kind: str, mark):
+        super().__init__(f"YAML {kind} at line {mark.line + 1}: anchors and aliases are not accepted in a config "
+                         "(write each value out)")
+
+
+def _yaml_load(text: str):
+    """``yaml.safe_load`` that refuses anchors and aliases (the one YAML reader of configs)."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise _RefusedAlias("alias", event.start_mark)
+            if getattr(event, "anchor", None) is not None:
+                raise _RefusedAlias("anchor", event.start_mark)
+            return super().compose_node(parent, index)
+
+    loader = NoAliasLoader(text)
     try:
-        text = path.read_text(encoding="utf-8")
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a ``.toml`` or ``.yaml``/``.yml`` config file (a regular file of at most
+    ``MAX_CONFIG_BYTES``; YAML without anchors or aliases) and check it."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise MedSAMError(f"{path}: config file not found")
+    check_input_path(path, "config file", allow_dir=False)  # a named pipe is refused, not read forever
+    if path.suffix.lower() not in (".toml", ".yaml", ".yml"):
+        raise MedSAMError(f"{path}: config must be .toml, .yaml or .yml")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise MedSAMError(f"{path}: config file larger than {MAX_CONFIG_BYTES // 1024} KiB; a training config is a "
+                          "short table of keys")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MedSAMError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a config is TOML or YAML "
                           "text") from None
+    kind = "TOML" if path.suffix.lower() == ".toml" else "YAML"
     try:
-        if path.suffix.lower() == ".toml":
+        if kind == "TOML":
             import tomllib
 
             values = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
         else:
-            raise MedSAMError(f"{path}: config must be .toml, .yaml or .yml")
-    except MedSAMError:
-        raise
+            values = _yaml_load(text) or {}
+    except _RefusedAlias as exc:
+        raise MedSAMError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise MedSAMError(f"{path}: not valid {kind} (nested too deeply)") from None
     except Exception as exc:  # noqa: BLE001 - tomllib / yaml syntax errors name the line
         detail = " ".join(str(exc).split())  # yaml's messages span lines: one error line
-        raise MedSAMError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({detail})") from exc
+        raise MedSAMError(f"{path}: not valid {kind} ({detail[:300]})") from exc
     return config_from_dict(values, source=str(path), base_dir=path.parent.resolve())
 
 
