@@ -78,14 +78,18 @@ def cmd_pair(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_embeddings(path: str | None):
+def _open_embeddings(path: str | None, model: str, curated: str):
+    """The --embeddings store, bound to --model and --curated (refused when made from others)."""
     if path is None:
         return None
     try:
         from ..embeddings import open_store
     except ImportError as exc:
         raise MedSAMError(f"{path}: this installation has no embedding store support ({exc})") from exc
-    return open_store(path)
+    try:
+        return open_store(path, model=model, curated=curated)
+    except MedSAMError as exc:
+        raise MedSAMError(f"--embeddings {path}: {exc}") from None
 
 
 def cmd_curated(args: argparse.Namespace) -> int:
@@ -102,7 +106,10 @@ def cmd_curated(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MedSAMError(f"{out}: exists and is not a folder; --out names a folder")
-    frame = evaluate_store(args.curated, args.model, out, options, _open_embeddings(args.embeddings),
+    from ..data.store import CuratedDataset
+
+    curated = CuratedDataset(args.curated)
+    frame = evaluate_store(curated, args.model, out, options, _open_embeddings(args.embeddings, args.model, curated),
                            device=args.device, source_root=args.source_root, overwrite=args.overwrite)
     summary = frame.groupby("dimensionality")[["dsc", "nsd"]].mean()
     for dim, r in summary.iterrows():
