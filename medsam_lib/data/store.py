@@ -87,17 +87,17 @@ def index_record(data: bytes, rows: int) -> dict:
 
 def check_index(path: Path, info: dict, index, sha256: str) -> None:
     """The store's index is the one its curation committed, and reads only the store's own case files."""
+    for file in index["file"].drop_duplicates() if "file" in index else ():
+        parts = PurePosixPath(str(file)).parts
+        if not parts or parts[0] != "cases" or ".." in parts or "\\" in str(file) or os.path.isabs(str(file)):
+            raise MedSAMError(f"{path / 'index.csv'}: a row's file {str(file)!r} is not inside the store's cases/ "
+                              "folder; refusing to read outside the store (curate again to rebuild the index)")
     recorded = info.get("index")
     if isinstance(recorded, dict) and recorded.get("sha256") not in (None, sha256):
         raise MedSAMError(f"{path / 'index.csv'}: not the index this store's curation committed ({len(index)} rows "
                           f"now, {recorded.get('rows')} committed; SHA-256 differs): it was edited. Run `python -m "
                           "medsam_lib data curate` again with the store's manifests to rebuild it (finished cases are "
                           "kept), or write a subset with medsam_lib.data.store_commit.write_index")
-    for file in index["file"].drop_duplicates() if "file" in index else ():
-        parts = PurePosixPath(str(file)).parts
-        if not parts or parts[0] != "cases" or ".." in parts or "\\" in str(file) or os.path.isabs(str(file)):
-            raise MedSAMError(f"{path / 'index.csv'}: a row's file {str(file)!r} is not inside the store's cases/ "
-                              "folder; refusing to read outside the store (curate again to rebuild the index)")
 
 
 class CuratedDataset:
