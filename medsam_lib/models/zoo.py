@@ -11,7 +11,8 @@ Any other checkpoint file can be loaded by path (raw state dict, ``{"model": ...
 ``{"state_dict": ...}`` wrappers, and DDP ``module.`` prefixes are accepted).
 
 Weights are looked up in ``$MEDSAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsam_lib``, else
-``~/.cache/medsam_lib``. Every file is read with ``torch.load(weights_only=True)``.
+``~/.cache/medsam_lib``. Every file is read with ``torch.load(weights_only=True)``, and a file holding a
+NaN or infinite weight is refused at load (``check_finite_weights``, also applied to fine-tuned weights).
 """
 from __future__ import annotations
 
