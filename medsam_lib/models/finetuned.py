@@ -95,7 +95,7 @@ def check_declared(obj: dict, source: str) -> dict:
     from .zoo import check_finite_weights
 
     modules, weights = obj["trained_modules"], obj["weights"]
-    if not (isinstance(modules, list) and modules and all(isinstance(m, str) and m for m in modules)):
+    if not (isinstance(modules, list) and all(isinstance(m, str) and m for m in modules)):
         raise MedSAMError(f"{source}: 'trained_modules' must be a list of module names, got {modules!r}")
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise MedSAMError(f"{source}: 'weights' must map parameter names to tensors")
