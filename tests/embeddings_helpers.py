@@ -19,6 +19,7 @@ def subset_store(source: Path, out: Path, n_images: int, preset: str | None = No
     """A curated store holding the first ``n_images`` images of ``source`` (cases shared by symlink),
     one per modality first so that every modality is present when ``n_images`` allows it."""
     from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
 
     index = read_index(source / "index.csv")
     firsts = index.drop_duplicates("modality")["image_id"].tolist()
@@ -30,7 +31,7 @@ def subset_store(source: Path, out: Path, n_images: int, preset: str | None = No
         info["preset"] = preset
     (out / "curation.json").write_text(json.dumps(info))
     (out / "cases").symlink_to((source / "cases").resolve(), target_is_directory=True)
-    index[index["image_id"].isin(keep)].to_csv(out / "index.csv", index=False)
+    write_index(out, index[index["image_id"].isin(keep)])  # recorded as the committed index
     return out
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -107,6 +109,7 @@ def test_rerun_reuses_a_finished_store_without_loading_the_model(store16, curate
 
 def test_a_changed_curated_image_is_recomputed_the_rest_copied(store16, curated, lite_model, tmp_path):
     from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
 
     changed = copy_store(curated, tmp_path / "curated")
     index = read_index(changed / "index.csv")
@@ -114,7 +117,7 @@ def test_a_changed_curated_image_is_recomputed_the_rest_copied(store16, curated,
     donor = index[index["image_id"] == ids[1]].iloc[0]
     rows = index["image_id"] == ids[0]  # image 0 now shows image 1's pixels (same source hash)
     index.loc[rows, ["file", "image_member"]] = donor["file"], donor["image_member"]
-    index.to_csv(changed / "index.csv", index=False)
+    write_index(changed, index)
     out = copy_store(store16.path, tmp_path / "emb")
     with pytest.raises(MedSAMError, match=r"images changed \(e\.g\. " + ids[0]):
         open_store(out, curated=changed)
@@ -162,7 +165,10 @@ def test_bad_inputs_exit_2_naming_the_file(store16, curated, tmp_path, capsys):
     code, err = run("--curated", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e"))
     assert code == 2 and "nowhere" in err and "curated store" in err
     empty = copy_store(curated, tmp_path / "empty")
-    (empty / "index.csv").write_text((curated / "index.csv").read_text().splitlines()[0] + "\n")
+    from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
+
+    write_index(empty, read_index(curated / "index.csv").iloc[:0])
     code, err = run("--curated", str(empty), "--out", str(tmp_path / "e"))
     assert code == 2 and "empty/index.csv: the curated store holds no images" in err
     code, err = run("--curated", str(curated), "--out", str(tmp_path / "e"), "--dtype", "int8")
@@ -183,6 +189,7 @@ def test_bad_inputs_exit_2_naming_the_file(store16, curated, tmp_path, capsys):
 def _damage(store, how: str):
     marker = json.loads((store.path / "chunks" / "chunk_00001.json").read_text())
     file = store.path / "chunks" / marker["file"]
+    stat = file.stat()
     if how == "truncate":
         with open(file, "r+b") as handle:
             handle.truncate(marker["bytes"] // 2)
@@ -190,20 +197,34 @@ def _damage(store, how: str):
         with open(file, "r+b") as handle:
             handle.seek(marker["bytes"] - 4096)
             handle.write(b"\x7f" * 64)
+    if how == "edit_keep_mtime":
+        os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return file
 
 
-@pytest.mark.parametrize("how", ["truncate", "edit"])
-def test_damaged_chunk_is_found_on_open_and_repaired(store16, tmp_path, how, curated, lite_model, capsys):
+@pytest.mark.parametrize("how", ["truncate", "edit", "edit_keep_mtime"])
+def test_damaged_chunk_is_refused_by_readers_and_repaired_by_embed(store16, tmp_path, how, curated, lite_model,
+                                                                   capsys):
+    from bad_input_helpers import snapshot
+
     from medsam_lib.cli import main
 
     damaged = copy_store(store16.path, tmp_path / "emb")
     file = _damage(open_store(damaged), how)
-    with pytest.raises(MedSAMError, match=str(file)):
-        open_store(damaged)
+    before = snapshot(damaged)
+    if how == "edit_keep_mtime":  # open's quick check cannot see it; the first read of the chunk does
+        store = open_store(damaged, model=lite_model, curated=curated)
+        store.get(store.ids()[0])  # chunk 0 is intact
+        with pytest.raises(MedSAMError, match=re.escape(str(file)) + ".*SHA-256.*rerun `python -m medsam_lib embed"):
+            store.get(store.ids()[2])
+    else:
+        for kwargs in ({}, {"model": lite_model, "curated": curated}):  # the reader never repairs
+            with pytest.raises(MedSAMError, match=re.escape(str(file)) + ".*rerun `python -m medsam_lib embed"):
+                open_store(damaged, **kwargs)
+    assert snapshot(damaged) == before  # nothing written by the reader
     assert main(["embed", "--check", "--out", str(damaged)]) == 2
     assert str(file) in capsys.readouterr().err
-    repaired = open_store(damaged, model=lite_model, curated=curated)  # repairs, with a message
+    repaired = build_store(curated, lite_model, damaged, progress=False)  # embed repairs, with a message
     assert str(file) in capsys.readouterr().err
     assert repaired.stats["computed"] == N_IMAGES - 2 and repaired.stats["kept"] == 2
     for image_id in store16.ids():

@@ -121,6 +121,7 @@ def tiny_store(tmp_path_factory):
     split and the MR heart's first 3 slices as train."""
     from medsam_lib.data.curate import curate_profile
     from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
 
     root = tmp_path_factory.mktemp("eval")
     store = curate_profile("synthetic", root / "none", root, seed=0)
@@ -131,7 +132,7 @@ def tiny_store(tmp_path_factory):
                  | ((index["dataset"] == "synthetic_mr_heart") & (index["slice"] < 3)
                     & (index["target"] == "left ventricle"))].copy()
     keep.loc[keep["dataset"] == "synthetic_xray_chest", "split"] = "test"
-    keep.to_csv(store.path / "index.csv", index=False)
+    write_index(store.path, keep)
     return store.path
 
 
@@ -176,11 +177,12 @@ def test_curated_refusals(tiny_store, tmp_path, capsys):
     assert code == 2 and "tolerance" in err
     empty = tmp_path / "store"
     shutil.copytree(tiny_store, empty)
-    import pandas as pd
+    from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
 
-    index = pd.read_csv(empty / "index.csv")
+    index = read_index(empty / "index.csv")
     index["split"] = "train"
-    index.to_csv(empty / "index.csv", index=False)
+    write_index(empty, index)
     code, _, err = run(capsys, "--curated", str(empty), "--model", "litemedsam", "--out", str(tmp_path / "b"))
     assert code == 2 and "no targets in split 'test'" in err and str(empty) in err
     # a folder holding another model's results

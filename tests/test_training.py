@@ -254,13 +254,14 @@ def test_embeddings_missing_for_some_images(stores, tmp_path):
 
 def test_empty_target_mask_is_refused_naming_the_case_file(stores, tmp_path):
     from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
 
     curated = tmp_path / "curated"
     shutil.copytree(stores[0], curated)
     index = read_index(curated / "index.csv")
     row = index.index[index["split"] == "train"][0]
     index.loc[row, "labels"] = "9"  # a label value no pixel holds
-    index.to_csv(curated / "index.csv", index=False)
+    write_index(curated, index)
     cfg = config_from_dict(_config((curated, stores[1]), tmp_path / "o", val_fraction=0.0))
     with pytest.raises(MedSAMError, match=rf"{index.loc[row, 'file']}: target .* has an empty mask"):
         train(cfg, progress=False)

@@ -21,6 +21,7 @@ from scipy.ndimage import find_objects
 
 from .. import paper
 from ..fileio import MedSAMError, atomic_path, sha256_file
+from .grid import grid_problem
 from .manifests import CaseSpec, DatasetSpec
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
                          resize_mask)
@@ -54,22 +55,7 @@ def _as_stack(image: MedicalImage) -> np.ndarray:
 
 
 def _geometry_problem(image: MedicalImage, mask: MedicalImage) -> str | None:
-    img_shape = _as_stack(image).shape[:3]
-    mask_shape = _as_stack(mask).shape[:3]
-    if img_shape != mask_shape:
-        what = "(Z, Y, X)" if image.is_volume else "(1, H, W)"
-        return f"shape {what} {img_shape} vs mask {mask_shape}"
-    if image.is_volume != mask.is_volume:
-        return "one is a volume and the other a 2D image"
-    if not image.is_volume:
-        return None
-    if not np.allclose(image.spacing, mask.spacing, rtol=1e-3, atol=1e-4):
-        return f"spacing (Z, Y, X) {tuple(round(s, 5) for s in image.spacing)} vs mask {tuple(round(s, 5) for s in mask.spacing)} mm"
-    if not np.allclose(image.origin, mask.origin, rtol=1e-4, atol=1e-2):
-        return f"origin {tuple(round(o, 3) for o in image.origin)} vs mask {tuple(round(o, 3) for o in mask.origin)}"
-    if not np.allclose(image.direction, mask.direction, atol=1e-4):
-        return f"direction {tuple(round(d, 4) for d in image.direction)} vs mask {tuple(round(d, 4) for d in mask.direction)}"
-    return None
+    return grid_problem(image, mask, "mask")  # the one grid rule (data/grid.py)
 
 
 def _present_labels(labels: np.ndarray) -> set[int]:

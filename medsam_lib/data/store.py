@@ -19,14 +19,23 @@ shared by every target on it (a target's mask = the pixels holding one of its ``
 ``instances_<target>_<slice>`` the connected-object numbers of an instance target (mask = pixels
 equal to the row's ``instance``); ``sample_raw_<key>`` / ``sample_norm_<key>`` intensity samples;
 ``rows`` and ``meta`` (JSON). ``CuratedDataset`` hides all of this behind ``load(row)``.
+
+What the reader trusts (``check_index``, on open). ``curation.json`` records the SHA-256 and row
+count of the ``index.csv`` the curation committed (``"index"``); an index that differs (a row
+removed or edited by hand) is refused, so nothing is evaluated or trained on part of a store without
+a word. A deliberate subset is written with ``store_commit.write_index``, which records the new
+index. Stores curated before the record existed are read without this check. Every row's ``file``
+must be a relative path under ``cases/`` (no ``..``, not absolute): nothing is read from outside.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -71,6 +80,26 @@ def read_index(path: str | os.PathLike):
     return frame
 
 
+def index_record(data: bytes, rows: int) -> dict:
+    """What ``curation.json`` records of a committed ``index.csv`` (its bytes and row count)."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "rows": int(rows)}
+
+
+def check_index(path: Path, info: dict, index, sha256: str) -> None:
+    """The store's index is the one its curation committed, and reads only the store's own case files."""
+    for file in index["file"].drop_duplicates() if "file" in index else ():
+        parts = PurePosixPath(str(file)).parts
+        if not parts or parts[0] != "cases" or ".." in parts or "\\" in str(file) or os.path.isabs(str(file)):
+            raise MedSAMError(f"{path / 'index.csv'}: a row's file {str(file)!r} is not inside the store's cases/ "
+                              "folder; refusing to read outside the store (curate again to rebuild the index)")
+    recorded = info.get("index")
+    if isinstance(recorded, dict) and recorded.get("sha256") not in (None, sha256):
+        raise MedSAMError(f"{path / 'index.csv'}: not the index this store's curation committed ({len(index)} rows "
+                          f"now, {recorded.get('rows')} committed; SHA-256 differs): it was edited. Run `python -m "
+                          "medsam_lib data curate` again with the store's manifests to rebuild it (finished cases are "
+                          "kept), or write a subset with medsam_lib.data.store_commit.write_index")
+
+
 class CuratedDataset:
     """Read API of a curated store.
 
@@ -95,7 +124,10 @@ class CuratedDataset:
         if self.info is None or not index_path.is_file():
             raise MedSAMError(f"{self.path}: not a curated store (needs curation.json and index.csv); "
                               "run `python -m medsam_lib data curate` first")
-        self.index = read_index(index_path)
+        raw = index_path.read_bytes()
+        self.index_sha256 = hashlib.sha256(raw).hexdigest()
+        self.index = read_index(io.BytesIO(raw))
+        check_index(self.path, self.info, self.index, self.index_sha256)
         self._open: OrderedDict[str, object] = OrderedDict()
         self._cache_files = cache_files
 

@@ -4,7 +4,8 @@ A run checks its output folder first (``check_out``: no file in the way, no stor
 input) and clears stale temporaries. In an existing store it writes its case files under
 ``.pending/``; ``finish`` then stages the new description (``.curation.next.json``, whose presence
 marks the store incomplete), moves the pending files in, rebuilds ``index.csv`` (``build_index``)
-and only last renames the description to ``curation.json``, so a kill at any point leaves the store
+and records it in the description (``write_index``), and only last renames the description to
+``curation.json``, so a kill at any point leaves the store
 readable or clearly incomplete. ``tidy_after_failure`` removes the empty folders a failed run made.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, same_path
 from .manifests import Manifest
 from .splits import split_cases
-from .store import INDEX_COLUMNS, NEXT_INFO, PENDING, _load_store_info, read_json_member
+from .store import INDEX_COLUMNS, NEXT_INFO, PENDING, _load_store_info, index_record, read_json_member
 
 
 def remove_stale_temporaries(out: Path) -> None:
@@ -76,7 +77,8 @@ def finish(out: Path, info: dict, staged: list[str]):
     if pending.is_dir() and not any(p.is_file() for p in pending.rglob("*")):
         shutil.rmtree(pending, ignore_errors=True)
     (out / "cases").mkdir(exist_ok=True)
-    index = build_index(out, info)
+    index = build_index(out, info)  # records the index in info
+    atomic_write_text(out / NEXT_INFO, json.dumps(info, indent=2))
     os.replace(out / NEXT_INFO, out / "curation.json")
     return index
 
@@ -106,6 +108,23 @@ def build_index(out: str | os.PathLike, info: dict | None = None):
                     row["file"] = c["file"]
                 rows.extend(case_rows)
     frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    return write_index(out, frame, info)
+
+
+def write_index(out: str | os.PathLike, frame, info: dict | None = None):
+    """Write ``frame`` as the store's ``index.csv`` (atomically) and record it as the committed index
+    (``store.check_index``): in ``info`` when given (the caller writes the description), else in
+    ``curation.json``. The way to cut a store down to a subset of its rows."""
+    out = Path(out)
+    data = frame.to_csv(index=False).encode()
     with atomic_path(out / "index.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+        Path(tmp).write_bytes(data)
+    if info is not None:
+        info["index"] = index_record(data, len(frame))
+    else:
+        described = _load_store_info(out)
+        if described is None:
+            raise MedSAMError(f"{out}: not a curated store (no curation.json); run `data curate` first")
+        described["index"] = index_record(data, len(frame))
+        atomic_write_text(out / "curation.json", json.dumps(described, indent=2))
     return frame

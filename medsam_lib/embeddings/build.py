@@ -6,8 +6,9 @@ Every curated image (each ``image_id`` once, not once per target) goes through t
 transform (``models.transforms.for_model(loaded).prepare``) and its image encoder
 (``encoder.BatchEncoder``: the predictor's own fast path), so ``store.get(id)`` is what
 ``BoxPredictor.set_image`` computes for that image. The work is cut into the store's chunks
-(``store.py``); a chunk with a valid marker is kept, so a rerun after a kill, a full disk or an
-edited file computes only what is missing or damaged, and a finished store is reused in seconds.
+(``store.py``); a chunk with a valid marker whose SHA-256 still matches is kept (every kept or copied
+chunk is hashed once per run), so a rerun after a kill, a full disk or an edited file computes
+only what is missing or damaged, and a finished store is reused in seconds.
 An image whose pixels changed since is recomputed; one whose pixels did not is copied from the
 chunk that holds it.
 
@@ -33,15 +34,19 @@ import numpy as np
 import torch
 
 from ..data.store import CuratedDataset
+<<<<<<< HEAD
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder, sha256_file
 from ..locks import output_folder
+=======
+from ..fileio import MedSAMError, atomic_path, atomic_write_text
+>>>>>>> bad16b
 from ..models.transforms import for_model
 from ..models.zoo import LoadedModel, load_model
 from .encoder import BatchEncoder
 from .keys import expected_key
 from .parallel import Dist, flock, resolve_device
 from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER, EmbeddingStore, check_dtype,
-                    chunk_marker, chunk_problem, key_differences, load_store, marker_matches, n_chunks,
+                    chunk_marker, chunk_problem, chunk_sha256, key_differences, load_store, marker_matches, n_chunks,
                     plan_ids, read_header, read_json, store_key)
 
 
@@ -120,7 +125,7 @@ class _Builder:
         for marker_path in sorted((self.path / "chunks").glob("chunk_*.json")):
             try:
                 marker = json.loads(marker_path.read_text())
-                if marker.get("key") != self.key or chunk_problem(self.path, marker) is not None:
+                if marker.get("key") != self.key or chunk_problem(self.path, marker, full=True) is not None:
                     continue
             except (ValueError, KeyError, OSError):
                 continue
@@ -136,7 +141,7 @@ class _Builder:
         marker = read_json(chunk_marker(self.path, k))
         if not marker_matches(marker, self.header, k):
             return False
-        problem = chunk_problem(self.path, marker)
+        problem = chunk_problem(self.path, marker, full=True)  # hashed once per run (chunk_sha256)
         if problem and say:
             log(f"{problem}: recomputing chunk {k}")
         return problem is None
@@ -194,7 +199,7 @@ class _Builder:
             stat = file.stat()
             marker = {"chunk": k, "key": self.key, "ids": ids, "pixels_sha256": digests, "file": file.name,
                       "shape": list(array.shape), "dtype": str(array.dtype), "bytes": stat.st_size,
-                      "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(file), "encoder": self.encoder_path,
+                      "mtime_ns": stat.st_mtime_ns, "sha256": chunk_sha256(file), "encoder": self.encoder_path,
                       "rank": self.rank}
             atomic_write_text(chunk_marker(self.path, k), json.dumps(marker))
         except OSError as exc:

@@ -19,9 +19,20 @@ its marker is written the same way, so a kill at any moment leaves whole chunks 
 rerun computes only chunks without a valid marker. Chunk files carry a digest of their contents'
 identities in their name, so a chunk recomputed for a changed curated store never overwrites a
 file another marker still points to. Embeddings are not compressible enough to pay for codecs,
-and zarr would add a dependency for what ``np.load`` already does. On open every chunk's size is
-checked, and its SHA-256 too whenever its mtime differs from the marker's (``verify="full"``
-hashes all of them): a truncated or edited chunk is found before it is read.
+and zarr would add a dependency for what ``np.load`` already does.
+
+Damage. On open every chunk's size is checked, and its SHA-256 too whenever its mtime differs from
+the marker's (``verify="full"`` hashes all of them). Reading verifies as well: the first time a
+process reads a chunk its SHA-256 is compared with the marker's (``chunk_sha256``: hashed once per
+file state, about 25 ms per 32 MiB chunk), so bytes flipped with the mtime kept are refused before
+they are used. The reader never repairs: a damaged chunk is a MedSAMError naming it, and the next
+``embed`` (which verifies every chunk it keeps the same way) recomputes it.
+
+Binding. A store belongs to one model's image encoder (weights SHA-256 and input transform) and
+one curated store (its preset, image ids, source hashes and pixels). ``EmbeddingStore.bind``
+holds that comparison (``check_binding``), once per store object: ``open_store(model=, curated=)``
+and ``evaluate`` (CLI and ``evaluation.run.predict_store``) go through it; the builder compares an
+existing store's key with the same ``key_differences`` (it recomputes changed images itself).
 """
 from __future__ import annotations
 
@@ -85,9 +96,23 @@ def key_differences(header: dict, expected: dict) -> list[str]:
     return out
 
 
+_HASHED: dict[tuple, str] = {}  # file state -> SHA-256: each chunk is hashed once per state per process
+
+
+def chunk_sha256(file: Path) -> str:
+    """SHA-256 of a chunk file, remembered for its state (inode, size, mtime and ctime: writing the
+    bytes changes the ctime even when the mtime is set back, so an edit is always hashed again)."""
+    stat = file.stat()
+    key = (str(file), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    digest = _HASHED.get(key)
+    if digest is None:
+        digest = _HASHED[key] = sha256_file(file)
+    return digest
+
+
 def chunk_problem(path: Path, marker: dict, full: bool = False) -> str | None:
     """Why a committed chunk cannot be trusted (None: it is fine). Size always; SHA-256 when its
-    mtime changed since it was committed, or when ``full``."""
+    mtime changed since it was committed, or when ``full`` (once per file state: ``chunk_sha256``)."""
     file = path / "chunks" / marker["file"]
     if not file.is_file():
         return f"{file}: chunk file missing"
@@ -95,9 +120,14 @@ def chunk_problem(path: Path, marker: dict, full: bool = False) -> str | None:
     if stat.st_size != marker["bytes"]:
         return f"{file}: {stat.st_size} bytes, expected {marker['bytes']} (truncated or edited)"
     if full or stat.st_mtime_ns != marker["mtime_ns"]:
-        if sha256_file(file) != marker["sha256"]:
+        if chunk_sha256(file) != marker["sha256"]:
             return f"{file}: contents differ from the SHA-256 recorded in its marker (edited or corrupted)"
     return None
+
+
+def repair_hint(path: Path, header: dict) -> str:
+    return (f"rerun `python -m medsam_lib embed --curated {header.get('curated', 'DIR')} --model "
+            f"{header.get('model', 'NAME')} --out {path}` to recompute it (finished chunks are kept)")
 
 
 def marker_matches(marker: dict | None, header: dict, k: int) -> bool:
@@ -134,6 +164,7 @@ class EmbeddingStore:
         self._files = [self.path / "chunks" / m["file"] for m in markers]
         self._maps: dict[int, np.ndarray] = {}
         self._where = {image_id: (info["chunk"], info["row"]) for image_id, info in header["images"].items()}
+        self._bound: set = set()  # (key, curated store) pairs already compared (bind)
         self.stats: dict = {}
 
     def __len__(self) -> int:
@@ -169,8 +200,21 @@ class EmbeddingStore:
     def _chunk(self, k: int) -> np.ndarray:
         arr = self._maps.get(k)
         if arr is None:
+            problem = chunk_problem(self.path, self.markers[k], full=True)  # once per chunk per process
+            if problem:
+                raise MedSAMError(f"{problem}; this embedding store is damaged and is not read: "
+                                  + repair_hint(self.path, self.meta))
             arr = self._maps[k] = np.load(self._files[k], mmap_mode="r", allow_pickle=False)
         return arr
+
+    def bind(self, model=None, curated=None, vit_preprocess: str = "paper") -> "EmbeddingStore":
+        """Refuse (MedSAMError saying what differs) unless this store was made by ``model``'s image
+        encoder (name, checkpoint path or LoadedModel; a fine-tuned checkpoint that kept its base's
+        encoder counts as its base) and from ``curated``'s images (path or CuratedDataset: preset,
+        ids, source hashes and pixels). The one comparison of a store with what it is used with;
+        each (model, curated store) is compared once per store object."""
+        check_binding(self.path, self.meta, model, curated, vit_preprocess, self._bound)
+        return self
 
     def get(self, image_id: str) -> np.ndarray:
         k, row = self._where[self._check(image_id)]
@@ -209,46 +253,54 @@ def load_store(path: str | os.PathLike, verify: str = "quick") -> tuple[dict, li
     return header, markers, problems
 
 
-def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess: str = "paper",
-               verify: str = "quick") -> EmbeddingStore:
-    """Open a finished store. With ``model`` (name, checkpoint path or LoadedModel) and/or
-    ``curated`` (path or CuratedDataset): refuse (MedSAMError saying what differs) a store of other
-    weights, transform or preset, or of other curated images (ids, source hashes and pixels
-    compared). A truncated or edited chunk is
-    recomputed when both are given (with a message), and an error otherwise."""
+def check_binding(path: Path, header: dict, model=None, curated=None, vit_preprocess: str = "paper",
+                  done: set | None = None) -> None:
+    """The one comparison of a store's key and images with a model and a curated store (see ``bind``)."""
     from .keys import expected_key
 
-    path = Path(path)
-    header = read_header(path)
-    if header is None:
-        raise MedSAMError(f"{path}: not an embedding store (no {HEADER}); build it with `python -m medsam_lib "
-                          "embed --curated DIR --model NAME --out DIR`")
     expected: dict = {}
     if model is not None:
         expected.update(expected_key(model, vit_preprocess))
+    dataset = None
     if curated is not None:
         from ..data.store import CuratedDataset
 
         dataset = curated if isinstance(curated, CuratedDataset) else CuratedDataset(curated)
         expected["preset"] = dataset.preset
+    memo = (json.dumps(expected, sort_keys=True, default=str),
+            None if dataset is None else (str(dataset.path.resolve()), dataset.index_sha256))
+    if done is not None and memo in done:
+        return
     differences = key_differences(header, expected)
     if differences:
         raise MedSAMError(f"{path / HEADER}: embedding store does not match: " + "; ".join(differences)
                           + ". Build a store for this model and curated store in another folder")
-    if curated is not None:
+    if dataset is not None:
         _check_curated(path, header, dataset)
+    if done is not None:
+        done.add(memo)
+
+
+def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess: str = "paper",
+               verify: str = "quick") -> EmbeddingStore:
+    """Open a finished store. With ``model`` (name, checkpoint path or LoadedModel) and/or
+    ``curated`` (path or CuratedDataset): refuse (MedSAMError saying what differs) a store of other
+    weights, transform or preset, or of other curated images (``EmbeddingStore.bind``). A missing,
+    truncated or edited chunk is an error telling to rerun ``embed``; the reader never writes."""
+    path = Path(path)
+    header = read_header(path)
+    if header is None:
+        raise MedSAMError(f"{path}: not an embedding store (no {HEADER}); build it with `python -m medsam_lib "
+                          "embed --curated DIR --model NAME --out DIR`")
+    bound: set = set()
+    check_binding(path, header, model, curated, vit_preprocess, bound)
     header, markers, problems = load_store(path, verify)
     if problems:
-        if model is not None and curated is not None:
-            from .build import build_store, log
-
-            log(f"{path}: {len(problems)} chunk(s) to recompute: {problems[0]}")
-            return build_store(curated, model, path, dtype=header["dtype"], vit_preprocess=vit_preprocess,
-                               progress=False)
         raise MedSAMError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                          + "; rerun `python -m medsam_lib embed` with the same --curated/--model/--out to "
-                            "compute what is missing (finished chunks are kept)")
-    return EmbeddingStore(path, header, markers)
+                          + "; " + repair_hint(path, header))
+    store = EmbeddingStore(path, header, markers)
+    store._bound = bound
+    return store
 
 
 def _check_curated(path: Path, header: dict, dataset) -> None:

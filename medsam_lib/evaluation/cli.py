@@ -55,24 +55,25 @@ def _read_binary(path: str):
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
+    from ..data.grid import grid_problem
     from .metrics import check_spacing, score, spacing_from_xyz
 
     pred, pred_img = _read_binary(args.pred)
     gt, gt_img = _read_binary(args.gt)
     if pred.shape != gt.shape:
         raise MedSAMError(f"{args.pred}: shape {pred.shape} differs from {args.gt}'s {gt.shape} (array order)")
+    problem = grid_problem(pred_img, gt_img, f"{args.gt}'s", spacing=args.spacing is None)
+    if problem:  # the one grid rule (data/grid.py): shape, spacing, origin, direction
+        hint = ", or pass --spacing to score on one grid" if problem.startswith("spacing") else ""
+        raise MedSAMError(f"{args.pred}: not on the grid of {args.gt}: {problem}; resample one onto the other{hint}")
     if args.spacing is not None:
         if len(args.spacing) != gt.ndim:
             raise MedSAMError(f"--spacing has {len(args.spacing)} values for {args.gt}, a {gt.ndim}D mask")
         spacing, source = spacing_from_xyz(args.spacing), "--spacing (x, y[, z], reversed to array order)"
     else:
-        sp_pred, sp_gt = tuple(pred_img.spacing), tuple(gt_img.spacing)
+        sp_gt = tuple(gt_img.spacing)
         if len(sp_gt) != gt.ndim:
             sp_gt = sp_gt[-gt.ndim:]
-            sp_pred = sp_pred[-gt.ndim:]
-        if not all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(sp_pred, sp_gt)):
-            raise MedSAMError(f"{args.pred}: spacing {sp_pred} (array order) differs from {args.gt}'s {sp_gt}; "
-                              "resample one onto the other, or pass --spacing to score on one grid")
         spacing, source = sp_gt, "files"
     spacing = check_spacing(spacing, gt.ndim, f"{args.gt} spacing")
     values = score(pred, gt, spacing, args.tolerance_mm, args.nsd_2d)
@@ -82,14 +83,18 @@ def cmd_pair(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_embeddings(path: str | None):
+def _open_embeddings(path: str | None, model: str, curated: str):
+    """The --embeddings store, bound to --model and --curated (refused when made from others)."""
     if path is None:
         return None
     try:
         from ..embeddings import open_store
     except ImportError as exc:
         raise MedSAMError(f"{path}: this installation has no embedding store support ({exc})") from exc
-    return open_store(path)
+    try:
+        return open_store(path, model=model, curated=curated)
+    except MedSAMError as exc:
+        raise MedSAMError(f"--embeddings {path}: {exc}") from None
 
 
 def cmd_curated(args: argparse.Namespace) -> int:
@@ -106,7 +111,10 @@ def cmd_curated(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MedSAMError(f"{out}: exists and is not a folder; --out names a folder")
-    frame = evaluate_store(args.curated, args.model, out, options, _open_embeddings(args.embeddings),
+    from ..data.store import CuratedDataset
+
+    curated = CuratedDataset(args.curated)
+    frame = evaluate_store(curated, args.model, out, options, _open_embeddings(args.embeddings, args.model, curated),
                            device=args.device, source_root=args.source_root, overwrite=args.overwrite)
     summary = frame.groupby("dimensionality")[["dsc", "nsd"]].mean()
     for dim, r in summary.iterrows():

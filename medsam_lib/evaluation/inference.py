@@ -122,8 +122,8 @@ class EmbeddingCache:
     box protocol or margin, and by a fine-tuned model that kept the base model's image encoder
     (the paper fine-tunes the mask decoder only, 2.3; ``same_encoder`` checks it).
 
-    ``get(image_id, image_fn)``: from ``backing`` (an embedding store with ``.get(image_id)``) when
-    it has the image, else from memory, else encoded now with ``predictor``'s image encoder.
+    ``get(image_id, image_fn)``: from ``backing`` (an embedding store: ``image_id in backing``,
+    ``.get(image_id)``) when it has the image, else from memory, else encoded now with ``predictor``'s image encoder.
     Memory is bounded (``max_bytes``, least recently used dropped first).
     """
 
@@ -136,13 +136,8 @@ class EmbeddingCache:
         self.encoded = 0
 
     def get(self, image_id: str, image_fn: Callable[[], np.ndarray]):
-        if self.backing is not None:
-            try:
-                found = self.backing.get(image_id)
-            except (KeyError, MedSAMError, FileNotFoundError):
-                found = None
-            if found is not None:
-                return found
+        if self.backing is not None and image_id in self.backing:
+            return self.backing.get(image_id)  # a damaged chunk is an error, never silently re-encoded
         if image_id in self._items:
             self._items.move_to_end(image_id)
             return self._items[image_id]

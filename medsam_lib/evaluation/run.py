@@ -72,7 +72,9 @@ def predict_store(store, model, options: EvalOptions = EvalOptions(), embeddings
     """Box-prompted predictions of every target of ``options.split``.
 
     ``model``: a zoo name, a checkpoint path, a LoadedModel or a BoxPredictor. ``embeddings``: an
-    embedding store (``.get(image_id) -> (256, 64, 64)``) of the same model, or None. ``cache``:
+    embedding store (``.get(image_id) -> (256, 64, 64)``) of the same model, or None; an
+    ``EmbeddingStore`` is refused unless made by this model's encoder from this curated store
+    (``EmbeddingStore.bind``). ``cache``:
     an ``EmbeddingCache`` to share between calls (one is made per call otherwise); each image is
     encoded at most once per cache. ``modalities``: only targets of these modalities."""
     from tqdm.auto import tqdm
@@ -82,6 +84,8 @@ def predict_store(store, model, options: EvalOptions = EvalOptions(), embeddings
     store = _open_store(store)
     predictor = model if isinstance(model, BoxPredictor) else BoxPredictor(model, device=device)
     cache = cache if cache is not None else EmbeddingCache(predictor, embeddings)
+    if hasattr(cache.backing, "bind"):  # an embedding store: of this encoder and these curated images
+        cache.backing.bind(predictor.loaded, store, predictor.vit_preprocess)
     index = store.index
     rows = select(index, options.split)
     if modalities is not None:

@@ -12,7 +12,8 @@
     step, val_dice    the optimiser step and validation Dice of these weights
     training          (``last.pt`` only) optimiser, sampler position, RNG states: see training.checkpoint
 
-``load_model("out/best.pt")`` (zoo) calls ``load_finetuned``: it rebuilds the base model by its
+Reading one (``read_checkpoint``) refuses non-finite weights and weights of modules other than the
+declared ``trained_modules``. ``load_model("out/best.pt")`` (zoo) calls ``load_finetuned``: it rebuilds the base model by its
 name (or path: as written, else relative to the checkpoint's folder), refuses it when its weights'
 SHA-256 differs from the one recorded, and applies the trained weights on top.
 """
@@ -62,6 +63,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     for key in ("base", "weights", "trained_modules"):
         if key not in obj:
             raise MedSAMError(f"{path}: fine-tuned checkpoint without {key!r}")
+    check_declared(obj, str(path))
     return obj
 
 
@@ -77,6 +79,26 @@ def resolve_base(reference: dict, checkpoint: Path) -> str:
             return str(candidate)
     raise MedSAMError(f"{checkpoint}: fine-tuned from base model {text!r}, which is not found (neither as "
                       f"written nor beside the checkpoint); put the base checkpoint there")
+
+
+def check_declared(obj: dict, source: str) -> dict:
+    """The checkpoint's weights, refused unless they are finite tensors of its ``trained_modules`` only
+    (a tensor of another module would change the model behind the declaration's back). Called by
+    ``read_checkpoint``: every reader of best.pt / last.pt (loading, resuming, reporting) gets it."""
+    from .zoo import check_finite_weights
+
+    modules, weights = obj["trained_modules"], obj["weights"]
+    if not (isinstance(modules, list) and all(isinstance(m, str) and m for m in modules)):
+        raise MedSAMError(f"{source}: 'trained_modules' must be a list of module names, got {modules!r}")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise MedSAMError(f"{source}: 'weights' must map parameter names to tensors")
+    outside = sorted(k for k in weights if str(k).split(".")[0] not in modules)
+    if outside:
+        found = sorted({str(k).split(".")[0] for k in outside})
+        raise MedSAMError(f"{source}: declares trained_modules {modules} but carries {len(outside)} tensor(s) of "
+                          f"other modules {found} (e.g. {outside[0]!r}); refusing to apply undeclared weights")
+    check_finite_weights(weights, source)
+    return weights
 
 
 def apply_weights(model: torch.nn.Module, weights: dict, source: str) -> None:

