@@ -34,12 +34,8 @@ import numpy as np
 import torch
 
 from ..data.store import CuratedDataset
-<<<<<<< HEAD
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder, sha256_file
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder
 from ..locks import output_folder
-=======
-from ..fileio import MedSAMError, atomic_path, atomic_write_text
->>>>>>> bad16b
 from ..models.transforms import for_model
 from ..models.zoo import LoadedModel, load_model
 from .encoder import BatchEncoder
