@@ -28,7 +28,7 @@ browser-deps:
 	else echo "note: /usr/bin/chromium missing and not root; browser tests will be skipped"; fi
 
 test: setup browser-deps
-	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg $(PYTEST_ARGS)
+	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=20 $(PYTEST_ARGS)
 
 clean-results:
 	rm -rf results/demo results/shared-real

@@ -45,3 +45,22 @@ def artifacts_dir() -> Path:
     path = Path(__file__).resolve().parent.parent / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_results() -> Path:
+    """``results/demo`` as notebooks 02 and 03 leave it: the phantoms' paper-preset curated store and its
+    LiteMedSAM embedding store, made by the calls those notebooks make. pytest runs tests/ before
+    notebooks/, so nbval's 02 and 03 then reuse both (every step reuses a finished result keyed by
+    its inputs) instead of computing them twice; after ``make reproduce`` this reuses them too.
+    Tests read them; anything that writes works on a copy or in its own folder."""
+    from medsam_lib.data.curate import curate_profile
+    from medsam_lib.embeddings import build_store
+    from medsam_lib.layout import ResultsLayout
+    from medsam_lib.runner import RESULTS_DIR
+
+    results = RESULTS_DIR / "demo"
+    curated = curate_profile("synthetic", "unused", results, seed=0, preset="paper")
+    build_store(curated, "litemedsam", ResultsLayout(results).embeddings("litemedsam", "paper"), dtype="float16",
+                batch_size=8, device="auto", progress=False)
+    return results

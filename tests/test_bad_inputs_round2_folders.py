@@ -230,7 +230,7 @@ def test_two_curate_runs_into_one_new_store_the_second_is_refused_and_the_first_
     manifest = _manifest(tmp_path, "m", cases)
     out, env = tmp_path / "store", {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "medsam_lib", "data", "curate", "--manifest", str(manifest), "--out", str(out)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env)
     try:
         lock, deadline = out / locks.LOCK_NAME, time.monotonic() + 120
         while not (lock.is_file() and f"pid {first.pid} " in lock.read_text()):
@@ -239,7 +239,7 @@ def test_two_curate_runs_into_one_new_store_the_second_is_refused_and_the_first_
             time.sleep(0.001)
         os.kill(first.pid, signal.SIGSTOP)
         try:
-            second = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+            second = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, env=env)
         finally:
             os.kill(first.pid, signal.SIGCONT)
         stdout, stderr = first.communicate(timeout=120)

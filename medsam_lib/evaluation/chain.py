@@ -45,7 +45,8 @@ def open_embedding_store(results_dir, model, curated=None):
     """The profile's embedding store of ``model`` (notebooks 03/04 build it) when present and
     made from these weights and this curated store, else None (then images are encoded here).
     Stored embeddings are float16: masks can differ from encoding on the fly in a few pixels."""
-    path = ResultsLayout(results_dir).embeddings(str(model))
+    name = getattr(model, "name", model)  # a LoadedModel or a zoo name / checkpoint path
+    path = ResultsLayout(results_dir).embeddings(str(name))
     if not path.is_dir():
         return None
     try:
