@@ -205,6 +205,7 @@ def refresh_notebooks(only: list[str] | None = None, timeout: int = CELL_TIMEOUT
     for path in notebook_paths(only):
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=KERNEL_ARGUMENTS,
+                       store_widget_state=False,  # widget state holds the annotator's paths
                        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
         with atomic_path(path) as tmp:
             nbformat.write(nb, str(tmp))
