@@ -20,6 +20,7 @@ their own test files call ``check_bad_input`` for rows that need a real model or
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -159,4 +160,31 @@ def check_bad_input(row: BadInput, tmp: Path, capfd, ctx: Any = None) -> str:
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     assert not (appeared or vanished or changed), (f"{row.name} changed files: appeared {appeared}, "
                                                    f"vanished {vanished}, changed {changed}. {shown}")
+    return message
+
+
+def write_manifest(tmp: Path, name: str, cases: list[str], file: str | None = None, dataset: str | None = None) -> Path:
+    """A 2D manifest over images/<case>.png and masks/<case>.png beside it (the caller writes those)."""
+    data = {
+        "schema_version": 1, "name": name, "description": "bad-input test data",
+        "data_root": {"kind": "relative_to_manifest", "path": "."},
+        "obtain": {"method": "local", "source_url": "generated in the test"},
+        "datasets": [{"name": dataset or name, "title": "t", "modality": "Ultrasound", "dimensionality": "2D",
+                      "citation": "c", "license": {"name": "n", "terms": "t"},
+                      "images": [{"key": "image", "modality": "Ultrasound"}],
+                      "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
+                      "targets": [{"name": "lesion", "labels": [1]}],
+                      "cases": [{"id": c, "images": {"image": f"images/{c}.png"}, "masks": {"label": f"masks/{c}.png"}}
+                                for c in cases]}]}
+    path = tmp / (file or f"{name}.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run_row(row: "BadInput", tmp_path: Path, capfd, ctx) -> str:
+    """One table row in a fresh work folder (``tmp_path/w``): ``check_bad_input``'s error line."""
+    work = tmp_path / "w"
+    work.mkdir()
+    message = check_bad_input(row, work, capfd, ctx)
+    assert not (work / "PWNED").exists()  # no pickled or profile code ran
     return message

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from bad_input_helpers import BadInput, check_bad_input, run_cli
+from bad_input_helpers import BadInput, check_bad_input, run_cli, write_manifest
 from medsam_lib.data.curate import curate
 from medsam_lib.data.store import CuratedDataset, read_index
 from medsam_lib.fileio import MedSAMError
@@ -49,18 +49,7 @@ def _curated(root: Path, seed: int) -> Path:
         mask[y:y + 28, x:x + 24] = 255
         Image.fromarray(image).save(root / "images" / f"{c}.png")
         Image.fromarray(mask).save(root / "masks" / f"{c}.png")
-    manifest = {
-        "schema_version": 1, "name": "first", "description": "round 2 test data",
-        "data_root": {"kind": "relative_to_manifest", "path": "."},
-        "obtain": {"method": "local", "source_url": "generated in the test"},
-        "datasets": [{"name": "first", "title": "t", "modality": "Ultrasound", "dimensionality": "2D",
-                      "citation": "c", "license": {"name": "n", "terms": "t"},
-                      "images": [{"key": "image", "modality": "Ultrasound"}],
-                      "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
-                      "targets": [{"name": "lesion", "labels": [1]}],
-                      "cases": [{"id": c, "images": {"image": f"images/{c}.png"}, "masks": {"label": f"masks/{c}.png"}}
-                                for c in CASES]}]}
-    (root / "first.json").write_text(json.dumps(manifest))
+    write_manifest(root, "first", CASES)
     curate(root / "first.json", root / "store", progress=False)
     return root / "store"
 

@@ -27,7 +27,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot
+from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot, write_manifest
 from medsam_lib.fileio import MedSAMError, one_line, quote
 
 BOX = ["--box", "4,4,20,20"]
@@ -224,18 +224,7 @@ def _manifest(tmp: Path, name: str = "m") -> Path:
     (tmp / "masks").mkdir()
     _png(tmp / "images" / "a.png")
     Image.fromarray(_blob(255)).save(tmp / "masks" / "a.png")
-    data = {"schema_version": 1, "name": name, "description": "d",
-            "data_root": {"kind": "relative_to_manifest", "path": "."},
-            "obtain": {"method": "local", "source_url": "generated in the test"},
-            "datasets": [{"name": "m", "title": "t", "modality": "Ultrasound", "dimensionality": "2D",
-                          "citation": "c", "license": {"name": "n", "terms": "t"},
-                          "images": [{"key": "image", "modality": "Ultrasound"}],
-                          "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
-                          "targets": [{"name": "lesion", "labels": [1]}],
-                          "cases": [{"id": "a", "images": {"image": "images/a.png"},
-                                     "masks": {"label": "masks/a.png"}}]}]}
-    (tmp / "m.json").write_text(json.dumps(data))
-    return tmp / "m.json"
+    return write_manifest(tmp, name, ["a"], file="m.json", dataset="m")
 
 
 ROWS = _rows()
