@@ -1,0 +1,76 @@
+"""Bad input, round 3 (issue 16, found after round 2). Every CLI row: exit code 2, one ``error:`` line
+naming the file or option and the problem, no traceback, nothing written (``bad_input_helpers``).
+Where each rule lives:
+- full disk while SimpleITK writes a volume: ``data.readers.write_itk`` (the written file is read
+  back before the rename; SimpleITK does not report a failed write);
+- gantry-tilted DICOM series: ``data.dicom`` (slices must advance along the slice normal);
+- ``data curate --out`` inside / equal to / containing the images root: ``fileio.check_output_folder``;
+- an index row that resolves outside the store through a link: ``data.store.check_index``;
+- the repair hint for a damaged embedding chunk names the curated store the caller gave;
+- bounded one-line messages: ``training.config`` (unknown keys), ``data.manifest_schema``;
+- a subnormal intensity range: ``data.preprocess`` (window computed without overflow);
+- API: ``models.predictor.check_original_size`` (bounded), ``models.zoo.load_model`` (accepted types).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot
+from medsam_lib.fileio import MedSAMError
+
+
+def _png(path: Path) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)).save(path)
+    return path
+
+
+def _limited_run(argv: list[str], limit: int) -> subprocess.CompletedProcess:
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MEDSAM_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "medsam_lib", *argv], capture_output=True, text=True,
+                          timeout=120, env=env, preexec_fn=set_limit)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_full_disk_while_writing_a_volume_mask_is_refused(tmp_path, suffix):
+    """A file size limit (EFBIG, as a full disk's ENOSPC) while SimpleITK writes the mask: SimpleITK
+    reports nothing, so the read-back must: exit 2, one line, no file left, the input unchanged."""
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600)).astype(np.uint8)).save(image)
+    before = snapshot(tmp_path)
+    out = tmp_path / f"m{suffix}"
+    done = _limited_run(["segment", "--image", str(image), "--box", "10,10,500,500", "--out", str(out),
+                         "--device", "cpu"], limit=1000)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and out.name in errors[0] and "nothing was written" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_write_itk_verifies_and_keeps_valid_writes(tmp_path):
+    import SimpleITK as sitk
+
+    from medsam_lib.data.readers import write_itk
+
+    for dtype in (np.uint8, np.int16, np.float32):
+        array = (np.random.default_rng(1).normal(size=(3, 20, 24)) * 100).astype(dtype)
+        for name, compress in (("a.nii.gz", True), ("b.nrrd", False), ("c.mha", False), ("d.nii", False)):
+            path = tmp_path / dtype.__name__ / name  # one folder each: niftilib may read d.nii for d.nii.gz
+            path.parent.mkdir(exist_ok=True)
+            write_itk(sitk.GetImageFromArray(array), path, compress=compress)
+            assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), array)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["a.nii.gz", "b.nrrd", "c.mha", "d.nii"]
