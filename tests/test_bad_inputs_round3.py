@@ -74,3 +74,55 @@ def test_write_itk_verifies_and_keeps_valid_writes(tmp_path):
             write_itk(sitk.GetImageFromArray(array), path, compress=compress)
             assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), array)
         assert sorted(p.name for p in path.parent.iterdir()) == ["a.nii.gz", "b.nrrd", "c.mha", "d.nii"]
+
+
+def _dicom(folder: Path, positions) -> Path:
+    """A CT series with one slice at each of ``positions`` (x, y, z in mm), orientation 1\\0\\0\\0\\1\\0."""
+    import time
+
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    uid = f"1.2.826.0.1.3680043.2.1125.{os.getpid()}.{time.time_ns() % 10**9}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for i, position in enumerate(positions):
+        plane = sitk.GetImageFromArray(np.random.default_rng(i).integers(0, 1000, (16, 16)).astype(np.int16))
+        for key, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|0032", "\\".join(f"{x:.1f}" for x in position)),
+                           ("0020|0013", str(i + 1)), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.{i}")):
+            plane.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"s{i}.dcm"))
+        writer.Execute(plane)
+    return folder
+
+
+def _seg(image, out) -> list[str]:
+    return ["segment", "--image", str(image), "--box", "4,4,12,12", "--out", str(out), "--device", "cpu"]
+
+
+def _rows() -> list[BadInput]:
+    r = []
+
+    def row(name, build, *expect, **kw):
+        r.append(BadInput(name, build, tuple(expect), **kw))
+
+    row("dicom_gantry_tilt_x", lambda t, c: _seg(_dicom(t / "tilt", [(2 * i, 0, i) for i in range(4)]), t / "m.nii.gz"),
+        "tilt", "tilted", "resample")
+    row("dicom_tilt_in_y_small", lambda t, c: _seg(_dicom(t / "tilty", [(0, 0.2 * i, 2 * i) for i in range(4)]),
+                                                   t / "m.nii.gz"), "tilty", "tilted")
+    row("dicom_tilt_two_slices", lambda t, c: _seg(_dicom(t / "two", [(0, 0, 0), (3, 3, 1)]), t / "m.nii.gz"),
+        "two", "tilted")
+    return r
+
+
+@pytest.mark.parametrize("row", _rows(), ids=str)
+def test_bad_input_round3(row, tmp_path, capfd):
+    check_bad_input(row, tmp_path, capfd)
+
+
+def test_dicom_series_along_the_normal_still_reads(tmp_path):
+    from medsam_lib.data.readers import read_image
+
+    image = read_image(_dicom(tmp_path / "ok", [(0, 0, 2.5 * i) for i in range(4)]))
+    assert image.array.shape == (4, 16, 16) and np.isclose(image.spacing[0], 2.5)
