@@ -101,6 +101,32 @@ def _seg(image, out) -> list[str]:
     return ["segment", "--image", str(image), "--box", "4,4,12,12", "--out", str(out), "--device", "cpu"]
 
 
+def _manifest(tmp: Path) -> Path:
+    """A one-case 2D manifest at ``tmp/data/m.json`` (data root: its folder), images in images/, masks in masks/."""
+    import json
+
+    data = tmp / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    _png(data / "images" / "a.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:40] = 255
+    Image.fromarray(mask).save(data / "masks" / "a.png")
+    (data / "m.json").write_text(json.dumps({
+        "schema_version": 1, "name": "m", "description": "d", "data_root": {"kind": "relative_to_manifest", "path": "."},
+        "obtain": {"method": "local", "source_url": "generated in the test"},
+        "datasets": [{"name": "m", "title": "t", "modality": "Ultrasound", "dimensionality": "2D", "citation": "c",
+                      "license": {"name": "n", "terms": "t"}, "images": [{"key": "image", "modality": "Ultrasound"}],
+                      "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
+                      "targets": [{"name": "lesion", "labels": [1]}],
+                      "cases": [{"id": "a", "images": {"image": "images/a.png"}, "masks": {"label": "masks/a.png"}}]}]}))
+    return data / "m.json"
+
+
+def _curate(tmp: Path, out: str) -> list[str]:
+    return ["data", "curate", "--manifest", str(_manifest(tmp)), "--out", str(tmp / out)]
+
+
 def _rows() -> list[BadInput]:
     r = []
 
@@ -113,6 +139,15 @@ def _rows() -> list[BadInput]:
                                                    t / "m.nii.gz"), "tilty", "tilted")
     row("dicom_tilt_two_slices", lambda t, c: _seg(_dicom(t / "two", [(0, 0, 0), (3, 3, 1)]), t / "m.nii.gz"),
         "two", "tilted")
+
+    # curate --out: the one output-folder rule (fileio.check_output_folder)
+    row("curate_out_inside_images_folder", lambda t, c: _curate(t, "data/images/store"), "--out", "images/store",
+        "lies inside", "images")
+    row("curate_out_is_images_folder", lambda t, c: _curate(t, "data/images"), "--out", "data/images")
+    row("curate_out_inside_images_via_link", lambda t, c: (os.symlink(t / "data" / "images", t / "lnk"),
+                                                           _curate(t, "lnk/store"))[-1], "--out", "lnk/store", "lies inside")
+    row("curate_out_is_data_root_by_link", lambda t, c: (os.symlink(t / "data", t / "lnk"), _curate(t, "lnk"))[-1],
+        "--out", "lnk")
     return r
 
 
@@ -126,3 +161,13 @@ def test_dicom_series_along_the_normal_still_reads(tmp_path):
 
     image = read_image(_dicom(tmp_path / "ok", [(0, 0, 2.5 * i) for i in range(4)]))
     assert image.array.shape == (4, 16, 16) and np.isclose(image.spacing[0], 2.5)
+
+
+def test_curate_into_a_folder_beside_the_data_still_works(tmp_path, capfd):
+    argv = _curate(tmp_path, "data/store")  # inside the data root, beside images/ and masks/
+    code, out, err = run_cli(argv, capfd)
+    assert code == 0, err
+    assert (tmp_path / "data" / "store" / "index.csv").is_file()
+    code, out, err = run_cli(["data", "curate", "--manifest", str(tmp_path / "data" / "m.json"), "--out",
+                              str(tmp_path / "store2")], capfd)
+    assert code == 0, err
