@@ -148,6 +148,11 @@ def _rows() -> list[BadInput]:
                                                            _curate(t, "lnk/store"))[-1], "--out", "lnk/store", "lies inside")
     row("curate_out_is_data_root_by_link", lambda t, c: (os.symlink(t / "data", t / "lnk"), _curate(t, "lnk"))[-1],
         "--out", "lnk")
+
+    # an index row through a link inside cases/ (data.store.check_index)
+    row("embed_store_row_links_outside", lambda t, c: ["embed", "--curated", str(_linked_row_store(t)), "--out",
+                                                       str(t / "emb"), "--device", "cpu"],
+        "index.csv row 1", "cases/lnk/", "resolves outside the store")
     return r
 
 
@@ -171,3 +176,50 @@ def test_curate_into_a_folder_beside_the_data_still_works(tmp_path, capfd):
     code, out, err = run_cli(["data", "curate", "--manifest", str(tmp_path / "data" / "m.json"), "--out",
                               str(tmp_path / "store2")], capfd)
     assert code == 0, err
+
+
+def _store(tmp: Path) -> Path:
+    code = __import__("medsam_lib.cli", fromlist=["main"]).main(_curate(tmp, "store"))
+    assert code == 0
+    return tmp / "store"
+
+
+def _linked_row_store(tmp: Path) -> Path:
+    """A store whose index row names ``cases/lnk/<file>``, ``cases/lnk`` a link to a folder outside the store
+    holding a copy of a real case file (so it would be read without a word); the index is re-committed."""
+    import shutil
+
+    from medsam_lib.data.store import read_index
+    from medsam_lib.data.store_commit import write_index
+
+    store = _store(tmp)
+    index = read_index(store / "index.csv")
+    outside = tmp / "outside"
+    outside.mkdir()
+    first = str(index["file"].iloc[0])
+    shutil.copy(store / first, outside / Path(first).name)
+    os.symlink(outside, store / "cases" / "lnk")
+    index.loc[index.index[0], "file"] = f"cases/lnk/{Path(first).name}"
+    write_index(store, index)
+    return store
+
+
+def test_index_row_through_a_link_outside_the_store_is_refused(tmp_path):
+    from medsam_lib.data.store import CuratedDataset
+
+    store = _linked_row_store(tmp_path)
+    with pytest.raises(MedSAMError, match=r"index.csv row 1: file 'cases/lnk/.*' resolves outside the store"):
+        CuratedDataset(store)
+
+
+def test_store_whose_cases_folder_is_a_link_still_opens(tmp_path):
+    from medsam_lib.data.store import CuratedDataset
+
+    store = _store(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "curation.json").write_bytes((store / "curation.json").read_bytes())
+    (shared / "index.csv").write_bytes((store / "index.csv").read_bytes())
+    (shared / "cases").symlink_to((store / "cases").resolve(), target_is_directory=True)
+    image, mask = CuratedDataset(shared).load(0)
+    assert image.shape == (256, 256, 3) and mask.any()
