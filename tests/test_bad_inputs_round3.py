@@ -223,3 +223,33 @@ def test_store_whose_cases_folder_is_a_link_still_opens(tmp_path):
     (shared / "cases").symlink_to((store / "cases").resolve(), target_is_directory=True)
     image, mask = CuratedDataset(shared).load(0)
     assert image.shape == (256, 256, 3) and mask.any()
+
+
+def test_damaged_chunk_hint_names_the_curated_store_given(tmp_path, lite_model, monkeypatch):
+    """The store moved after embedding: the repair hint names the --curated the caller gave, not the
+    (stale) path recorded in store.json."""
+    from medsam_lib.embeddings import build_store, open_store
+
+    monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path / "cache"))
+    built = build_store(_store(tmp_path), lite_model, tmp_path / "emb", chunk_size=1, progress=False)
+    old = str(built.meta["curated"])
+    moved = (tmp_path / "store").rename(tmp_path / "moved")
+    chunk = tmp_path / "emb" / "chunks" / built.markers[0]["file"]
+    stat = chunk.stat()
+    with open(chunk, "r+b") as handle:  # same size, other bytes, mtime kept: found on the first read
+        handle.seek(stat.st_size - 64)
+        handle.write(b"\x7f" * 64)
+    os.utime(chunk, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    store = open_store(tmp_path / "emb", model=lite_model, curated=moved)
+    with pytest.raises(MedSAMError, match=f"embed --curated {moved} --model") as info:
+        store.get(store.ids()[0])
+    assert old not in str(info.value)
+    store = open_store(tmp_path / "emb", hint_curated=moved)  # a caller that does not bind (training)
+    with pytest.raises(MedSAMError, match=f"embed --curated {moved} --model"):
+        store.get(store.ids()[0])
+    with open(chunk, "r+b") as handle:  # now truncated: refused on open, with the same hint
+        handle.truncate(stat.st_size // 2)
+    with pytest.raises(MedSAMError, match=f"embed --curated {moved} --model"):
+        open_store(tmp_path / "emb", curated=moved)
+    with pytest.raises(MedSAMError, match=f"embed --curated {old} --model"):  # nothing given: what was recorded
+        open_store(tmp_path / "emb")
