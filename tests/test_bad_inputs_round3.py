@@ -253,3 +253,39 @@ def test_damaged_chunk_hint_names_the_curated_store_given(tmp_path, lite_model, 
         open_store(tmp_path / "emb", curated=moved)
     with pytest.raises(MedSAMError, match=f"embed --curated {old} --model"):  # nothing given: what was recorded
         open_store(tmp_path / "emb")
+
+
+def _many_unknown_keys(tmp: Path, ctx=None) -> list[str]:
+    (tmp / "run.toml").write_text('curated = "store"\nembeddings = "emb"\nout = "run"\nsteps = 3\n'
+                                  + "".join(f"k{i} = 1\n" for i in range(10_000)))
+    return ["train", "--config", str(tmp / "run.toml"), "--quiet"]
+
+
+def _invalid_manifest(tmp: Path, ctx=None) -> list[str]:
+    import json
+
+    data = json.loads(_manifest(tmp).read_text())
+    data["name"] = "Bad Name!"
+    data["datasets"][0]["title"] = 5
+    del data["description"]
+    (tmp / "data" / "m.json").write_text(json.dumps(data))
+    return ["data", "validate", str(tmp / "data" / "m.json")]
+
+
+def test_many_unknown_keys_are_counted_not_listed(tmp_path, capfd):
+    line = check_bad_input(BadInput("many_unknown_keys", _many_unknown_keys, ("run.toml", "unknown key 'k0'",
+                                                                               "(and 9999 more)")), tmp_path, capfd)
+    assert "<list" not in line and len(line) < 1000
+
+
+def test_a_few_unknown_keys_are_named(tmp_path):
+    from medsam_lib.training.config import config_from_dict
+
+    with pytest.raises(MedSAMError, match=r"unknown key 'a' \(and 'b', 'c'\)"):
+        config_from_dict({"curated": "s", "embeddings": "e", "out": "o", "a": 1, "b": 2, "c": 3})
+
+
+def test_schema_errors_are_one_line_with_separators(tmp_path, capfd):
+    line = check_bad_input(BadInput("invalid_manifest", _invalid_manifest, ("m.json", "not a valid manifest: at ")),
+                           tmp_path, capfd)
+    assert "\\n" not in line and line.count("; at ") >= 1, line
