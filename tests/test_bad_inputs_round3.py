@@ -289,3 +289,22 @@ def test_schema_errors_are_one_line_with_separators(tmp_path, capfd):
     line = check_bad_input(BadInput("invalid_manifest", _invalid_manifest, ("m.json", "not a valid manifest: at ")),
                            tmp_path, capfd)
     assert "\\n" not in line and line.count("; at ") >= 1, line
+
+
+@pytest.mark.parametrize("top", [1e-310, 1e-320, 1e-40, 1e-300])
+def test_subnormal_intensity_range_stays_a_ramp(top):
+    """A float image whose values span a subnormal range: windowing must not overflow ((hi - lo) / width
+    was inf, the image all black); the ramp stays a monotone ramp over 0..255."""
+    from medsam_lib.data.preprocess import normalize_intensity
+    from medsam_lib.models.transforms import to_uint8_rgb
+
+    for dtype in (np.float64, np.float32):
+        ramp = np.sort(np.linspace(0, top, 1024).astype(dtype)).reshape(32, 32)  # linspace rounds unevenly there
+        if not ramp.any():
+            continue  # below the dtype's smallest subnormal: all zeros, nothing to check
+        rgb = to_uint8_rgb(ramp)
+        grey = rgb[..., 0].ravel().astype(int)
+        assert rgb.min() == 0 and rgb.max() == 255 and np.all(np.diff(grey) >= 0), (dtype, top)
+        for preset in ("paper", "official_code"):
+            out = normalize_intensity(ramp, preset=preset).ravel()
+            assert np.isfinite(out).all() and out.max() == 255 and np.all(np.diff(out) >= 0), (dtype, top, preset)
