@@ -308,3 +308,29 @@ def test_subnormal_intensity_range_stays_a_ramp(top):
         for preset in ("paper", "official_code"):
             out = normalize_intensity(ramp, preset=preset).ravel()
             assert np.isfinite(out).all() and out.max() == 255 and np.all(np.diff(out) >= 0), (dtype, top, preset)
+
+
+def test_original_size_is_bounded(lite_model):
+    import torch
+
+    from medsam_lib.models.predictor import MAX_SIDE, BoxPredictor
+
+    predictor = BoxPredictor(lite_model)
+    embedding = torch.zeros(1, 256, 64, 64)
+    for size in ((10**9, 10**9), (MAX_SIDE + 1, 16), (16, 2**63)):
+        with pytest.raises(MedSAMError, match=rf"'original_size'.*from 1 to {MAX_SIDE}"):
+            predictor.set_embedding(embedding, size)
+    predictor.set_embedding(embedding, (40, 30))  # a valid size still works
+    assert predictor.predict([2, 2, 20, 20]).masks.shape == (1, 40, 30)
+
+
+@pytest.mark.parametrize("model", ["module", 3, b"litemedsam"])
+def test_predictor_model_of_another_type_is_named(model):
+    import torch
+
+    from medsam_lib.models.predictor import BoxPredictor
+
+    value = torch.nn.Linear(2, 2) if model == "module" else model
+    with pytest.raises(MedSAMError, match=r"model: expected a model name .*a checkpoint path .*LoadedModel.*got a "
+                                          + type(value).__name__):
+        BoxPredictor(value, device="cpu")
