@@ -26,7 +26,8 @@ def read_dicom_series(path: Path):
     """One DICOM series folder -> (SimpleITK image, modality). Refuses what GDCM would silently
     drop or misread: a file in the folder that claims to be DICOM but is not part of the series
     (truncated, corrupt), slices of different sizes or orientations, two slices at one position and
-    slices that are not evenly spaced (a missing slice)."""
+    slices that are not evenly spaced (a missing slice), and slices that advance off the slice normal
+    (a gantry-tilted or sheared series, whose shear the volume's geometry cannot hold)."""
     import SimpleITK as sitk
 
     entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
@@ -47,7 +48,7 @@ def read_dicom_series(path: Path):
         raise MedSAMError(f"{path}: {len(left_out)} DICOM file(s) could not be read as part of the series "
                           f"({names}; {len(files)} slice(s) read of {len(files) + len(left_out)} files): truncated "
                           "or corrupt? Replace or remove them")
-    positions, normal, first = [], None, None
+    positions, origins, normal, first = [], [], None, None
     for f in files:
         info = sitk.ImageFileReader()
         info.SetFileName(f)
@@ -68,7 +69,8 @@ def read_dicom_series(path: Path):
             raise MedSAMError(f"{path}: slices differ in orientation ({first[0]} and {Path(f).name}: "
                               "ImageOrientationPatient differs); they cannot be stacked as one volume: split "
                               "the series by orientation")
-        positions.append(float(np.dot(np.asarray(info.GetOrigin(), dtype=float)[:3], normal)))
+        origins.append(np.asarray(info.GetOrigin(), dtype=float)[:3])
+        positions.append(float(np.dot(origins[-1], normal)))
     order = np.argsort(positions)
     gaps = np.abs(np.diff(np.asarray(positions)[order]))
     if gaps.size and gaps.min() <= 1e-3:
@@ -76,6 +78,7 @@ def read_dicom_series(path: Path):
         same = ", ".join(Path(files[j]).name for j in order[i:i + 2])
         raise MedSAMError(f"{path}: two slices at the same position {positions[order[i]]:g} mm ({same}); the "
                           "spacing between slices is undefined: remove the duplicate")
+    _check_not_tilted(path, [origins[j] for j in order], normal, [Path(files[j]).name for j in order])
     if len(positions) >= 3:
         step = float(np.median(gaps))
         irregular = np.flatnonzero(np.abs(gaps - step) > max(1e-3, 0.01 * step))
@@ -92,3 +95,22 @@ def read_dicom_series(path: Path):
     except RuntimeError:
         modality = None
     return image, modality
+
+
+TILT_TOLERANCE = 0.01  # largest step component across the slice normal, as a fraction of the step along it
+
+
+def _check_not_tilted(path: Path, origins: list, normal: np.ndarray, names: list[str]) -> None:
+    """The step between consecutive slice positions (sorted along the normal) must be parallel to
+    the slice normal (the cross product of ImageOrientationPatient's row and column vectors): a
+    volume's geometry has no shear, so a tilted series read as one would drop it silently."""
+    for i in range(len(origins) - 1):
+        step = origins[i + 1] - origins[i]
+        along = abs(float(np.dot(step, normal)))
+        across = float(np.linalg.norm(step - np.dot(step, normal) * normal))
+        if across > TILT_TOLERANCE * along + 1e-3:
+            angle = float(np.degrees(np.arctan2(across, along)))
+            raise MedSAMError(f"{path}: the series is tilted (sheared): from {names[i]} to {names[i + 1]} the "
+                              f"slice position moves {across:g} mm across the slice normal for {along:g} mm along "
+                              f"it ({angle:.1f} degrees, e.g. a gantry tilt); a volume cannot hold that shear: "
+                              "resample the series to an orthogonal grid first")

@@ -43,6 +43,12 @@ def _schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+def _short(message: str, limit: int = 300) -> str:
+    """A schema message as part of one line: whitespace runs (newlines too) as one space, bounded."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def validate_manifest_dict(data: dict, source: str = "manifest") -> None:
     """Schema validation plus the cross-field rules a JSON schema cannot say; MedSAMError if invalid."""
     import jsonschema
@@ -50,9 +56,9 @@ def validate_manifest_dict(data: dict, source: str = "manifest") -> None:
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in errors[:8]]
-        more = f"\n  ... and {len(errors) - 8} more" if len(errors) > 8 else ""
-        raise MedSAMError(f"{source}: not a valid manifest:\n" + "\n".join(lines) + more)
+        parts = [f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {_short(e.message)}" for e in errors[:8]]
+        more = f"; ... and {len(errors) - 8} more" if len(errors) > 8 else ""
+        raise MedSAMError(f"{source}: not a valid manifest: " + "; ".join(parts) + more)  # one line
     _check_semantics(data, source)
 
 

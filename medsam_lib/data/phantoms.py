@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path, atomic_write_text
+from .readers import write_itk
 
 GENERATOR_VERSION = 2  # 2: five cases per data set (variants 1-4 added)
 
@@ -206,8 +207,7 @@ def _write(array: np.ndarray, path: Path, spacing: tuple, is_label: bool) -> Non
 
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-        with atomic_path(path) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+        write_itk(image, path, compress=True)
     else:
         from PIL import Image
 

@@ -169,7 +169,8 @@ def apply_window(array: np.ndarray, window: Window) -> np.ndarray:
     raw = np.asarray(array)
     out = np.clip(raw.astype(np.float64), window.low, window.high)
     out -= window.low
-    out *= (hi - lo) / width
+    out /= width  # in [0, 1] first: (hi - lo) / width overflows for a subnormal width (a ramp became black)
+    out *= hi - lo
     out += lo
     if window.keep_zero:
         out[raw == 0] = 0.0

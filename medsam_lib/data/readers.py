@@ -330,11 +330,44 @@ def write_mask(mask: np.ndarray, path: str | os.PathLike, reference: MedicalImag
             image.SetSpacing(tuple(reference.spacing[::-1]))
             image.SetOrigin(reference.origin)
             image.SetDirection(reference.direction)
-        with atomic_path(path) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=suffix.endswith(".gz"))
-        return path
+        return write_itk(image, path, compress=suffix.endswith(".gz"))
     from PIL import Image
 
     with atomic_path(path) as tmp:
         Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+    return path
+
+
+def write_itk(image, path: str | os.PathLike, compress: bool = False) -> Path:
+    """The one place a SimpleITK image is written (masks here, phantom volumes in ``phantoms``):
+    atomically, and verified before the rename. SimpleITK does not report a failed write (a full
+    disk or a file size limit leaves a truncated file and no error), so the temporary file is read
+    back: a gzip stream must be complete, the voxel bytes must end the (decompressed) file, and
+    SimpleITK must read back the same array. Otherwise MedSAMError "cannot write <path>: ...
+    nothing was written", and no file is left."""
+    import gzip
+    import zlib
+
+    import SimpleITK as sitk
+
+    path = Path(path)
+    expected = sitk.GetArrayViewFromImage(image)
+    with atomic_path(path) as tmp:
+        try:
+            with quiet_itk():
+                sitk.WriteImage(image, str(tmp), useCompression=compress)  # some formats do report
+            data = tmp.read_bytes()
+            if compress:
+                data = gzip.decompress(data)
+            if not data.endswith(np.ascontiguousarray(expected).tobytes()):
+                raise ValueError("the voxel data are incomplete")
+            with quiet_itk():
+                back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp)))
+            if back.shape != expected.shape or not np.array_equal(back, expected):
+                raise ValueError("the voxels read back differ from those written")
+        except (OSError, EOFError, ValueError, RuntimeError, zlib.error, gzip.BadGzipFile) as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise MedSAMError(f"cannot write {path}: the file did not read back intact ({reason}); the disk may be "
+                              "full or a file size limit reached; nothing was written (free space or choose another "
+                              "output folder)") from None
     return path

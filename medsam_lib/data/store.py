@@ -92,6 +92,14 @@ def check_index(path: Path, info: dict, index, sha256: str) -> None:
         if not parts or parts[0] != "cases" or ".." in parts or "\\" in str(file) or os.path.isabs(str(file)):
             raise MedSAMError(f"{path / 'index.csv'}: a row's file {str(file)!r} is not inside the store's cases/ "
                               "folder; refusing to read outside the store (curate again to rebuild the index)")
+    cases = Path(os.path.realpath(path / "cases"))  # the folder itself may be a link (a store sharing cases)
+    for position, file in (index["file"].drop_duplicates().items() if "file" in index else ()):
+        real = Path(os.path.realpath(path / str(file)))  # a link inside cases/ may point anywhere
+        if cases not in real.parents:
+            row = index.index.get_loc(position) + 1 if position in index.index else position
+            raise MedSAMError(f"{path / 'index.csv'} row {row}: file {str(file)!r} resolves outside the store "
+                              f"(to {real}) through a symbolic link; refusing to read it (remove the link and curate "
+                              "again)")
     recorded = info.get("index")
     if isinstance(recorded, dict) and recorded.get("sha256") not in (None, sha256):
         raise MedSAMError(f"{path / 'index.csv'}: not the index this store's curation committed ({len(index)} rows "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, same_path
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder
 from .manifests import Manifest
 from .splits import split_cases
 from .store import INDEX_COLUMNS, NEXT_INFO, PENDING, _load_store_info, index_record, read_json_member
@@ -40,9 +40,14 @@ def check_out(out: Path, manifest: Manifest, data_root: Path, resolved: dict) ->
         if other:
             raise MedSAMError(f"--out {out}: the folder holds other files ({', '.join(other[:5])}) and is not a curated "
                               "store; give a new or empty folder")
-    if out.exists() and same_path(out, data_root):
-        raise MedSAMError(f"--out {out} is the data root; choose another folder for the store")
     inputs = [data_root / p for ds in resolved.values() for c in ds for p in list(c.images.values()) + list(c.masks.values())]
+    # the one output-folder rule (as embed, train and evaluate use): the store neither is, lies inside, nor holds
+    # the data root or a folder below it that case files are read from. Elsewhere inside the data root is allowed
+    # (a manifest beside its cases with root "." and the store beside them is a common layout)
+    root = data_root.resolve()
+    folders = {i.parent.resolve() for i in inputs} - {root}
+    check_output_folder(out, [("folder of input files", f) for f in sorted(folders)]
+                        + ([] if root in out.resolve().parents else [("data root", data_root)]))
     if manifest.path is not None:
         inputs.append(Path(manifest.path))
     target = out.resolve()

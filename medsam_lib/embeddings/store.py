@@ -125,8 +125,11 @@ def chunk_problem(path: Path, marker: dict, full: bool = False) -> str | None:
     return None
 
 
-def repair_hint(path: Path, header: dict) -> str:
-    return (f"rerun `python -m medsam_lib embed --curated {header.get('curated', 'DIR')} --model "
+def repair_hint(path: Path, header: dict, curated=None) -> str:
+    """How to recompute a damaged chunk: with the curated store the caller uses (path or CuratedDataset)
+    when there is one; the path recorded at build time (stale if the store moved) only otherwise."""
+    curated = getattr(curated, "path", curated)
+    return (f"rerun `python -m medsam_lib embed --curated {curated or header.get('curated', 'DIR')} --model "
             f"{header.get('model', 'NAME')} --out {path}` to recompute it (finished chunks are kept)")
 
 
@@ -165,6 +168,7 @@ class EmbeddingStore:
         self._maps: dict[int, np.ndarray] = {}
         self._where = {image_id: (info["chunk"], info["row"]) for image_id, info in header["images"].items()}
         self._bound: set = set()  # (key, curated store) pairs already compared (bind)
+        self.curated = None  # the curated store this store is used with (bind / open_store), for repair hints
         self.stats: dict = {}
 
     def __len__(self) -> int:
@@ -203,7 +207,7 @@ class EmbeddingStore:
             problem = chunk_problem(self.path, self.markers[k], full=True)  # once per chunk per process
             if problem:
                 raise MedSAMError(f"{problem}; this embedding store is damaged and is not read: "
-                                  + repair_hint(self.path, self.meta))
+                                  + repair_hint(self.path, self.meta, self.curated))
             arr = self._maps[k] = np.load(self._files[k], mmap_mode="r", allow_pickle=False)
         return arr
 
@@ -214,6 +218,8 @@ class EmbeddingStore:
         ids, source hashes and pixels). The one comparison of a store with what it is used with;
         each (model, curated store) is compared once per store object."""
         check_binding(self.path, self.meta, model, curated, vit_preprocess, self._bound)
+        if curated is not None:
+            self.curated = curated
         return self
 
     def get(self, image_id: str) -> np.ndarray:
@@ -282,11 +288,14 @@ def check_binding(path: Path, header: dict, model=None, curated=None, vit_prepro
 
 
 def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess: str = "paper",
-               verify: str = "quick") -> EmbeddingStore:
+               verify: str = "quick", hint_curated=None) -> EmbeddingStore:
     """Open a finished store. With ``model`` (name, checkpoint path or LoadedModel) and/or
     ``curated`` (path or CuratedDataset): refuse (MedSAMError saying what differs) a store of other
     weights, transform or preset, or of other curated images (``EmbeddingStore.bind``). A missing,
-    truncated or edited chunk is an error telling to rerun ``embed``; the reader never writes."""
+    truncated or edited chunk is an error telling to rerun ``embed`` on ``curated`` (else ``hint_curated``,
+    a curated store the caller uses without binding, else the one recorded at build time); the reader never
+    writes."""
+    hint = curated if curated is not None else hint_curated
     path = Path(path)
     header = read_header(path)
     if header is None:
@@ -297,9 +306,9 @@ def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess
     header, markers, problems = load_store(path, verify)
     if problems:
         raise MedSAMError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                          + "; " + repair_hint(path, header))
+                          + "; " + repair_hint(path, header, hint))
     store = EmbeddingStore(path, header, markers)
-    store._bound = bound
+    store._bound, store.curated = bound, hint
     return store
 
 

@@ -25,7 +25,7 @@ the stock ones, the model's own forward runs unchanged.
 
 Arguments are checked where they enter (MedSAMError naming the argument): ``boxes`` (rows of four
 finite numbers inside the image), ``embedding`` (finite, (256, 64, 64): the model's grid) and
-``original_size`` (two whole numbers >= 1). NaN or infinite outputs of the model are refused, never
+``original_size`` (two whole numbers from 1 to ``MAX_SIDE``). NaN or infinite outputs of the model are refused, never
 turned into an empty mask with a NaN score.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .. import paper
-from ..fileio import MedSAMError
+from ..fileio import MedSAMError, quote
 from . import fast_decode, fast_encode
 from .transforms import LOGIT_THRESHOLD, VIT_PREPROCESS, Prepared, for_model, to_uint8_rgb  # noqa: F401
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
@@ -104,16 +104,19 @@ def check_embedding(embedding, grid: tuple[int, int], source: str = "embedding")
     return emb
 
 
+MAX_SIDE = 65536  # largest original_size side: the mask is made at that size (a 10^9-pixel side needs exabytes)
+
+
 def check_original_size(original_size, source: str = "embedding") -> tuple[int, int]:
-    """``original_size`` as (H, W) of two whole numbers >= 1; MedSAMError naming the argument otherwise."""
+    """``original_size`` as (H, W) of two whole numbers from 1 to MAX_SIDE; MedSAMError naming the argument otherwise."""
     def whole(v) -> bool:
         return (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or (
             isinstance(v, (float, np.floating)) and float(v).is_integer())
 
     values = tuple(original_size) if isinstance(original_size, (tuple, list, np.ndarray)) else ()
-    if len(values) != 2 or not all(whole(v) and v >= 1 for v in values):
-        raise MedSAMError(f"{source}: argument 'original_size' must be (height, width), two whole numbers >= 1, "
-                          f"got {original_size!r}")
+    if len(values) != 2 or not all(whole(v) and 1 <= v <= MAX_SIDE for v in values):
+        raise MedSAMError(f"{source}: argument 'original_size' must be (height, width), two whole numbers from 1 "
+                          f"to {MAX_SIDE} (pixels per side), got {quote(original_size)}")
     return int(values[0]), int(values[1])
 
 

@@ -240,6 +240,10 @@ class LoadedModel:
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
                arch: str | None = None) -> LoadedModel:
     """Load a named model or a checkpoint file, in eval mode, on ``device`` (default: CUDA if available)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):  # e.g. a torch module: its repr is no file name
+        raise MedSAMError(f"model: expected a model name ({', '.join(MODELS)}), a checkpoint path (str or Path) or "
+                          f"a LoadedModel (from medsam_lib.models.load_model), got a {type(name_or_path).__name__} "
+                          "object")
     device = resolve_device(device)  # a bad --device fails before any weights are read
     text = str(name_or_path)
     if text in MODELS:

@@ -171,7 +171,10 @@ def config_from_dict(values: dict, source: str = "<dict>", base_dir: str | os.Pa
         raise MedSAMError(f"{source}: a training config is a table of keys, got {type(values).__name__}")
     unknown = sorted(set(values) - set(_BY_NAME))
     if unknown:
-        raise MedSAMError(f"{source}: unknown key {quote(unknown[0])}" + (f" (and {quote(unknown[1:])})" if unknown[1:] else "")
+        others = unknown[1:]  # a few are named, many are counted (the line stays short)
+        more = (f" (and {', '.join(quote(k) for k in others)})" if len(others) <= 4 else f" (and {len(others)} more)"
+                ) if others else ""
+        raise MedSAMError(f"{source}: unknown key {quote(unknown[0])}" + more
                           + f"; known keys: {', '.join(_BY_NAME)}")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     out = {}

@@ -120,7 +120,7 @@ def open_embeddings(cfg: TrainConfig, base: dict, transform_key: str, preset: st
         check_embeddings_path(cfg)
         from ..embeddings import open_store
 
-        store = open_store(path)
+        store = open_store(path, hint_curated=cfg.curated)
     meta, header = store.meta, path / "store.json"
     if meta.get("weights_sha256") != base["weights_sha256"]:
         raise MedSAMError(f"{header}: embeddings made by model {meta.get('model')!r} (weights SHA-256 "
