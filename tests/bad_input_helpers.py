@@ -188,3 +188,28 @@ def run_row(row: "BadInput", tmp_path: Path, capfd, ctx) -> str:
     message = check_bad_input(row, work, capfd, ctx)
     assert not (work / "PWNED").exists()  # no pickled or profile code ran
     return message
+
+
+def write_dicom_series(folder: Path, positions, sizes: dict | None = None, orientations: dict | None = None) -> Path:
+    """A CT series, one 16 x 16 slice (``sizes[i]`` overrides) at each of ``positions`` (x, y, z in mm),
+    orientation 1\\0\\0\\0\\1\\0 (``orientations[i]`` overrides), one series UID, files s0.dcm, s1.dcm, ..."""
+    import time
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    uid = f"1.2.826.0.1.3680043.2.1125.{os.getpid()}.{time.time_ns() % 10**9}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for i, position in enumerate(positions):
+        size = (sizes or {}).get(i, 16)
+        plane = sitk.GetImageFromArray(np.random.default_rng(i).integers(0, 1000, (size, size)).astype(np.int16))
+        for key, value in (("0008|0060", "CT"), ("0020|000e", uid),
+                           ("0020|0032", "\\".join(f"{x:.1f}" for x in position)), ("0020|0013", str(i + 1)),
+                           ("0020|0037", (orientations or {}).get(i, "1\\0\\0\\0\\1\\0")),
+                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.{i}")):
+            plane.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"s{i}.dcm"))
+        writer.Execute(plane)
+    return folder

@@ -31,7 +31,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from bad_input_helpers import BadInput, check_bad_input, run_cli, run_row, snapshot, write_manifest
+from bad_input_helpers import BadInput, check_bad_input, run_cli, run_row, snapshot, write_dicom_series, write_manifest
 from medsam_lib.cli import main
 from medsam_lib.data.curate import curate
 from medsam_lib.data.store import CuratedDataset
@@ -74,21 +74,7 @@ def _nifti_by_nibabel(path: Path, array: np.ndarray) -> Path:
 
 
 def _dicom_series(folder: Path, n: int = 5) -> Path:
-    folder.mkdir()
-    vol = np.random.default_rng(0).integers(0, 1000, size=(n, 16, 16)).astype(np.int16)
-    image = sitk.GetImageFromArray(vol)
-    uid = f"1.2.826.0.1.3680043.2.1125.{os.getpid()}.{time.time_ns() % 10**9}"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(n):
-        plane = image[:, :, z]
-        for key, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|0032", f"0\\0\\{z:.1f}"),
-                           ("0020|0013", str(z + 1)), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.{z}")):
-            plane.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"s{z}.dcm"))
-        writer.Execute(plane)
-    return folder
+    return write_dicom_series(folder, [(0, 0, z) for z in range(n)])
 
 
 def _huge_png(path: Path) -> Path:

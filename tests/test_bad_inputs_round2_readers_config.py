@@ -27,7 +27,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot, write_manifest
+from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot, write_dicom_series, write_manifest
 from medsam_lib.fileio import MedSAMError, one_line, quote
 
 BOX = ["--box", "4,4,20,20"]
@@ -69,21 +69,7 @@ def _plain_named_gz(tmp: Path) -> Path:
 
 def _dicom(folder: Path, n: int = 4, z=None, sizes=None, orient=None) -> Path:
     """A CT series of ``n`` slices; ``z``, ``sizes`` and ``orient`` override per slice."""
-    folder.mkdir()
-    uid = f"1.2.826.0.1.3680043.2.1125.{os.getpid()}.{time.time_ns() % 10**9}"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for i in range(n):
-        size = (sizes or {}).get(i, 16)
-        plane = sitk.GetImageFromArray(np.random.default_rng(i).integers(0, 1000, (size, size)).astype(np.int16))
-        zpos = (z or {}).get(i, float(i))
-        for key, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|0032", f"0\\0\\{zpos:.1f}"),
-                           ("0020|0013", str(i + 1)), ("0020|0037", (orient or {}).get(i, "1\\0\\0\\0\\1\\0")),
-                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.{i}")):
-            plane.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"s{i}.dcm"))
-        writer.Execute(plane)
-    return folder
+    return write_dicom_series(folder, [(0, 0, (z or {}).get(i, float(i))) for i in range(n)], sizes, orient)
 
 
 def _float_tiff(path: Path, low: float, high: float) -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot
+from bad_input_helpers import REPO, BadInput, check_bad_input, run_cli, snapshot, write_dicom_series, write_manifest
 from medsam_lib.fileio import MedSAMError
 
 
@@ -78,23 +78,7 @@ def test_write_itk_verifies_and_keeps_valid_writes(tmp_path):
 
 def _dicom(folder: Path, positions) -> Path:
     """A CT series with one slice at each of ``positions`` (x, y, z in mm), orientation 1\\0\\0\\0\\1\\0."""
-    import time
-
-    import SimpleITK as sitk
-
-    folder.mkdir()
-    uid = f"1.2.826.0.1.3680043.2.1125.{os.getpid()}.{time.time_ns() % 10**9}"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for i, position in enumerate(positions):
-        plane = sitk.GetImageFromArray(np.random.default_rng(i).integers(0, 1000, (16, 16)).astype(np.int16))
-        for key, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|0032", "\\".join(f"{x:.1f}" for x in position)),
-                           ("0020|0013", str(i + 1)), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.{i}")):
-            plane.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"s{i}.dcm"))
-        writer.Execute(plane)
-    return folder
+    return write_dicom_series(folder, positions)
 
 
 def _seg(image, out) -> list[str]:
@@ -103,8 +87,6 @@ def _seg(image, out) -> list[str]:
 
 def _manifest(tmp: Path) -> Path:
     """A one-case 2D manifest at ``tmp/data/m.json`` (data root: its folder), images in images/, masks in masks/."""
-    import json
-
     data = tmp / "data"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
@@ -112,15 +94,7 @@ def _manifest(tmp: Path) -> Path:
     mask = np.zeros((64, 64), np.uint8)
     mask[20:44, 16:40] = 255
     Image.fromarray(mask).save(data / "masks" / "a.png")
-    (data / "m.json").write_text(json.dumps({
-        "schema_version": 1, "name": "m", "description": "d", "data_root": {"kind": "relative_to_manifest", "path": "."},
-        "obtain": {"method": "local", "source_url": "generated in the test"},
-        "datasets": [{"name": "m", "title": "t", "modality": "Ultrasound", "dimensionality": "2D", "citation": "c",
-                      "license": {"name": "n", "terms": "t"}, "images": [{"key": "image", "modality": "Ultrasound"}],
-                      "masks": [{"key": "label", "encoding": "binary", "threshold": 0}],
-                      "targets": [{"name": "lesion", "labels": [1]}],
-                      "cases": [{"id": "a", "images": {"image": "images/a.png"}, "masks": {"label": "masks/a.png"}}]}]}))
-    return data / "m.json"
+    return write_manifest(data, "m", ["a"])
 
 
 def _curate(tmp: Path, out: str) -> list[str]:
