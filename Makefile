@@ -9,11 +9,13 @@ STAMP := $(VENV)/.medsam-installed
 
 setup: $(STAMP)
 
+# pip prints errors only (-qq): a set-up prints one line, not pages of index warnings.
 $(STAMP): requirements.txt pyproject.toml
+	@echo "installing the pinned requirements into $(VENV) (the first time takes a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(PY) -m pip install -qq --upgrade pip
+	@$(PY) -m pip install -qq -r requirements.txt
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -qq --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 reproduce: setup
