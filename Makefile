@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 reproduce: setup
-	$(PY) -m medsam_lib run --profile $(or $(PROFILE),demo)
+	@$(PY) -m medsam_lib run --profile $(or $(PROFILE),demo)
 
 # Debian's Chromium for the browser test (never `playwright install`: it downloads a browser).
 browser-deps:

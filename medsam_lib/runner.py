@@ -193,7 +193,10 @@ def _run_locked(name: str, profile: dict, params: dict, out_dir: Path, paths: li
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(record_path, json.dumps(record, indent=2))
     ok = sum(nb["status"] == "ok" for nb in record["notebooks"])
-    print(f"{ok}/{len(paths)} notebooks ok; record: {record_path}")
+    seconds = sum(nb.get("wall_s", 0) for nb in record["notebooks"] if not nb.get("skipped"))
+    shown = os.path.relpath(out_dir)
+    print(f"{ok}/{len(paths)} notebooks ok in {seconds / 60:.1f} min; executed notebooks, tables/ and figures/ in "
+          f"{shown}; run record: {os.path.join(shown, 'run_record.json')}")
     return record
 
 
