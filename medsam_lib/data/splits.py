@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 
 from .. import paper
-from ..fileio import MedSAMError
+from ..fileio import MedSAMError, quote
 
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed, pandas' random_state) takes 0 .. 2**32 - 1
@@ -20,8 +20,6 @@ SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed, pandas' random_s
 def check_seed(seed, what: str = "--seed") -> int:
     """``seed`` as an int if it is a whole number in 0 .. 2**32 - 1 (every RNG the project seeds takes
     it); MedSAMError naming ``what`` otherwise. Checked before anything is written."""
-    from ..fileio import quote
-
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= SEED_MAX:
         raise MedSAMError(f"{what} must be a whole number from 0 to {SEED_MAX}, got {quote(seed)}")
     return int(seed)

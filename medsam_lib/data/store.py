@@ -87,19 +87,18 @@ def index_record(data: bytes, rows: int) -> dict:
 
 def check_index(path: Path, info: dict, index, sha256: str) -> None:
     """The store's index is the one its curation committed, and reads only the store's own case files."""
-    for file in index["file"].drop_duplicates() if "file" in index else ():
+    cases = Path(os.path.realpath(path / "cases"))  # the folder itself may be a link (a store sharing cases)
+    files = index["file"].drop_duplicates() if "file" in index else ()
+    for row, file in (zip(files.index, files) if len(files) else ()):
         parts = PurePosixPath(str(file)).parts
         if not parts or parts[0] != "cases" or ".." in parts or "\\" in str(file) or os.path.isabs(str(file)):
             raise MedSAMError(f"{path / 'index.csv'}: a row's file {str(file)!r} is not inside the store's cases/ "
                               "folder; refusing to read outside the store (curate again to rebuild the index)")
-    cases = Path(os.path.realpath(path / "cases"))  # the folder itself may be a link (a store sharing cases)
-    for position, file in (index["file"].drop_duplicates().items() if "file" in index else ()):
         real = Path(os.path.realpath(path / str(file)))  # a link inside cases/ may point anywhere
         if cases not in real.parents:
-            row = index.index.get_loc(position) + 1 if position in index.index else position
-            raise MedSAMError(f"{path / 'index.csv'} row {row}: file {str(file)!r} resolves outside the store "
-                              f"(to {real}) through a symbolic link; refusing to read it (remove the link and curate "
-                              "again)")
+            raise MedSAMError(f"{path / 'index.csv'} row {index.index.get_loc(row) + 1}: file {str(file)!r} resolves "
+                              f"outside the store (to {real}) through a symbolic link; refusing to read it (remove the "
+                              "link and curate again)")
     recorded = info.get("index")
     if isinstance(recorded, dict) and recorded.get("sha256") not in (None, sha256):
         raise MedSAMError(f"{path / 'index.csv'}: not the index this store's curation committed ({len(index)} rows "

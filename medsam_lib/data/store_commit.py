@@ -40,21 +40,20 @@ def check_out(out: Path, manifest: Manifest, data_root: Path, resolved: dict) ->
         if other:
             raise MedSAMError(f"--out {out}: the folder holds other files ({', '.join(other[:5])}) and is not a curated "
                               "store; give a new or empty folder")
-    inputs = [data_root / p for ds in resolved.values() for c in ds for p in list(c.images.values()) + list(c.masks.values())]
+    cases = [data_root / p for ds in resolved.values() for c in ds for p in list(c.images.values()) + list(c.masks.values())]
+    inputs = [(item, item.resolve()) for item in cases]  # each resolved once: data sets have thousands of files
+    root, target = data_root.resolve(), out.resolve()
     # the one output-folder rule (as embed, train and evaluate use): the store neither is, lies inside, nor holds
     # the data root or a folder below it that case files are read from. Elsewhere inside the data root is allowed
     # (a manifest beside its cases with root "." and the store beside them is a common layout)
-    root = data_root.resolve()
-    folders = {i.parent.resolve() for i in inputs} - {root}
-    check_output_folder(out, [("folder of input files", f) for f in sorted(folders)]
-                        + ([] if root in out.resolve().parents else [("data root", data_root)]))
+    parents = {real.parent for _, real in inputs} - {root}
+    check_output_folder(out, [("folder of input files", f) for f in sorted(parents)]
+                        + ([] if root in target.parents else [("data root", data_root)]))
     if manifest.path is not None:
-        inputs.append(Path(manifest.path))
-    target = out.resolve()
+        inputs.append((Path(manifest.path), Path(manifest.path).resolve()))
     written = {target / n for n in ("curation.json", "index.csv", NEXT_INFO)}
     folders = (target / "cases", target / PENDING)
-    for item in inputs:  # each resolved once: data sets have thousands of files
-        real = item.resolve()
+    for item, real in inputs:
         if (real == target or real in written or any(f == real or f in real.parents for f in folders)
                 or (real.is_dir() and real in target.parents)):
             raise MedSAMError(f"--out {out}: the store would be written over or into the input {item}; "
