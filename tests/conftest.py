@@ -56,11 +56,10 @@ def demo_results() -> Path:
     Tests read them; anything that writes works on a copy or in its own folder."""
     from medsam_lib.data.curate import curate_profile
     from medsam_lib.embeddings import build_store
-    from medsam_lib.layout import ResultsLayout
-    from medsam_lib.runner import RESULTS_DIR
+    from medsam_lib.profile import open_profile
 
-    results = RESULTS_DIR / "demo"
-    curated = curate_profile("synthetic", "unused", results, seed=0, preset="paper")
-    build_store(curated, "litemedsam", ResultsLayout(results).embeddings("litemedsam", "paper"), dtype="float16",
-                batch_size=8, device="auto", progress=False)
-    return results
+    prof = open_profile("demo")
+    curated = curate_profile(prof, preset="paper")
+    build_store(curated, prof.model, prof.layout.embeddings(prof.model, "paper"), dtype="float16",
+                batch_size=8, device=prof.device, progress=False)
+    return prof.results_dir

@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from profile_helpers import profile_in
 
 
 def curate_demo(root: Path) -> Path:
     """Curate the synthetic phantom set into ``root`` and return the curated store's folder."""
     from medsam_lib.data.curate import curate_profile
 
-    return curate_profile("synthetic", "unused", root, seed=0).path
+    return curate_profile(profile_in(root)).path
 
 
 def subset_store(source: Path, out: Path, n_images: int, preset: str | None = None) -> Path:

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from bad_input_helpers import REPO, BadInput, run_cli, run_row
-from medsam_lib import locks, runner
+from medsam_lib import locks, profile, runner
 from medsam_lib.data.store import CuratedDataset
 from test_bad_inputs import _blob, _good_store, _manifest, _pair_folders, _train
 
@@ -47,13 +47,17 @@ def _profile(ctx, tmp: Path, body, name: str = "evil") -> list[str]:
     (tmp / "profiles").mkdir(exist_ok=True)
     text = body if isinstance(body, str) else json.dumps(body)
     (tmp / "profiles" / f"{name}.json").write_text(text)
-    ctx.monkeypatch.setattr(runner, "PROFILES_DIR", tmp / "profiles")
-    ctx.monkeypatch.setattr(runner, "RESULTS_DIR", tmp / "results")
+    ctx.monkeypatch.setattr(profile, "PROFILES_DIR", tmp / "profiles")
+    ctx.monkeypatch.setenv("MEDSAM_RESULTS_ROOT", str(tmp / "results"))
     return ["run", "--profile", name]
 
 
 def _params(**params) -> dict:
-    return {"description": "d", "parameters": {"data_source": "synthetic", **params}}
+    return {"description": "d", "data_source": "synthetic", "parameters": params}
+
+
+def _settings(**settings) -> dict:
+    return {"description": "d", "data_source": "synthetic", **settings}
 
 
 # --- class 8 and 2: small commands ----------------------------------------------------------------
@@ -96,11 +100,22 @@ def _rows() -> list[BadInput]:
     row("profile_name_dunder", lambda t, c: _profile(c, t, _params(__builtins__=1)), "__builtins__", "not declared")
     row("profile_name_keyword", lambda t, c: _profile(c, t, _params(**{"import": 1})), "import", "identifier")
     row("profile_sets_results_dir", lambda t, c: _profile(c, t, _params(results_dir="/tmp")), "results_dir",
-        "set by the runner")
-    row("profile_value_text_for_int", lambda t, c: _profile(c, t, _params(seed="0")), "evil.json", "seed", "int")
-    row("profile_value_bool_for_int", lambda t, c: _profile(c, t, _params(seed=True)), "seed", "int")
-    row("profile_value_float_for_int", lambda t, c: _profile(c, t, _params(seed=0.5)), "seed", "int")
-    row("profile_value_object", lambda t, c: _profile(c, t, _params(model={"__class__": "x"})), "model",
+        "setting of the profile")
+    row("profile_sets_a_setting_as_parameter", lambda t, c: _profile(c, t, _params(seed=1)), "evil.json", '"seed"',
+        "move it out of 'parameters'")
+    row("profile_sets_profile", lambda t, c: _profile(c, t, _params(profile="x")), "evil.json", "set by the runner")
+    row("profile_value_text_for_int", lambda t, c: _profile(c, t, _params(steps="0")), "evil.json", "steps", "int")
+    row("profile_value_bool_for_int", lambda t, c: _profile(c, t, _params(steps=True)), "steps", "int")
+    row("profile_value_float_for_int", lambda t, c: _profile(c, t, _params(steps=0.5)), "steps", "int")
+    row("profile_seed_text", lambda t, c: _profile(c, t, _settings(seed="0")), "evil.json", "'seed'", "integer")
+    row("profile_seed_bool", lambda t, c: _profile(c, t, _settings(seed=True)), "evil.json", "'seed'", "integer")
+    row("profile_seed_too_large", lambda t, c: _profile(c, t, _settings(seed=2 ** 70)), "evil.json", "'seed'",
+        "4294967295")
+    row("profile_data_source_unknown", lambda t, c: _profile(c, t, _settings(data_source="cloud")), "evil.json",
+        "'data_source'", "cloud")
+    row("profile_model_empty", lambda t, c: _profile(c, t, _settings(model="")), "evil.json", "'model'",
+        "non-empty text")
+    row("profile_value_object", lambda t, c: _profile(c, t, _params(labels={"__class__": "x"})), "labels",
         "JSON object")
     row("profile_value_nested_list", lambda t, c: _profile(c, t, _params(sweep_margins=[[1], [2]])), "sweep_margins",
         "lists may hold only")
@@ -183,10 +198,11 @@ def test_the_shipped_profiles_pass_and_every_declared_name_is_known():
     from medsam_lib.profile_check import declared_parameters
 
     declared = declared_parameters(runner.notebook_paths())
-    assert {"seed", "model", "data_source", "steps", "sweep_margins"} <= set(declared)
-    assert declared["seed"] == {int} and declared["sweep_margins"] == {list}
-    for name in runner.available_profiles():
-        assert runner.profile_parameters(name, runner.load_profile(name))["profile"] == name
+    assert {"profile", "steps", "sweep_margins"} <= set(declared)
+    assert not {"seed", "model", "data_source", "results_dir"} & set(declared)  # settings of the profile only
+    assert declared["steps"] == {int} and declared["sweep_margins"] == {list}
+    for name in profile.available_profiles():
+        assert runner.profile_parameters(profile.load_profile(name))["profile"] == name
 
 
 def test_a_killed_holder_does_not_block_and_the_lock_file_goes(tmp_path, capfd):

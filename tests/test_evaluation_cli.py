@@ -11,6 +11,7 @@ from PIL import Image
 
 from medsam_lib.cli import main
 from medsam_lib.evaluation import dice, nsd
+from profile_helpers import profile_in
 
 
 def disk(shape, centre, radius):
@@ -124,7 +125,7 @@ def tiny_store(tmp_path_factory):
     from medsam_lib.data.store_commit import write_index
 
     root = tmp_path_factory.mktemp("eval")
-    store = curate_profile("synthetic", root / "none", root, seed=0)
+    store = curate_profile(profile_in(root))
     index = read_index(store.path / "index.csv")
     first = index.groupby("dataset")["volume"].transform("min")
     index = index[index["volume"] == first]  # one volume per data set

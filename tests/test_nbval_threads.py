@@ -18,17 +18,17 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
 
-def _env(threads: int) -> dict:
+def _env(threads: int, results_root: Path) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+            "MEDSAM_RESULTS_ROOT": str(results_root), "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
 
 
-def _papermill(name: str, out: Path, threads: int, **params) -> None:
+def _papermill(name: str, out: Path, threads: int, results_root: Path, **params) -> None:
     argv = [sys.executable, "-m", "papermill", str(NOTEBOOKS / name), str(out), "--cwd", str(NOTEBOOKS),
             "-k", "python3", "--no-progress-bar"]
     for key, value in params.items():
         argv += ["-p", key, str(value)]
-    done = subprocess.run(argv, env=_env(threads), capture_output=True, text=True, encoding="utf-8",
+    done = subprocess.run(argv, env=_env(threads, results_root), capture_output=True, text=True, encoding="utf-8",
                           errors="replace", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -39,14 +39,14 @@ def _weights(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_one_thread_outputs_pass_nbval_at_two_threads(demo_results, tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
+    results = tmp_path / "results" / "demo"  # the demo profile, its results folder in tmp (MEDSAM_RESULTS_ROOT)
+    results.mkdir(parents=True)
     for name in ("data", "curated", "embeddings"):  # read-only inputs, shared with the demo chain
         (results / name).symlink_to(demo_results / name, target_is_directory=True)
     executed = tmp_path / "executed"
     executed.mkdir()
-    _papermill("04_finetune_decoder.ipynb", executed / "04.ipynb", 1, results_dir=results, steps=6, val_every=3)
-    _papermill("05_tables.ipynb", executed / "05.ipynb", 1, results_dir=results, choice_table=False)
+    _papermill("04_finetune_decoder.ipynb", executed / "04.ipynb", 1, results.parent, steps=6, val_every=3)
+    _papermill("05_tables.ipynb", executed / "05.ipynb", 1, results.parent, choice_table=False)
     one_thread = _weights(results / "training" / "decoder" / "best.pt")
     for name in ("training", "evaluation", "tables", "figures"):  # nbval must train and score again
         shutil.rmtree(results / name, ignore_errors=True)
@@ -55,7 +55,7 @@ def test_one_thread_outputs_pass_nbval_at_two_threads(demo_results, tmp_path):
         [sys.executable, "-m", "pytest", "-p", "nbval_tolerance", "--nbval", "-p", "no:cacheprovider", "-q",
          "--nbval-sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"), "--rootdir", str(executed),
          str(executed / "04.ipynb"), str(executed / "05.ipynb")],
-        cwd=executed, env=_env(2), capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+        cwd=executed, env=_env(2, results.parent), capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
     assert done.returncode == 0, done.stdout[-6000:]
     two_threads = _weights(results / "training" / "decoder" / "best.pt")
     differ = [k for k in one_thread if not torch.equal(one_thread[k], two_threads[k])]

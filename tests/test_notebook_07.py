@@ -46,12 +46,13 @@ COMBINATIONS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMBINATIONS))
-def test_notebook_07_runs_through(name, inputs, tmp_path):
+def test_notebook_07_runs_through(name, inputs, tmp_path, monkeypatch):
     import nbformat
     import papermill as pm
 
-    results = tmp_path / "results"
-    params = {"results_dir": str(results), "profile": "test", **COMBINATIONS[name](inputs)}
+    monkeypatch.setenv("MEDSAM_RESULTS_ROOT", str(tmp_path / "results"))  # the kernel inherits it
+    results = tmp_path / "results" / "demo"
+    params = {"profile": "demo", **COMBINATIONS[name](inputs)}
     out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(NOTEBOOK), str(out), parameters=params, cwd=str(NOTEBOOK.parent), kernel_name="python3",
                         progress_bar=False)

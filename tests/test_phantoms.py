@@ -7,6 +7,7 @@ import numpy as np
 
 from medsam_lib.data.phantoms import CASES, make_case, write_synthetic_set
 from medsam_lib.data.readers import read_image
+from profile_helpers import profile_in
 
 
 def test_same_seed_same_arrays_other_seed_differs():
@@ -66,7 +67,7 @@ def test_curated_demo_set_splits_by_case_and_stays_small(tmp_path):
     """Enough cases per data set for train / test (and a validation case from train); few images."""
     from medsam_lib.data.curate import curate_profile
 
-    store = curate_profile("synthetic", "unused", tmp_path, seed=0)
+    store = curate_profile(profile_in(tmp_path))
     index = store.index
     assert index["synthetic"].all() and index["dataset"].str.startswith("synthetic_").all()
     per_dataset = index.groupby("dataset").agg(cases=("case", "nunique"))

@@ -8,18 +8,20 @@ import pytest
 
 from medsam_lib import runner
 from medsam_lib.fileio import MedSAMError
+from medsam_lib.profile import available_profiles, load_profile
 
 
-def test_profiles_exist_and_parameters_are_relative():
-    assert {"demo", "shared-real"} <= set(runner.available_profiles())
-    params = runner.profile_parameters("demo", runner.load_profile("demo"))
-    assert params["data_source"] == "synthetic" and params["model"] == "litemedsam"
-    assert not params["results_dir"].startswith("/") and params["results_dir"].endswith("results/demo")
+def test_profiles_exist_and_the_notebooks_get_only_the_name():
+    assert {"demo", "shared-real"} <= set(available_profiles())
+    demo = load_profile("demo")
+    assert demo.data_source == "synthetic" and demo.model == "litemedsam" and demo.results_dir.name == "demo"
+    assert runner.profile_parameters(demo) == {"profile": "demo"}  # each notebook opens the profile itself
+    assert load_profile("shared-real").data_source == "shared"
 
 
 def test_unknown_profile():
     with pytest.raises(MedSAMError, match="unknown profile 'nope'"):
-        runner.load_profile("nope")
+        load_profile("nope")
 
 
 def test_unknown_notebook_prefix():
@@ -30,17 +32,18 @@ def test_unknown_notebook_prefix():
 def _tiny_chain(tmp_path, monkeypatch, fail: bool = False):
     nb_dir, res_dir = tmp_path / "notebooks", tmp_path / "results"
     nb_dir.mkdir()
-    for name, body in [("00_first", "value = seed * 2\nprint(profile, data_source, value)"),
-                       ("01_second", "raise RuntimeError('boom')" if fail else "print('second', results_dir)")]:
+    first = ("from medsam_lib.profile import open_profile\nprof = open_profile(profile)\n"
+             "print(prof.name, prof.data_source, prof.seed * 2)")
+    for name, body in [("00_first", first),
+                       ("01_second", "raise RuntimeError('boom')" if fail else "print('second', profile)")]:
         nb = nbformat.v4.new_notebook()
-        params = nbformat.v4.new_code_cell('profile = "x"\ndata_source = "x"\nresults_dir = "x"\nseed = 1\n'
-                                            'model = "x"\ndevice = "x"')
+        params = nbformat.v4.new_code_cell('profile = "x"')
         params.metadata["tags"] = ["parameters"]
         nb.cells = [params, nbformat.v4.new_code_cell(body)]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, nb_dir / f"{name}.ipynb")
     monkeypatch.setattr(runner, "NOTEBOOKS_DIR", nb_dir)
-    monkeypatch.setattr(runner, "RESULTS_DIR", res_dir)
+    monkeypatch.setenv("MEDSAM_RESULTS_ROOT", str(res_dir))  # the kernels inherit it
     return res_dir / "demo"
 
 
@@ -55,7 +58,10 @@ def test_run_record_and_resume(tmp_path, monkeypatch, capfd):
     assert [nb["status"] for nb in record["notebooks"]] == ["ok", "ok"]
     saved = json.loads((out / "run_record.json").read_text())
     assert saved["packages"]["torch"] and saved["seeds"] == {"seed": 0}
-    assert saved["parameters"]["results_dir"] == "../results/demo"
+    assert saved["parameters"] == {"profile": "demo"}
+    assert saved["settings"] == {"profile": "demo", "data_source": "synthetic", "model": "litemedsam", "seed": 0,
+                                 "device": "auto"}
+    assert json.loads((out / "profile.json").read_text())["data_source"] == "synthetic"
     assert all(nb["wall_s"] > 0 and len(nb["sha256"]) == 64 for nb in saved["notebooks"])
     assert set(saved["inputs"]["notebooks"]) == {"00_first.ipynb", "01_second.ipynb"}
     assert len(saved["inputs"]["model"]["litemedsam"]) == 64

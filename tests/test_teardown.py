@@ -11,11 +11,12 @@ from medsam_lib.fileio import MedSAMError
 from medsam_lib.evaluation import dice
 from medsam_lib.models import zoo
 from medsam_lib.models.predictor import BoxPredictor
+from profile_helpers import profile_in
 
 
 @pytest.fixture(scope="module")
 def ct(tmp_path_factory):
-    return cases.load("ct_slice", "synthetic", "unused", tmp_path_factory.mktemp("results"), seed=0)[0]
+    return cases.load("ct_slice", profile_in(tmp_path_factory.mktemp("results")))[0]
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +135,9 @@ def test_segment_everything_keeps_the_embedding(lite_predictor, ct, modes):
 
 def test_reference_slice_bad_source():
     with pytest.raises(MedSAMError, match="data_source"):
-        cases.load("ct_slice", "cloud", "unused", "unused")
+        cases.load("ct_slice", profile_in("unused", data_source="cloud"))
     with pytest.raises(MedSAMError, match="no case set"):
-        cases.load("nowhere", "synthetic", "unused", "unused")
+        cases.load("nowhere", profile_in("unused"))
 
 
 def test_vit_b_prompt_predictor_matches_box_predictor(ct):
@@ -213,7 +214,7 @@ def test_figures_have_titles_legends_and_units(lite_predictor, ct, lite_model, m
 
 @pytest.mark.shared
 def test_real_ct_slice(shared_data, lite_model):
-    ct = cases.load("ct_slice", "shared", shared_data, "unused")[0]
+    ct = cases.load("ct_slice", profile_in("unused", data_source="shared"))[0]
     assert not ct.synthetic and ct.image.shape == (512, 512) and ct.truth.sum() > 10_000
     predictor = teardown.PromptPredictor(lite_model)
     predictor.set_image(ct.image, modality=ct.modality)

@@ -17,6 +17,7 @@ from medsam_lib.evaluation import dice
 from medsam_lib.models.predictor import BoxPredictor
 from medsam_lib import cases, widgets
 from medsam_lib.layout import user_dir
+from profile_helpers import profile_in
 
 BY_ID = {c.case_id: c for c in CASES}
 
@@ -266,7 +267,7 @@ def test_one_slice_volume_and_constant_slice(tmp_path, predictor):
 
 
 def test_resolve_case_and_box(tmp_path, synthetic):
-    case = cases.prompting_case("synthetic", "unused", tmp_path, seed=0)
+    case = cases.prompting_case(profile_in(tmp_path))
     assert case.synthetic and case.image_path.name == "synthetic_ct_abdomen.nii.gz" and case.modality == "CT"
     labels = read_image(case.mask_path).array
     assert case.slice_index == int(np.argmax(np.isin(labels, (1, 2)).sum(axis=(1, 2))))
@@ -278,25 +279,25 @@ def test_resolve_case_and_box(tmp_path, synthetic):
     with pytest.raises(MedSAMError, match="from_mask"):
         widgets.resolve_box("mask", case, 3)
     us = synthetic / BY_ID["synthetic_us_breast"].image
-    own = cases.prompting_case("synthetic", "unused", tmp_path, image_path=us)
+    own = cases.prompting_case(profile_in(tmp_path), image_path=us)
     assert own.labels == ["target", "other"] and own.mask_path is None
     with pytest.raises(MedSAMError, match="needs a reference mask"):
         widgets.resolve_box("from_mask", own, None)
     none, why = widgets.resolve_box("auto", own, None)  # image_path alone: the default runs through
     assert none is None and "draw one" in why
     with pytest.raises(MedSAMError, match="without image_path"):
-        cases.prompting_case("synthetic", "unused", tmp_path, mask_path=us)
+        cases.prompting_case(profile_in(tmp_path), mask_path=us)
     with pytest.raises(MedSAMError, match="data_source"):
-        cases.prompting_case("cloud", "unused", tmp_path)
+        cases.prompting_case(profile_in(tmp_path, data_source="cloud"))
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a volume")
     with pytest.raises(MedSAMError, match="bad.nii.gz"):
-        cases.prompting_case("synthetic", "unused", tmp_path, image_path=bad)
+        cases.prompting_case(profile_in(tmp_path), image_path=bad)
 
 
 def test_summary_table_scores_target_boxes(us_case, predictor, synthetic):
     path, truth, box = us_case
-    case = cases.prompting_case("synthetic", "unused", synthetic.parent, image_path=path,
+    case = cases.prompting_case(profile_in(synthetic.parent), image_path=path,
                                 mask_path=synthetic / BY_ID["synthetic_us_breast"].mask, labels=["lesion", "other"])
     session = widgets.BoxPromptSession(path, model=predictor, labels=case.labels)
     session.apply_box(box, "lesion")

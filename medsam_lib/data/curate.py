@@ -168,22 +168,21 @@ def _curate_locked(manifest: Manifest, out: Path, preset: str, seed: int, chosen
 
 # --- the notebooks' entry point -------------------------------------------------------------------
 
-def curate_profile(data_source: str, shared_data_dir: str | os.PathLike, results_dir: str | os.PathLike,
-                   seed: int = 0, preset: str = "paper", progress: bool = False) -> CuratedDataset:
-    """Curate a profile's data and open the store.
+def curate_profile(profile, preset: str = "paper", progress: bool = False) -> CuratedDataset:
+    """Curate a profile's data (a ``medsam_lib.profile.Profile``) into its results folder and open the store.
 
-    ``data_source="synthetic"``: the phantom set written (idempotently) to
-    the results layout's ``synthetic_data`` folder with manifest ``synthetic``; ``"shared"``: the real cases in
-    ``shared_data_dir`` with manifest ``shared_data``. Reruns reuse finished cases.
+    ``data_source="synthetic"``: the phantom set written (idempotently) to the results layout's
+    ``synthetic_data`` folder with manifest ``synthetic``; ``"shared"``: the real cases of
+    ``../shared/data`` with manifest ``shared_data``. Reruns reuse finished cases.
     """
-    if data_source == "synthetic":
+    if profile.data_source == "synthetic":
         from .phantoms import write_synthetic_set
 
-        manifest, root = "synthetic", write_synthetic_set(ResultsLayout(results_dir).synthetic_data, seed)
-    elif data_source == "shared":
-        manifest, root = "shared_data", Path(shared_data_dir)
+        manifest, root = "synthetic", write_synthetic_set(profile.layout.synthetic_data, profile.seed)
+    elif profile.data_source == "shared":
+        manifest, root = "shared_data", profile.shared_data_dir
     else:
-        raise MedSAMError(f"data_source must be 'synthetic' or 'shared', got {data_source!r}")
-    out = curated_dir(results_dir, preset)
-    curate(manifest, out, preset=preset, root=root, seed=seed, progress=progress)
+        raise MedSAMError(f"data_source must be 'synthetic' or 'shared', got {profile.data_source!r}")
+    out = curated_dir(profile.results_dir, preset)
+    curate(manifest, out, preset=preset, root=root, seed=profile.seed, progress=progress)
     return CuratedDataset(out)

@@ -227,26 +227,26 @@ class Context:
     options: EvalOptions
     split_note: str
     source_root: Path | None
-    results_dir: Path
-    profile: str
-    data_source: str
-    shared_data_dir: str
+    profile: object  # medsam_lib.profile.Profile
+
+    @property
+    def results_dir(self) -> Path:
+        return self.profile.results_dir
 
 
-def prepare(profile: str, results_dir, data_source: str, shared_data_dir, model: str, finetuned_model=None,
-            device=None, seed: int = 0, split: str = "test", protocol: str = "gt", box_margin: float = 0,
+def prepare(profile, finetuned_model=None, split: str = "test", protocol: str = "gt", box_margin: float = 0,
             box_jitter: int = 0) -> Context:
-    """Open (curating if needed: idempotent) the profile's paper-preset store and load both models."""
+    """Open (curating if needed: idempotent) the profile's paper-preset store and load both models.
+    ``profile`` is a ``medsam_lib.profile.Profile``: data, results folder, model, seed and device."""
     from ..data.curate import curate_profile
 
-    store = curate_profile(data_source, shared_data_dir, results_dir, seed=seed)
-    device = None if device in (None, "auto") else device
-    models = load_models(model, finetuned_model or None, results_dir, device, store)
+    store = curate_profile(profile)
+    models = load_models(profile.model, finetuned_model or None, profile.results_dir, profile.torch_device, store)
     used_split, note = choose_split(store, split)
-    options = EvalOptions(protocol=protocol, box_margin=box_margin, box_jitter=box_jitter, seed=seed, split=used_split)
-    root = Path(results_dir) / "data" / "synthetic" if data_source == "synthetic" else Path(shared_data_dir)
-    return Context(store, models, options, note, root if root.is_dir() else None, Path(results_dir), profile,
-                   data_source, str(shared_data_dir))
+    options = EvalOptions(protocol=protocol, box_margin=box_margin, box_jitter=box_jitter, seed=profile.seed,
+                          split=used_split)
+    root = profile.data_root
+    return Context(store, models, options, note, root if root.is_dir() else None, profile)
 
 
 def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "",

@@ -1,6 +1,6 @@
 """Notebook 04's pieces: the profile's run config, the training curves, and the before/after table.
 
-    cfg = profile_config(results_dir, model="litemedsam", steps=40, batch_size=8, seed=0, device="auto")
+    cfg = profile_config(profile, steps=40, batch_size=8)   # profile: medsam_lib.profile.Profile
     plot_curves(result.metrics, figures / "04_training_curves.png", title)
     table = before_after(cfg)          # base vs fine-tuned Dice on the validation split
 """
@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path
-from ..layout import ResultsLayout
 from .config import TrainConfig, config_from_dict
 
 
-def profile_config(results_dir: str | os.PathLike, model: str = "litemedsam", run: str = "decoder", **values) -> TrainConfig:
-    """A config on the profile's curated store and embedding store, into ``training/<run>``."""
-    layout = ResultsLayout(results_dir)
-    base = {"curated": str(layout.curated("paper")), "embeddings": str(layout.embeddings(model)),
-            "model": model, "out": str(layout.training(run))}
+def profile_config(profile, run: str = "decoder", **values) -> TrainConfig:
+    """A config on a profile's (``medsam_lib.profile.Profile``) curated store and embedding store, with
+    its model, seed and device, into ``training/<run>``; ``values`` set the other fields."""
+    layout = profile.layout
+    base = {"curated": str(layout.curated("paper")), "embeddings": str(layout.embeddings(profile.model)),
+            "model": profile.model, "seed": profile.seed, "device": profile.device, "out": str(layout.training(run))}
     base.update(values)
     return config_from_dict(base, source=f"notebook config for {layout.training(run)}")
 
