@@ -157,3 +157,21 @@ def load_profile(name: str) -> Profile:
 def open_profile(name: str) -> Profile:
     """What a notebook's first cell calls: the profile, its data checked, its results folder claimed."""
     return load_profile(name).check_data().claim()
+
+
+def fill_options(args, command: str, from_profile, defaults: dict) -> Profile | None:
+    """A command's ``--profile NAME``: its options that the profile decides (``from_profile(profile)``:
+    option -> value) are filled in where not given and refused where given otherwise; without
+    ``--profile`` the options not given take ``defaults``. Returns the opened profile, or None."""
+    name = getattr(args, "profile", None)
+    profile = open_profile(name) if name is not None else None
+    values = {**defaults, **(from_profile(profile) if profile is not None else {})}
+    for option, value in values.items():
+        given = getattr(args, option, None)
+        if given is None:
+            setattr(args, option, value)
+        elif profile is not None and option in from_profile(profile) and str(given) != str(value):
+            flag = "--" + option.replace("_", "-")
+            raise MedSAMError(f"{command} {flag} {quote(str(given))} contradicts --profile {name}, whose {flag} is "
+                              f"{quote(str(value))}: drop {flag}, or give the setting its own profile")
+    return profile

@@ -64,10 +64,25 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
+    from ..fileio import MedSAMError
     from .curate import curate
 
-    report = curate(args.manifest, args.out, preset=args.preset, root=args.root, seed=args.seed,
-                    datasets=args.dataset, keep_going=args.keep_going)
+    if args.profile is not None:
+        given = [flag for flag, value in (("--manifest", args.manifest), ("--out", args.out), ("--root", args.root),
+                                          ("--seed", args.seed), ("--dataset", args.dataset)) if value is not None]
+        if given:
+            raise MedSAMError(f"data curate --profile {args.profile} decides {', '.join(given)} itself; drop them, "
+                              "or curate a manifest with --manifest and --out instead")
+        from ..profile import open_profile
+        from .curate import curate_profile
+
+        store = curate_profile(open_profile(args.profile), preset=args.preset, progress=True)
+        print(f"profile {args.profile}: {len(store.index)} targets curated in {store.path}")
+        return 0
+    if not (args.manifest and args.out):
+        raise MedSAMError("data curate needs --manifest NAME and --out DIR, or --profile NAME")
+    seed = 0 if args.seed is None else args.seed
+    report = curate(args.manifest, args.out, preset=args.preset, root=args.root, seed=seed, datasets=args.dataset, keep_going=args.keep_going)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -108,12 +123,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("curate", help="curate a manifest's cases into 256x256 slices + index.csv (paper 3.1-3.2)")
-    p.add_argument("--manifest", required=True, help="manifest name or path")
+    p.add_argument("--profile", help="curate a profile's data into results/NAME/curated (as notebook 02 does)")
+    p.add_argument("--manifest", help="manifest name or path")
     p.add_argument("--preset", default="paper", choices=PRESETS,
                    help="paper (default: the paper's 3.1 rules) or official_code (the released code's)")
-    p.add_argument("--out", required=True, help="curated store folder (created; reruns resume)")
+    p.add_argument("--out", help="curated store folder (created; reruns resume)")
     p.add_argument("--root", default=None, help="data root the manifest's paths are relative to")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 train/test split by case")
+    p.add_argument("--seed", type=int, default=None, help="seed of the 80/20 train/test split by case (default 0)")
     p.add_argument("--dataset", action="append", default=None, help="only this data set (repeatable)")
     p.add_argument("--keep-going", action="store_true", help="report a failing case and continue with the rest")
     p.set_defaults(func=cmd_curate)

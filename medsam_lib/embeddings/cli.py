@@ -1,4 +1,6 @@
-"""``python -m medsam_lib embed --curated DIR --model NAME --out DIR [--dtype] [--batch-size] [--device]``.
+"""``python -m medsam_lib embed --curated DIR --model NAME --out DIR [--dtype] [--batch-size] [--device]``,
+or ``python -m medsam_lib embed --profile NAME``: the profile's curated store, model, device and
+embedding store folder (``results/<profile>/embeddings/<model>``), as notebook 03 builds it.
 
 Also under torchrun: ``torchrun --nproc-per-node N -m medsam_lib embed ...`` (each rank takes a
 disjoint set of chunks; rank 0 prints the summary).
@@ -21,10 +23,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_profile(profile) -> dict:
+    return {"curated": str(profile.layout.curated()), "model": profile.model, "device": profile.device,
+            "out": str(profile.layout.embeddings(profile.model))}
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from ..fileio import MedSAMError
+    from ..profile import fill_options
     from .build import build_store
 
+    fill_options(args, "embed", _from_profile, {"model": "litemedsam", "device": "auto"})
+    if not args.out:
+        raise MedSAMError("embed needs --out DIR (the embedding store folder), or --profile NAME")
     if args.check:
         return cmd_check(args)
     if not args.curated:
@@ -55,12 +66,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("embed", help="precompute the image embeddings of a curated store (resumable)")
+    p.add_argument("--profile", help="a profile (medsam_lib/profiles/NAME.json): sets --curated, --model, --device, --out")
     p.add_argument("--curated", help="curated store folder (from `data curate`)")
-    p.add_argument("--model", default="litemedsam", help="model name or checkpoint path (default litemedsam)")
-    p.add_argument("--out", required=True, help="embedding store folder (created; an existing one is resumed)")
+    p.add_argument("--model", help="model name or checkpoint path (default litemedsam)")
+    p.add_argument("--out", help="embedding store folder (created; an existing one is resumed)")
     p.add_argument("--dtype", default="float16", help="float16 (default) or float32")
     p.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default 8; halved on OOM)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
+    p.add_argument("--device", help="auto (default: cuda when available), cpu or cuda")
     p.add_argument("--vit-preprocess", default="paper", choices=["paper", "official_code"],
                    help="ViT-B input transform (models/transforms.py); LiteMedSAM has one")
     p.add_argument("--chunk-size", type=int, default=None, help="images per chunk file (new stores; default 16)")

@@ -123,7 +123,18 @@ def cmd_curated(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_profile(profile) -> dict:
+    layout = profile.layout
+    return {"curated": str(layout.curated()), "model": profile.model, "seed": profile.seed,
+            "embeddings": str(layout.embeddings(profile.model)), "out": str(layout.evaluation(profile.model)),
+            "device": profile.torch_device}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..profile import fill_options
+
+    if fill_options(args, "evaluate", _from_profile, {"seed": 0}) is not None and not Path(args.embeddings).is_dir():
+        args.embeddings = None  # no embedding store yet (notebook 03 / `embed --profile`): encode here
     if args.tolerance_mm is None or not (math.isfinite(args.tolerance_mm) and args.tolerance_mm > 0):
         raise MedSAMError(f"--tolerance-mm {args.tolerance_mm} must be a number > 0")
     from .metrics import TOLERANCE_MAX_MM
@@ -151,6 +162,8 @@ def register(subparsers) -> None:
     p.add_argument("--tolerance-mm", type=float, default=NSD_TOLERANCE_MM, help="NSD tolerance (paper 3.3: 1 mm)")
     p.add_argument("--nsd-2d", choices=["true", "unit_axis"], default="true",
                    help="2D NSD: true contour NSD (default) or the released LiteMedSAM unit-axis slab")
+    p.add_argument("--profile", help="a profile (medsam_lib/profiles/NAME.json): sets --curated, --model, "
+                   "--embeddings, --seed, --device and --out under results/NAME")
     p.add_argument("--curated", help="a curated store (python -m medsam_lib data curate)")
     p.add_argument("--model", help="model name or checkpoint path")
     p.add_argument("--embeddings", default=None, help="an embedding store of the same model (skips the encoder)")
@@ -159,7 +172,7 @@ def register(subparsers) -> None:
                    help="gt: a GT box on every slice (paper); propagate: GT box on the middle slice only")
     p.add_argument("--box-margin", type=float, default=0.0, help="px added to each side of the box (256 scale)")
     p.add_argument("--box-jitter", type=int, default=0, help="random 0..PX added to each side (seeded)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed of the box jitter (default 0)")
     p.add_argument("--nsd-spacing", choices=["physical", "unit"], default="physical",
                    help="physical: mm on the curated grid (paper); unit: 1 voxel per axis (released code)")
     p.add_argument("--slices", choices=["curated", "volume"], default="curated",

@@ -12,11 +12,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(describe_fields())
         return 0
-    if not args.config:
-        from ..fileio import MedSAMError
+    from ..fileio import MedSAMError
 
-        raise MedSAMError("train needs --config FILE (a .toml or .yaml file; --help-config lists its keys)")
-    cfg = load_config(args.config)
+    if args.config and args.profile:
+        raise MedSAMError("train takes --config FILE or --profile NAME, not both (a config names its own stores and out)")
+    if args.profile:
+        from ..profile import open_profile
+        from .report import profile_config
+
+        cfg = profile_config(open_profile(args.profile))  # the profile's stores, model, seed, device; defaults else
+    elif args.config:
+        cfg = load_config(args.config)
+    else:
+        raise MedSAMError("train needs --config FILE (a .toml or .yaml file; --help-config lists its keys) or "
+                          "--profile NAME")
     result = train(cfg, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports for the run
@@ -33,6 +42,8 @@ def register(subparsers) -> None:
                                           "into its `out`. Distributed: torchrun --nproc_per_node N -m medsam_lib "
                                           "train --config FILE.")
     p.add_argument("--config", help="training config (.toml, .yaml, .yml)")
+    p.add_argument("--profile", help="train on a profile's curated and embedding stores into "
+                   "results/NAME/training/decoder (the paper recipe's defaults: --help-config)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in `out` from last.pt (or return it when finished); starts fresh "
                         "when `out` has no last.pt")
