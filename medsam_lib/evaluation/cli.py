@@ -165,7 +165,7 @@ def register(subparsers) -> None:
     p.add_argument("--slices", choices=["curated", "volume"], default="curated",
                    help="GT slices counted: those curation kept (default) or every slice of the source volume")
     p.add_argument("--source-root", default=None, help="data root the store was curated from (--slices volume)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", help="folder for metrics.csv and evaluation.json")
     p.add_argument("--overwrite", action="store_true", help="replace results of another model in --out")
     p.set_defaults(func=cmd_evaluate)
