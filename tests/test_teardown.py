@@ -91,8 +91,8 @@ def test_prompt_predictor_box_matches_box_predictor(lite_model, lite_predictor, 
 def test_fig2_model_choice(lite_predictor, ct):
     from types import SimpleNamespace
 
-    predictors = {"LiteMedSAM": lite_predictor,
-                  "SAM ViT-B (random init)": SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b", pretrained=False))}
+    random_vit = SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b", pretrained=False))
+    predictors = {"LiteMedSAM": lite_predictor, "SAM ViT-B (random init)": random_vit}
     assert teardown.fig2_predictor("auto", predictors, ct) == ("LiteMedSAM", lite_predictor)
     assert teardown.fig2_predictor("litemedsam", predictors, ct)[1] is lite_predictor
     real_vit = SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b", pretrained=True))
