@@ -116,7 +116,7 @@ def encoder_benchmark(args) -> None:
         if args.weights:
             model.load_state_dict(load_state_dict(args.weights), strict=False)
         model = model.eval().to(device)
-        loaded = LoadedModel(model, "vit_b", "vit_b", args.weights or "random")
+        loaded = LoadedModel(model, "vit_b", "vit_b", args.weights)
         stock = model.image_encoder
         size = 1024
     else:

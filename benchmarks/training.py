@@ -58,7 +58,7 @@ def _loaded(arch: str, device) -> LoadedModel:
         return load_model("litemedsam", device=device)
     torch.manual_seed(0)
     model = build_model("vit_b").to(device).eval()
-    return LoadedModel(model=model, name="sam_vit_b (random init)", arch="vit_b", checkpoint="")
+    return LoadedModel(model=model, name="sam_vit_b (random init)", arch="vit_b", checkpoint=None)
 
 
 def bench(kind: str, loaded, pairs, source, batch: int, steps: int, device, bf16: bool, encoder=None) -> dict:

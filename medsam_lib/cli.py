@@ -32,8 +32,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     (lossless format, nothing in the way, not an input), the image, the box and the intensities."""
     from .data.preprocess import check_modality
     from .data.readers import check_mask_output, read_image, write_mask
+    from .devices import resolve_device
     from .fileio import check_output_path
-    from .models.zoo import MODELS, resolve_device
+    from .models.zoo import MODELS
 
     device = resolve_device(args.device)
     if args.modality is not None:
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(default: the middle slice)")
     seg.add_argument("--modality", default=None, help="CT, MR, ... (chooses the intensity preset for non-8-bit "
                                                       "input; DICOM's Modality tag when omitted)")
-    seg.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    seg.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
     seg.add_argument("--out", required=True, help="mask path (lossless): .png/.tif for 2D, .nii.gz/.nrrd/.mha keep "
                                                   "volume geometry; never one of the inputs")
     seg.set_defaults(func=cmd_segment)

@@ -88,11 +88,6 @@ class Profile:
         """The folder the data set's manifest paths are relative to."""
         return self.layout.synthetic_data if self.synthetic else self.shared_data_dir
 
-    @property
-    def torch_device(self) -> str | None:
-        """The device for ``BoxPredictor``/``load_model``: None (CUDA when available) for ``auto``."""
-        return None if self.device == "auto" else self.device
-
     def identity(self) -> dict:
         return {"profile": self.name, **{k: getattr(self, k) for k in IDENTITY}}
 

@@ -91,8 +91,7 @@ def _input_hashes(params: dict, out_dir: Path) -> dict:
     inputs: dict = {"notebooks": {p.name: sha256_file(p) for p in notebook_paths()}}
     model = str(params.get("model", zoo.DEFAULT_MODEL))
     try:
-        weights = zoo.weights_path(model) if model in zoo.MODELS else (NOTEBOOKS_DIR / model)
-        inputs["model"] = {model: sha256_file(weights)}
+        inputs["model"] = {model: zoo.weights_sha256(model if model in zoo.MODELS else NOTEBOOKS_DIR / model)}
     except (MedSAMError, OSError) as exc:
         inputs["model"] = {model: f"unavailable: {exc}"}
     if params.get("data_source") == "shared":

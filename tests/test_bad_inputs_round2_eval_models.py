@@ -164,7 +164,8 @@ def _nan_checkpoint(path: Path) -> Path:
 
 def _finetuned(path: Path, modules=("mask_decoder",), extra_prefix: str | None = None, nan: bool = False) -> Path:
     """A fine-tuned checkpoint in train's format (decoder weights of the base model)."""
-    from medsam_lib.models.finetuned import FORMAT, FORMAT_VERSION, base_reference
+    from medsam_lib.models.finetuned import FORMAT, FORMAT_VERSION
+    from medsam_lib.models.zoo import base_reference
 
     state = _lite_state()
     weights = {k: v.clone() for k, v in state.items() if k.split(".")[0] in modules}

@@ -284,16 +284,18 @@ def test_disk_full_leaves_a_consistent_store_that_a_rerun_completes(store16, cur
 
 def test_weights_sha256_is_computed_once_per_checkpoint(tmp_path, monkeypatch):
     import medsam_lib.embeddings.keys as keys
+    import medsam_lib.models.checkpoint_hash as checkpoint_hash
     from medsam_lib.fileio import sha256_file
+    from medsam_lib.models.zoo import load_model
 
     path = _random_lite_checkpoint(tmp_path / "user.pth")
     calls = []
-    import medsam_lib.models.weights_hash as weights_hash
-
-    monkeypatch.setattr(weights_hash, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    monkeypatch.setattr(checkpoint_hash, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 1
     assert keys.weights_sha256(str(path)) == sha256_file(path) and len(calls) == 1  # this process remembers
-    keys._MEMO.clear()
+    loaded = load_model(path, device="cpu")  # the loaded model carries the same hash, not computed again
+    assert keys.weights_sha256(loaded) == loaded.sha256 == sha256_file(path) and len(calls) == 1
+    checkpoint_hash._MEMO.clear()
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 1  # the cache file remembers
     path.write_bytes(path.read_bytes() + b"\0")  # another file now: hashed again
     assert keys.weights_sha256(path) == sha256_file(path) and len(calls) == 2

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from medsam_lib.evaluation import failures, tables
 from medsam_lib.evaluation.inference import SliceSource, predict_volume, prompt_box
@@ -118,6 +119,12 @@ def test_real_model_embedding_path_equals_image_path(lite_model):
     assert cache.encoded == len(images) == 1
     assert cache.get("0", lambda: images[0]) is embeddings[0] and cache.encoded == 1  # cached
     assert np.array_equal(direct, cached) and direct.any()
+    predictor.set_image(images[0])
+    before = predictor.predict([[70, 80, 190, 180]])
+    other = predictor.embed(images[0][::-1].copy())  # BoxPredictor.embed: the current image is left as it is
+    assert other.shape == embeddings[0].shape == (256, 64, 64) and not torch.equal(other, embeddings[0])
+    after = predictor.predict([[70, 80, 190, 180]])
+    assert np.array_equal(before.masks, after.masks) and np.array_equal(before.scores, after.scores)
 
 
 def test_bootstrap_and_wilcoxon():

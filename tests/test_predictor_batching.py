@@ -63,7 +63,7 @@ def predictor(lite_model):
 @pytest.fixture(scope="module")
 def random_vit_b() -> LoadedModel:
     torch.manual_seed(0)
-    return LoadedModel(model=build_model("vit_b").eval(), name="random vit_b", arch="vit_b", checkpoint="")
+    return LoadedModel(model=build_model("vit_b").eval(), name="random vit_b", arch="vit_b", checkpoint=None)
 
 
 def test_cpu_uses_the_fast_paths(predictor, random_vit_b):
@@ -125,7 +125,7 @@ def test_a_modified_decoder_is_not_rewritten(lite_model):
     model.mask_decoder.transformer.__class__ = Custom
     assert fast_decode.supports(lite_model.model)
     assert not fast_decode.supports(model)
-    assert not BoxPredictor(LoadedModel(model, "custom", "lite", ""))._fast
+    assert not BoxPredictor(LoadedModel(model, "custom", "lite", None))._fast
 
 
 def test_fast_encoder_matches_the_module(lite_model):
@@ -205,7 +205,7 @@ def test_vit_b_batch_of_images_equals_one_at_a_time():
     model.image_encoder.blocks = model.image_encoder.blocks[1:3]
     assert model.image_encoder.blocks[0].window_size > 0 and model.image_encoder.blocks[1].window_size == 0
     images, boxes = _small_images()
-    predictor = BoxPredictor(LoadedModel(model=model, name="random vit_b (2 blocks)", arch="vit_b", checkpoint=""))
+    predictor = BoxPredictor(LoadedModel(model=model, name="random vit_b (2 blocks)", arch="vit_b", checkpoint=None))
     batch = predictor.predict_batch(images, boxes, modality="X-Ray")
     assert batch.low_res_logits.shape == (2, 1, 256, 256)
     for i, (image, box) in enumerate(zip(images, boxes)):

@@ -39,7 +39,7 @@ def test_the_profile_decides_data_model_seed_and_results_folder(profiles, tmp_pa
     assert (demo.data_source, demo.model, demo.seed, demo.device) == ("synthetic", "litemedsam", 0, "auto")
     assert demo.results_dir == tmp_path / "results" / "demo" and demo.data_root == demo.layout.synthetic_data
     assert real.data_source == "shared" and real.results_dir == tmp_path / "results" / "shared-real"
-    assert real.data_root == profile_module.shared_data_dir() and demo.torch_device is None
+    assert real.data_root == profile_module.shared_data_dir()
     assert "results/" in demo.describe() and str(tmp_path) not in profile_module.shown(REPO / "results" / "demo")
 
 

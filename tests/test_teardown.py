@@ -56,13 +56,13 @@ def test_flops_on_meta_equal_a_real_pass(lite_model):
 def test_sam_vit_b_random_init_when_weights_absent(monkeypatch, tmp_path, lite_model):
     monkeypatch.setenv("MEDSAM_CACHE_DIR", str(tmp_path))
     state = torch.random.get_rng_state()
-    vit, pretrained = teardown.sam_vit_b(seed=3, device="cpu")
+    vit = teardown.sam_vit_b(seed=3, device="cpu")
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
-    assert not pretrained and "random init (seed 3" in vit.checkpoint
-    monkeypatch.setattr(teardown.architecture, "sam_vit_b", lambda seed, device: (vit, False))
+    assert not vit.pretrained and vit.checkpoint is None and vit.sha256 is None
+    monkeypatch.setattr(teardown.architecture, "sam_vit_b", lambda seed, device: vit)
     models, pretrained = teardown.load_models("litemedsam", seed=3, device="cpu")
     assert list(models) == ["LiteMedSAM", "SAM ViT-B (random init)"] and not pretrained
-    assert teardown.weights_note(vit) == vit.checkpoint
+    assert teardown.weights_note(vit) == "random init (sam_vit_b weights not in the cache)"
     assert "checksum verified" in teardown.weights_note(models["LiteMedSAM"])
     counts = teardown.parameter_counts(vit.model)
     # SAM ViT-B: ~89.7 M encoder parameters (Kirillov et al. 2023); decoder and prompt encoder as LiteMedSAM's
@@ -92,12 +92,13 @@ def test_prompt_predictor_box_matches_box_predictor(lite_model, lite_predictor, 
 def test_fig2_model_choice(lite_predictor, ct):
     from types import SimpleNamespace
 
-    predictors = {"LiteMedSAM": lite_predictor,
-                  "SAM ViT-B (random init)": SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b"))}
+    random_vit = SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b", pretrained=False))
+    predictors = {"LiteMedSAM": lite_predictor, "SAM ViT-B (random init)": random_vit}
     assert teardown.fig2_predictor("auto", predictors, ct) == ("LiteMedSAM", lite_predictor)
     assert teardown.fig2_predictor("litemedsam", predictors, ct)[1] is lite_predictor
-    with_weights = {"LiteMedSAM": lite_predictor, "SAM ViT-B": lite_predictor}
-    assert teardown.fig2_predictor("auto", with_weights, ct)[0] == "SAM ViT-B"
+    real_vit = SimpleNamespace(loaded=SimpleNamespace(name="sam_vit_b", pretrained=True))
+    with_weights = {"LiteMedSAM": lite_predictor, "SAM ViT-B": real_vit}
+    assert teardown.fig2_predictor("auto", with_weights, ct) == ("SAM ViT-B", real_vit)
     with pytest.raises(MedSAMError, match="unknown model"):
         teardown.fig2_predictor("sam_vit_h", predictors, ct)
 
@@ -156,7 +157,7 @@ def test_vit_b_prompt_predictor_matches_box_predictor(ct):
             return self.mix(self.pool(x))
 
     model.image_encoder = CheapEncoder().eval()
-    vit = zoo.LoadedModel(model=model, name="sam_vit_b", arch="vit_b", checkpoint="random")
+    vit = zoo.LoadedModel(model=model, name="sam_vit_b", arch="vit_b", checkpoint=None)
     image = ct.image[::2, :]  # non-square (64 x 128): exercises the padding and the crop
     box = np.array([10.0, 5.0, 90.0, 50.0])
     adapter = teardown.PromptPredictor(vit)

@@ -107,7 +107,8 @@ def test_default_model_loads_offline_with_verified_checksum(monkeypatch):
     bundled = zoo.bundled_lite_checkpoint()
     assert zoo.DEFAULT_MODEL == "litemedsam"
     assert (loaded.name, loaded.arch, loaded.image_size) == ("litemedsam", "lite", 256)
-    assert Path(loaded.checkpoint) == bundled and bundled.name == "lite_medsam.pth"
+    assert loaded.checkpoint == bundled and bundled.name == "lite_medsam.pth"
+    assert loaded.pretrained and loaded.sha256 == zoo.LITE_SHA256  # the registry's: the file is not hashed again
     assert checks == [(bundled, {"sha256": zoo.LITE_SHA256}, zoo.LITE_SIZE)]
     # The recorded identity is that of the file actually bundled, computed independently here.
     assert zoo.LITE_SHA256 == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -221,7 +222,8 @@ def test_checkpoint_layouts_give_identical_weights(tmp_path, lite_state, layout)
     assert all(torch.equal(state[k], lite_state[k]) for k in lite_state)
 
     loaded = zoo.load_model(path, device="cpu")
-    assert (loaded.name, loaded.arch, loaded.checkpoint) == (path.name, "lite", str(path))
+    assert (loaded.name, loaded.arch, loaded.checkpoint) == (path.name, "lite", path)
+    assert loaded.sha256 == sha256_file(path)  # a file outside the registry: hashed at load
     assert_same_weights(loaded.model, lite_state)
 
 
@@ -403,7 +405,7 @@ def test_sam_vit_b_from_the_cache(cache, monkeypatch, vit_b_checkpoint):
                hashes={"sha256": vit_b_checkpoint.sha256, "xxh128": vit_b_checkpoint.xxh128})
     loaded = zoo.load_model("sam_vit_b", device="cpu")
     assert (loaded.name, loaded.arch, loaded.image_size) == ("sam_vit_b", "vit_b", 1024)
-    assert loaded.checkpoint == str(cache / "sam_vit_b_01ec64.pth")
+    assert loaded.checkpoint == cache / "sam_vit_b_01ec64.pth" and loaded.sha256 == vit_b_checkpoint.sha256
     assert_same_weights(loaded.model, torch.load(vit_b_checkpoint.path, map_location="cpu", weights_only=True))
     del loaded
 
@@ -426,8 +428,8 @@ def test_medsam_vit_b_from_the_cache_and_from_a_path(cache, monkeypatch, vit_b_c
     del loaded
 
     loaded = zoo.load_model(str(vit_b_checkpoint.path), device="cpu")
-    assert (loaded.name, loaded.arch, loaded.checkpoint) == (
-        "random_sam_vit_b.pth", "vit_b", str(vit_b_checkpoint.path))
+    assert (loaded.name, loaded.arch, loaded.checkpoint, loaded.sha256) == (
+        "random_sam_vit_b.pth", "vit_b", vit_b_checkpoint.path, vit_b_checkpoint.sha256)
     assert_same_weights(loaded.model, reference)
     # The batched-decoder fix is applied to every model built here.
     assert getattr(type(loaded.model.mask_decoder), "_medsam_batched", False)

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 
 from ..data.store import CuratedDataset
+from ..devices import join, resolve_device
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder
 from ..locks import output_folder
 from ..models.transforms import for_model
 from ..models.zoo import LoadedModel, load_model
 from .encoder import BatchEncoder
 from .keys import expected_key
-from .parallel import Dist, flock, resolve_device
+from .parallel import flock
 from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER, EmbeddingStore, check_dtype,
                     chunk_marker, chunk_problem, chunk_sha256, key_differences, load_store, marker_matches, n_chunks,
                     plan_ids, read_header, read_json, store_key)
@@ -240,7 +241,7 @@ def build_store(curated, model, out, dtype: str = "float16", batch_size: int = 8
 
 def _build(out: Path, dataset: CuratedDataset, model, key: dict, dev: torch.device, batch_size: int, progress: bool,
            vit_preprocess: str, chunk_size: int | None, compile: bool) -> EmbeddingStore:
-    dist = Dist(dev.type)
+    dist = join(dev)
     if dev.type == "cuda" and dist.world > 1:
         dev = torch.device(f"cuda:{dist.local_rank}")
     started = time.perf_counter()

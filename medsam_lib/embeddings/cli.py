@@ -72,7 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="embedding store folder (created; an existing one is resumed)")
     p.add_argument("--dtype", default="float16", help="float16 (default) or float32")
     p.add_argument("--batch-size", type=int, default=8, help="images per encoder call (default 8; halved on OOM)")
-    p.add_argument("--device", help="auto (default: cuda when available), cpu or cuda")
+    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
     p.add_argument("--vit-preprocess", default="paper", choices=["paper", "official_code"],
                    help="ViT-B input transform (models/transforms.py); LiteMedSAM has one")
     p.add_argument("--chunk-size", type=int, default=None, help="images per chunk file (new stores; default 16)")

@@ -2,7 +2,7 @@
 
 - CPU, LiteMedSAM: ``models.fast_encode`` (BatchNorms folded, in-place activations, channels-last
   input), exactly as ``BoxPredictor`` encodes, so stored embeddings are the predictor's.
-- CUDA, ViT-B: ``models.fast_vit`` (bfloat16 weights, ``scaled_dot_product_attention`` carrying
+- CUDA, ViT-B: ``models.sam_vit_sdpa`` (bfloat16 weights, ``scaled_dot_product_attention`` carrying
   SAM's decomposed relative-position bias as an additive mask; ``compile=True`` adds
   ``torch.compile``). On a model whose modules are not stock segment-anything, the module forward.
 - Anything else: the encoder module's own forward (float32).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models import fast_encode, fast_vit
+from ..models import fast_encode, sam_vit_sdpa
 from ..models.zoo import LoadedModel
 
 
@@ -30,9 +30,9 @@ class BatchEncoder:
         if fast and device.type == "cpu" and loaded.arch == "lite" and fast_encode.supports(self.encoder):
             self.path = "fast_encode-cpu-float32"
             self._fn = self._lite_cpu
-        elif fast and device.type == "cuda" and loaded.arch == "vit_b" and fast_vit.supports(self.encoder):
+        elif fast and device.type == "cuda" and loaded.arch == "vit_b" and sam_vit_sdpa.supports(self.encoder):
             self.path = "sdpa-relpos-bfloat16" + ("-compiled" if compile else "")
-            self._fn = fast_vit.FastViTEncoder(self.encoder, dtype=torch.bfloat16, compile=compile)
+            self._fn = sam_vit_sdpa.SdpaViTEncoder(self.encoder, dtype=torch.bfloat16, compile=compile)
         else:
             self.path = f"module-{device.type}-float32"
 

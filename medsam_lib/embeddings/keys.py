@@ -1,17 +1,12 @@
-"""What an embedding is keyed by: the model's weights SHA-256 and its input transform.
-
-The SHA-256 of a checkpoint file is computed once: zoo models carry theirs in the registry (their
-file is verified against it on first use); any other file is hashed once and remembered, in this
-process and in ``<cache dir>/checkpoint_sha256.json`` keyed by (path, size, mtime), so reopening a
-store of a 375 MB ViT-B checkpoint does not rehash it.
-"""
+"""What an embedding is keyed by: the model's weights SHA-256 (``zoo.weights_sha256``: computed once
+per file, see ``models.checkpoint_hash``) and its input transform."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..models import zoo
 from ..models.transforms import InputTransform
-from ..models.weights_hash import _MEMO, CACHE_FILE, file_sha256, weights_sha256  # noqa: F401
+from ..models.zoo import weights_sha256
 
 
 def model_arch(model) -> str:

@@ -23,7 +23,7 @@ def store_table(store: EmbeddingStore):
 
 
 def predictor_agreement(store: EmbeddingStore, curated, model, per_modality: int = 1):
-    """Cosine similarity between ``store.get(id)`` and ``BoxPredictor.set_image``'s own embedding of
+    """Cosine similarity between ``store.get(id)`` and ``BoxPredictor``'s own embedding (``embed``) of
     the same curated image, for the first ``per_modality`` images of each modality."""
     import pandas as pd
 
@@ -38,8 +38,7 @@ def predictor_agreement(store: EmbeddingStore, curated, model, per_modality: int
         if seen.get(modality, 0) >= per_modality:
             continue
         seen[modality] = seen.get(modality, 0) + 1
-        predictor.set_image(curated.load_image(curated_rows[image_id]))
-        own = predictor._embedding[0].float().cpu().numpy().ravel().astype(np.float64)
+        own = predictor.embed(curated.load_image(curated_rows[image_id])).double().cpu().numpy().ravel()
         stored = store.get(image_id).astype(np.float64).ravel()
         cosine = float(own @ stored / (np.linalg.norm(own) * np.linalg.norm(stored)))
         rows.append({"modality": modality, "image_id": image_id, "cosine (store vs set_image)": round(cosine, 4)})

@@ -241,7 +241,7 @@ def prepare(profile, finetuned_model=None, split: str = "test", protocol: str = 
     from ..data.curate import curate_profile
 
     store = curate_profile(profile)
-    models = load_models(profile.model, finetuned_model or None, profile.results_dir, profile.torch_device, store)
+    models = load_models(profile.model, finetuned_model or None, profile.results_dir, profile.device, store)
     used_split, note = choose_split(store, split)
     options = EvalOptions(protocol=protocol, box_margin=box_margin, box_jitter=box_jitter, seed=profile.seed,
                           split=used_split)

@@ -127,13 +127,13 @@ def _from_profile(profile) -> dict:
     layout = profile.layout
     return {"curated": str(layout.curated()), "model": profile.model, "seed": profile.seed,
             "embeddings": str(layout.embeddings(profile.model)), "out": str(layout.evaluation(profile.model)),
-            "device": profile.torch_device}
+            "device": profile.device}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..profile import fill_options
 
-    if fill_options(args, "evaluate", _from_profile, {"seed": 0}) is not None and not Path(args.embeddings).is_dir():
+    if fill_options(args, "evaluate", _from_profile, {"seed": 0, "device": "auto"}) is not None and not Path(args.embeddings).is_dir():
         args.embeddings = None  # no embedding store yet (notebook 03 / `embed --profile`): encode here
     if args.tolerance_mm is None or not (math.isfinite(args.tolerance_mm) and args.tolerance_mm > 0):
         raise MedSAMError(f"--tolerance-mm {args.tolerance_mm} must be a number > 0")
@@ -178,7 +178,7 @@ def register(subparsers) -> None:
     p.add_argument("--slices", choices=["curated", "volume"], default="curated",
                    help="GT slices counted: those curation kept (default) or every slice of the source volume")
     p.add_argument("--source-root", default=None, help="data root the store was curated from (--slices volume)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", help="folder for metrics.csv and evaluation.json")
     p.add_argument("--overwrite", action="store_true", help="replace results of another model in --out")
     p.set_defaults(func=cmd_evaluate)

@@ -141,10 +141,7 @@ class EmbeddingCache:
         if image_id in self._items:
             self._items.move_to_end(image_id)
             return self._items[image_id]
-        from ..models.transforms import to_uint8_rgb
-
-        prepared = self.predictor._prepare(to_uint8_rgb(image_fn(), None, image_id))
-        embedding = self.predictor._encode(prepared.tensor[None])[0]
+        embedding = self.predictor.embed(image_fn(), source=image_id)
         self.encoded += 1
         self._items[image_id] = embedding
         self._bytes += embedding.element_size() * embedding.nelement()

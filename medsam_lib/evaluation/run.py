@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder, sha256_file
+from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder
 from ..locks import output_folder
 from . import metrics
 from .inference import EmbeddingCache, SliceSource, predict_volume
@@ -175,19 +175,17 @@ def score_predictions(predictions: list[PredictedTarget], options: EvalOptions =
 
 
 def model_identity(model) -> dict:
+    """The model's name and its weights' SHA-256 (a loaded model's own, computed at load)."""
+    from ..models import zoo
     from ..models.predictor import BoxPredictor
-    from ..models.zoo import load_model
 
     loaded = model.loaded if isinstance(model, BoxPredictor) else model
-    if isinstance(loaded, (str, os.PathLike)):
-        from ..models import zoo
-
-        path = zoo.weights_path(str(loaded)) if str(loaded) in zoo.MODELS else Path(loaded)
-        if not Path(path).is_file():
-            load_model(loaded)  # raises the clear error
-        return {"model": Path(str(loaded)).name if str(loaded) not in zoo.MODELS else str(loaded),
-                "checkpoint_sha256": sha256_file(path)}
-    return {"model": loaded.name, "checkpoint_sha256": sha256_file(loaded.checkpoint)}
+    if isinstance(loaded, zoo.LoadedModel):
+        return {"model": loaded.name, "checkpoint_sha256": zoo.weights_sha256(loaded)}
+    if not isinstance(loaded, (str, os.PathLike)):
+        zoo.load_model(loaded)  # raises the clear error
+    text = str(loaded)
+    return {"model": text if text in zoo.MODELS else Path(text).name, "checkpoint_sha256": zoo.weights_sha256(text)}
 
 
 def check_out_dir(out_dir: Path, identity: dict, overwrite: bool) -> None:

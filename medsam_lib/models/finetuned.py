@@ -13,9 +13,10 @@
     training          (``last.pt`` only) optimiser, sampler position, RNG states: see training.checkpoint
 
 Reading one (``read_checkpoint``) refuses non-finite weights and weights of modules other than the
-declared ``trained_modules``. ``load_model("out/best.pt")`` (zoo) calls ``load_finetuned``: it rebuilds the base model by its
-name (or path: as written, else relative to the checkpoint's folder), refuses it when its weights'
-SHA-256 differs from the one recorded, and applies the trained weights on top.
+declared ``trained_modules``. This module is the file format only (it imports nothing from the zoo):
+``zoo.load_model("out/best.pt")`` rebuilds the base model by its name (or path: as written, else
+relative to the checkpoint's folder), refuses it when its weights' SHA-256 differs from the one
+recorded (``zoo.base_reference``), and applies the trained weights on top (``apply_weights``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import MedSAMError
-from .safe_load import load_torch_file
+from .safe_load import check_finite_weights, load_torch_file
 
 FORMAT = "medsam_lib.finetuned"
 FORMAT_VERSION = 1
@@ -45,13 +46,6 @@ def is_finetuned(path: str | os.PathLike) -> bool:
         return False
 
 
-def base_reference(model: str | os.PathLike, arch: str) -> dict:
-    """What a fine-tuned checkpoint records of its base model."""
-    from .weights_hash import weights_sha256
-
-    return {"model": str(model), "arch": arch, "weights_sha256": weights_sha256(model)}
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The dict of a fine-tuned checkpoint (weights_only); MedSAMError naming the file otherwise."""
     obj = load_torch_file(path, "checkpoint")
@@ -67,26 +61,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
-def resolve_base(reference: dict, checkpoint: Path) -> str:
-    """The base model to rebuild: a zoo name, a path as recorded, or that path beside the checkpoint."""
-    from .zoo import MODELS
-
-    text = str(reference["model"])
-    if text in MODELS:
-        return text
-    for candidate in (Path(text), checkpoint.parent / text, checkpoint.parent / Path(text).name):
-        if candidate.is_file():
-            return str(candidate)
-    raise MedSAMError(f"{checkpoint}: fine-tuned from base model {text!r}, which is not found (neither as "
-                      f"written nor beside the checkpoint); put the base checkpoint there")
-
-
 def check_declared(obj: dict, source: str) -> dict:
     """The checkpoint's weights, refused unless they are finite tensors of its ``trained_modules`` only
     (a tensor of another module would change the model behind the declaration's back). Called by
     ``read_checkpoint``: every reader of best.pt / last.pt (loading, resuming, reporting) gets it."""
-    from .zoo import check_finite_weights
-
     modules, weights = obj["trained_modules"], obj["weights"]
     if not (isinstance(modules, list) and all(isinstance(m, str) and m for m in modules)):
         raise MedSAMError(f"{source}: 'trained_modules' must be a list of module names, got {modules!r}")
@@ -115,28 +93,3 @@ def apply_weights(model: torch.nn.Module, weights: dict, source: str) -> None:
     with torch.no_grad():
         for key, value in weights.items():
             own[key].copy_(value.to(own[key].dtype))
-
-
-def load_finetuned(path: str | os.PathLike, device=None):
-    """A ``zoo.LoadedModel`` of the base model with the checkpoint's trained weights applied."""
-    from .zoo import LoadedModel, default_device, load_model
-
-    path = Path(path)
-    obj = read_checkpoint(path)
-    reference = obj["base"]
-    base = resolve_base(reference, path)
-    if is_finetuned(base):
-        raise MedSAMError(f"{path}: its base {base} is itself a fine-tuned checkpoint; give the original base")
-    from .weights_hash import weights_sha256
-
-    found = weights_sha256(base)
-    if found != reference["weights_sha256"]:
-        raise MedSAMError(f"{path}: fine-tuned from base weights with SHA-256 {reference['weights_sha256'][:16]}..., "
-                          f"but {base} has {found[:16]}...; load it with the base model it was trained from")
-    loaded = load_model(base, device="cpu")
-    if loaded.arch != reference.get("arch", loaded.arch):
-        raise MedSAMError(f"{path}: base recorded as {reference['arch']!r}, but {base} is a {loaded.arch!r} model")
-    apply_weights(loaded.model, obj["weights"], str(path))
-    device = torch.device(device) if device is not None else default_device()
-    loaded.model.to(device).eval()
-    return LoadedModel(model=loaded.model, name=path.name, arch=loaded.arch, checkpoint=str(path))

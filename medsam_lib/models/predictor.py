@@ -180,6 +180,11 @@ class BoxPredictor:
         self._terms = self._precompute(embedding) if self._fast else None
         self._source = source
 
+    def embed(self, image: np.ndarray, modality: str | None = None, source: str = "image") -> torch.Tensor:
+        """The (256, 64, 64) embedding of one image, as ``set_image`` computes it, for a caller that keeps
+        embeddings itself (hand it back with ``set_embedding``); the current image is left as it is."""
+        return self._encode(self._prepare(to_uint8_rgb(image, modality, source)).tensor[None])[0]
+
     def set_embedding(self, embedding, original_size: tuple[int, int], source: str = "embedding") -> None:
         """Use a precomputed (256, 64, 64) or (1, 256, 64, 64) image embedding (e.g. from an embedding
         store) for an image of size ``original_size`` (H, W), instead of encoding the image."""

@@ -1,6 +1,7 @@
 """The one way a checkpoint file is opened: ``torch.load(weights_only=True)`` with every failure as a
 MedSAMError naming the file and the problem (used by ``zoo.load_state_dict`` for model weights and
-by ``finetuned.read_checkpoint`` for ``best.pt`` / ``last.pt``).
+by ``finetuned.read_checkpoint`` for ``best.pt`` / ``last.pt``), and the one rule for the weights read
+(``check_finite_weights``).
 
 - a folder, a missing file, a named pipe or device, an empty file: said so before torch opens it;
 - pickled code (a global the weights-only unpickler refuses): the global is named, nothing is run;
@@ -14,6 +15,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -50,6 +52,16 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint"):
     except Exception as exc:  # noqa: BLE001 - the unpickler fails in many ways on text and junk (IndexError, KeyError)
         raise MedSAMError(f"{what} {path} is not a PyTorch checkpoint ({_describe_unreadable(path)}); "
                           "give the .pth file of a model") from exc
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], source) -> None:
+    """The one rule for weights: every floating-point tensor is finite. A NaN weight gives NaN logits,
+    an empty mask and a NaN score, silently; refused at load (model files and fine-tuned weights)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise MedSAMError(f"checkpoint {source}: weight {key!r} holds {bad} NaN or infinite value(s); "
+                              "the file is broken (a diverged training run?): use another checkpoint")
 
 
 def _describe_unreadable(path: Path) -> str:

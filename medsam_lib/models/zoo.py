@@ -8,11 +8,18 @@ Named models
 - ``medsam_vit_b``: MedSAM ViT-B, ``medsam_vit_b.pth``; the authors share it through a Google Drive
   folder with no direct URL, so it is placed by hand in the cache directory or given as a path.
 Any other checkpoint file can be loaded by path (raw state dict, ``{"model": ...}`` or
-``{"state_dict": ...}`` wrappers, and DDP ``module.`` prefixes are accepted).
+``{"state_dict": ...}`` wrappers, and DDP ``module.`` prefixes are accepted), and so can a fine-tuned
+checkpoint (``best.pt`` / ``last.pt`` of ``train``, format in ``finetuned``): its base model with the
+trained weights applied.
 
-Weights are looked up in ``$MEDSAM_CACHE_DIR``, else ``$XDG_CACHE_HOME/medsam_lib``, else
-``~/.cache/medsam_lib``. Every file is read with ``torch.load(weights_only=True)``, and a file holding a
-NaN or infinite weight is refused at load (``check_finite_weights``, also applied to fine-tuned weights).
+A ``LoadedModel`` says where its weights came from (``checkpoint``; None and ``pretrained`` False for
+a randomly initialised model) and carries their SHA-256 (``sha256``, computed once at load:
+``checkpoint_hash``), which embeddings, fine-tuned checkpoints and metrics folders are keyed by.
+
+Weights are looked up in ``cache_dir()`` (``checkpoint_hash``): ``$MEDSAM_CACHE_DIR``, else
+``$XDG_CACHE_HOME/medsam_lib``, else ``~/.cache/medsam_lib``. Every file is read with
+``torch.load(weights_only=True)``, and a file holding a NaN or infinite weight is refused at load
+(``safe_load.check_finite_weights``, also applied to fine-tuned weights).
 """
 from __future__ import annotations
 
@@ -26,9 +33,12 @@ import torch
 from torch import nn
 
 from .. import paper
+from ..devices import resolve_device
 from ..download import fetch_url, verify_file
 from ..fileio import MedSAMError
-from .safe_load import load_torch_file
+from .checkpoint_hash import cache_dir, file_sha256
+from .finetuned import apply_weights, is_finetuned, read_checkpoint
+from .safe_load import check_finite_weights, load_torch_file
 
 LITE_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 LITE_SIZE = 39_370_479
@@ -75,14 +85,6 @@ MODELS: dict[str, ModelSpec] = {
                     "bowang-lab/MedSAM README) and place it in the cache directory, or pass its path")),
 }
 DEFAULT_MODEL = "litemedsam"
-
-
-def cache_dir() -> Path:
-    """Where weights are looked for and fetched to (not created until something is written)."""
-    if os.environ.get("MEDSAM_CACHE_DIR"):
-        return Path(os.environ["MEDSAM_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "medsam_lib"
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -179,16 +181,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def check_finite_weights(state: Mapping[str, torch.Tensor], source) -> None:
-    """The one rule for weights: every floating-point tensor is finite. A NaN weight gives NaN logits,
-    an empty mask and a NaN score, silently; refused at load (model files and fine-tuned weights)."""
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            raise MedSAMError(f"checkpoint {source}: weight {key!r} holds {bad} NaN or infinite value(s); "
-                              "the file is broken (a diverged training run?): use another checkpoint")
-
-
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
 
@@ -225,16 +217,49 @@ def build_model(arch: str) -> nn.Module:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference, with what produced it."""
+    """A model ready for inference, with what produced it: the ``checkpoint`` file its weights came
+    from (None: randomly initialised) and that file's SHA-256 (given, or computed here once)."""
 
     model: nn.Module
     name: str
     arch: str
-    checkpoint: str
+    checkpoint: Path | None
+    sha256: str | None = None
+
+    def __post_init__(self):
+        if self.checkpoint is not None:
+            self.checkpoint = Path(self.checkpoint)
+            self.sha256 = self.sha256 or file_sha256(self.checkpoint)
+        elif self.sha256 is not None:
+            raise MedSAMError(f"model {self.name!r}: a SHA-256 without a checkpoint file it identifies")
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the weights came from a checkpoint file; False for a random initialisation."""
+        return self.checkpoint is not None
 
     @property
     def image_size(self) -> int:
         return paper.LITE_IMAGE_SIZE if self.arch == "lite" else paper.ENCODER_IMAGE_SIZE
+
+
+def weights_sha256(model: str | os.PathLike | LoadedModel) -> str:
+    """SHA-256 of the weights behind a zoo name (the registry's, its file verified once), a checkpoint
+    path (``checkpoint_hash.file_sha256``) or a ``LoadedModel`` (its own, from load time)."""
+    if isinstance(model, LoadedModel):
+        if model.sha256 is None:
+            raise MedSAMError(f"model {model.name!r} is randomly initialised: it has no weights file to identify it")
+        return model.sha256
+    text = str(model)
+    if text in MODELS:
+        path = weights_path(text)
+        return MODELS[text].hashes.get("sha256") or file_sha256(path)
+    return file_sha256(text)
+
+
+def base_reference(model: str | os.PathLike, arch: str) -> dict:
+    """What a fine-tuned checkpoint records of its base model (``finetuned``'s ``base``)."""
+    return {"model": str(model), "arch": arch, "weights_sha256": weights_sha256(model)}
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
@@ -248,12 +273,11 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
     text = str(name_or_path)
     if text in MODELS:
         spec = get_spec(text)
-        path, name, expected_arch = weights_path(text), text, spec.arch
+        path, name, expected_arch, known_sha256 = weights_path(text), text, spec.arch, spec.hashes.get("sha256")
     elif Path(text).suffix or os.sep in text or Path(text).exists():
-        finetuned = _load_if_finetuned(Path(text), device)
-        if finetuned is not None:
-            return finetuned
-        path, name, expected_arch = Path(text), Path(text).name, arch
+        if is_finetuned(text):
+            return _load_finetuned(Path(text), device)
+        path, name, expected_arch, known_sha256 = Path(text), Path(text).name, arch, None
     else:
         get_spec(text)  # raises the unknown-name error
         raise AssertionError("unreachable")
@@ -274,41 +298,36 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | to
             f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})")
     model.to(device).eval()
-    return LoadedModel(model=model, name=name, arch=found, checkpoint=str(path))
+    return LoadedModel(model=model, name=name, arch=found, checkpoint=Path(path), sha256=known_sha256)
 
 
-def _load_if_finetuned(path: Path, device) -> LoadedModel | None:
-    """A fine-tuned checkpoint (``train``'s best.pt / last.pt): the base model with its trained weights."""
-    from .finetuned import is_finetuned, load_finetuned
+def _load_finetuned(path: Path, device: torch.device) -> LoadedModel:
+    """A fine-tuned checkpoint: its base model, refused unless its weights' SHA-256 is the recorded
+    one, with the checkpoint's trained weights applied."""
+    obj = read_checkpoint(path)
+    reference = obj["base"]
+    base = _resolve_base(reference, path)
+    if is_finetuned(base):
+        raise MedSAMError(f"{path}: its base {base} is itself a fine-tuned checkpoint; give the original base")
+    found = weights_sha256(base)
+    if found != reference["weights_sha256"]:
+        raise MedSAMError(f"{path}: fine-tuned from base weights with SHA-256 {reference['weights_sha256'][:16]}..., "
+                          f"but {base} has {found[:16]}...; load it with the base model it was trained from")
+    loaded = load_model(base, device="cpu")
+    if loaded.arch != reference.get("arch", loaded.arch):
+        raise MedSAMError(f"{path}: base recorded as {reference['arch']!r}, but {base} is a {loaded.arch!r} model")
+    apply_weights(loaded.model, obj["weights"], str(path))
+    loaded.model.to(device).eval()
+    return LoadedModel(model=loaded.model, name=path.name, arch=loaded.arch, checkpoint=path)
 
-    return load_finetuned(path, device) if is_finetuned(path) else None
 
-
-def default_device() -> torch.device:
-    """CUDA when present at run time, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch.device that exists here (None: ``default_device()``); MedSAMError naming
-    the option otherwise (a misspelt name, CUDA without a GPU, a GPU index that is not there)."""
-    if device is None:
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise MedSAMError(f"--device {device!r}: not a device name; use cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MedSAMError(f"--device {device!r}: no CUDA GPU is available here (torch "
-                              f"{torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); use --device cpu")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise MedSAMError(f"--device {device!r}: there are {count} CUDA GPU(s) here (cuda:0..cuda:{count - 1})")
-        return dev
-    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return dev
-    raise MedSAMError(f"--device {device!r}: not available here; use cpu"
-                      f"{' or cuda' if torch.cuda.is_available() else ''}")
+def _resolve_base(reference: dict, checkpoint: Path) -> str:
+    """The base model to rebuild: a zoo name, a path as recorded, or that path beside the checkpoint."""
+    text = str(reference["model"])
+    if text in MODELS:
+        return text
+    for candidate in (Path(text), checkpoint.parent / text, checkpoint.parent / Path(text).name):
+        if candidate.is_file():
+            return str(candidate)
+    raise MedSAMError(f"{checkpoint}: fine-tuned from base model {text!r}, which is not found (neither as "
+                      f"written nor beside the checkpoint); put the base checkpoint there")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..fileio import MedSAMError
 from ..models import zoo
 
@@ -82,11 +83,9 @@ def count_flops(model: nn.Module, image_size: int, on_meta: bool = True) -> Flop
                      by_module=by_module)
 
 
-def sam_vit_b(seed: int = 0, device: str | torch.device | None = "cpu") -> tuple[zoo.LoadedModel, bool]:
-    """SAM ViT-B with Meta's weights when they are in the cache, else randomly initialised.
-
-    Returns (model, pretrained). Random init uses ``torch.manual_seed(seed)`` so it is repeatable.
-    """
+def sam_vit_b(seed: int = 0, device: str | torch.device | None = "cpu") -> zoo.LoadedModel:
+    """SAM ViT-B with Meta's weights when they are in the cache, else randomly initialised
+    (``pretrained`` False; ``torch.manual_seed(seed)``, so it is repeatable)."""
     try:
         zoo.weights_path("sam_vit_b")
     except MedSAMError:
@@ -96,29 +95,29 @@ def sam_vit_b(seed: int = 0, device: str | torch.device | None = "cpu") -> tuple
             model = zoo.build_model("vit_b")
         finally:
             torch.random.set_rng_state(generator_state)
-        model.to(device or "cpu").eval()
-        return zoo.LoadedModel(model=model, name="sam_vit_b", arch="vit_b",
-                               checkpoint=f"random init (seed {seed}; sam_vit_b weights not in the cache)"), False
-    return zoo.load_model("sam_vit_b", device=device), True
+        model.to(resolve_device(device)).eval()
+        return zoo.LoadedModel(model=model, name="sam_vit_b", arch="vit_b", checkpoint=None)
+    return zoo.load_model("sam_vit_b", device=device)
 
 
 def load_models(model: str = zoo.DEFAULT_MODEL, seed: int = 0,
                 device: str | torch.device | None = None) -> tuple[dict[str, zoo.LoadedModel], bool]:
     """The two models the notebook compares: ``model`` (LiteMedSAM by default) and SAM ViT-B.
 
-    Returns ({label: model}, whether SAM ViT-B has its real weights); labels say "(random init)".
+    Returns ({label: model}, whether SAM ViT-B has its real weights); labels say "(random init)" for
+    the reader, code asks ``loaded.pretrained``.
     """
     first = zoo.load_model(model, device=device)
-    vit_b, pretrained = sam_vit_b(seed=seed, device=device)
+    vit_b = sam_vit_b(seed=seed, device=device)
     first_label = "LiteMedSAM" if first.name == "litemedsam" else first.name
-    vit_label = "SAM ViT-B" + ("" if pretrained else " (random init)")
-    return {first_label: first, vit_label: vit_b}, pretrained
+    vit_label = "SAM ViT-B" + ("" if vit_b.pretrained else " (random init)")
+    return {first_label: first, vit_label: vit_b}, vit_b.pretrained
 
 
 def weights_note(loaded: zoo.LoadedModel) -> str:
     """Where a model's weights came from, in words."""
-    if loaded.checkpoint.startswith("random init"):
-        return loaded.checkpoint
+    if not loaded.pretrained:
+        return f"random init ({loaded.name} weights not in the cache)"
     return f"weights {Path(loaded.checkpoint).name} (checksum verified)" if loaded.name in zoo.MODELS \
         else f"weights {Path(loaded.checkpoint).name}"
 

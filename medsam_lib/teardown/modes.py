@@ -158,7 +158,8 @@ def fig2_predictor(choice: str, predictors: dict[str, "PromptPredictor"], ct: Ca
     """The model for Fig. 2: ``"auto"`` = SAM ViT-B when it has real weights, else the first model;
     a label or zoo name of one of ``predictors``; or any other zoo name or checkpoint path (loaded)."""
     if choice == "auto":
-        label = next((k for k in predictors if k == "SAM ViT-B"), next(iter(predictors)))
+        label = next((k for k, p in predictors.items() if p.loaded.name == "sam_vit_b" and p.loaded.pretrained),
+                     next(iter(predictors)))
         return label, predictors[label]
     for label, predictor in predictors.items():
         if choice in (label, predictor.loaded.name):

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import devices
 from ..fileio import MedSAMError, atomic_path, check_output_folder
 from ..locks import output_folder
 from ..models.zoo import MODELS
 from . import checkpoint as ckpt
-from . import distributed
 from .config import TrainConfig, write_config
 from .data import Pairs, StreamSampler, embedding_source, image_source, jitter_box, load_pairs, make_batch, train_val_split
 from .loss import dice_bce_loss, dice_score
@@ -79,7 +79,7 @@ class Run:
 
     cfg: TrainConfig
     loaded: object  # zoo.LoadedModel of the base
-    base: dict  # finetuned.base_reference
+    base: dict  # zoo.base_reference
     transform: object
     curated: object
     train: Pairs
@@ -145,7 +145,7 @@ def open_embeddings(cfg: TrainConfig, base: dict, transform_key: str, preset: st
 def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run:
     """Load the base model, the curated pairs and the input source; freeze what the recipe freezes."""
     from ..data.store import CuratedDataset
-    from ..models.finetuned import base_reference
+    from ..models.zoo import base_reference
     from ..models.transforms import for_model
     from ..models.zoo import load_model
 
@@ -242,7 +242,7 @@ def _write_metrics(path: Path, metrics: list[dict]):
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, store=None) -> RunResult:
     """Train as ``cfg`` says (see the module docstring); under torchrun each rank calls this, and
     the main rank holds ``out``'s lock (a second run into the same ``out`` is refused)."""
-    ctx = distributed.setup(cfg.device)
+    ctx = devices.join(cfg.device, f"{cfg.source}: key 'device'")
     try:
         if not ctx.is_main:
             return _train(cfg, resume, progress, store, ctx)
@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, store=N
         with output_folder(cfg.out, f"{cfg.source}: key 'out':"):
             return _train(cfg, resume, progress, store, ctx)
     finally:
-        distributed.teardown(ctx)
+        ctx.close()
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunResult:
@@ -301,7 +301,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunRes
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, out / "config.toml")
-    ddp = distributed.wrap(net, ctx)
+    ddp = ctx.wrap(net)
 
     def training_modes() -> None:
         net.train()

@@ -64,10 +64,10 @@ def before_after(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, 
     import torch
 
     from ..models.finetuned import apply_weights, read_checkpoint
-    from .distributed import resolve_device
+    from ..devices import resolve_device
     from .loop import StepModel, prepare, validate
 
-    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    device = resolve_device(cfg.device, f"{cfg.source}: key 'device'") if device is None else resolve_device(device)
     run = prepare(cfg, device)
     net = StepModel(run.loaded.model, from_images=cfg.recipe == "full").to(device)
     bf16 = device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"

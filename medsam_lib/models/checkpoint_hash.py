@@ -1,8 +1,13 @@
-"""The SHA-256 of a model's weights: what embeddings and fine-tuned checkpoints are keyed by.
+"""A checkpoint's identity: the SHA-256 of its file, computed once (a leaf: imports nothing from the zoo).
 
-Zoo models carry theirs in the registry (their file is verified against it on first use); any other
-file is hashed once and remembered, in this process and in ``<cache dir>/checkpoint_sha256.json``
-keyed by (path, size, mtime), so reopening a store of a 375 MB ViT-B checkpoint does not rehash it.
+Embeddings, fine-tuned checkpoints, metrics folders and run records are keyed by it. A file is hashed
+once and remembered, in this process and in ``<cache dir>/checkpoint_sha256.json`` keyed by (path,
+size, mtime), so reopening a store of a 375 MB ViT-B checkpoint does not rehash it. Named models
+carry theirs in the zoo's registry (``zoo.weights_sha256``); a loaded model carries its own
+(``LoadedModel.sha256``, set at load).
+
+``cache_dir()`` is also where the zoo looks for and fetches weights: ``$MEDSAM_CACHE_DIR``, else
+``$XDG_CACHE_HOME/medsam_lib``, else ``~/.cache/medsam_lib``.
 """
 from __future__ import annotations
 
@@ -11,10 +16,17 @@ import os
 from pathlib import Path
 
 from ..fileio import MedSAMError, atomic_write_text, sha256_file
-from . import zoo
 
 _MEMO: dict[tuple, str] = {}
 CACHE_FILE = "checkpoint_sha256.json"
+
+
+def cache_dir() -> Path:
+    """Where weights and their hashes are kept (not created until something is written)."""
+    if os.environ.get("MEDSAM_CACHE_DIR"):
+        return Path(os.environ["MEDSAM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "medsam_lib"
 
 
 def _stat_key(path: Path) -> tuple:
@@ -30,7 +42,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     key = _stat_key(path)
     if key in _MEMO:
         return _MEMO[key]
-    cache_path = zoo.cache_dir() / CACHE_FILE
+    cache_path = cache_dir() / CACHE_FILE
     text_key = json.dumps(list(key))
     try:
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -48,19 +60,3 @@ def file_sha256(path: str | os.PathLike) -> str:
             pass  # a read-only cache folder only costs a rehash next time
     _MEMO[key] = digest
     return digest
-
-
-def weights_sha256(model) -> str:
-    """SHA-256 of the weights behind a zoo name, a checkpoint path or a ``LoadedModel``."""
-    if isinstance(model, zoo.LoadedModel):
-        name, path = model.name, Path(model.checkpoint)
-    else:
-        name, path = str(model), None
-    if name in zoo.MODELS:
-        spec = zoo.get_spec(name)
-        named = zoo.weights_path(name)  # verified against the registry once per process
-        if path is None or path.resolve() == named.resolve():
-            if "sha256" in spec.hashes:
-                return spec.hashes["sha256"]
-            path = named
-    return file_sha256(path if path is not None else Path(name))

@@ -106,12 +106,12 @@ def encode(encoder: nn.Module, x: Tensor, tables: list | None = None) -> Tensor:
     return encoder.neck(x.permute(0, 3, 1, 2))
 
 
-class FastViTEncoder:
+class SdpaViTEncoder:
     """A copy of a stock ViT encoder in ``dtype``, run through ``encode`` (optionally compiled)."""
 
     def __init__(self, encoder: nn.Module, dtype: torch.dtype = torch.bfloat16, compile: bool = False):
         if not supports(encoder):
-            raise ValueError("FastViTEncoder needs segment_anything's stock ImageEncoderViT in eval mode")
+            raise ValueError("SdpaViTEncoder needs segment_anything's stock ImageEncoderViT in eval mode")
         self.dtype = dtype
         self.encoder = copy.deepcopy(encoder).to(dtype).eval() if dtype != next(encoder.parameters()).dtype \
             else encoder

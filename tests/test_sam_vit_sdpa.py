@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsam_lib.models import fast_vit
+from medsam_lib.models import sam_vit_sdpa
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_sdpa_attention_equals_sam_attention(small_vit, batch, block_index):
         x, _ = window_partition(x, block.window_size)  # (batch * 9, 3, 3, C)
     with torch.no_grad():
         expected = block.attn(x)
-        got = fast_vit.attention(block.attn, x)
+        got = sam_vit_sdpa.attention(block.attn, x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the bias matters: without it the result is far off
@@ -50,28 +50,28 @@ def test_fast_encoder_equals_the_stock_forward(small_vit, batch):
     x = torch.randn(batch, 3, 64, 64)
     with torch.no_grad():
         expected = small_vit(x)
-    got = fast_vit.FastViTEncoder(small_vit, dtype=torch.float32)(x)
+    got = sam_vit_sdpa.SdpaViTEncoder(small_vit, dtype=torch.float32)(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    cast = fast_vit.FastViTEncoder(small_vit, dtype=torch.bfloat16)(x).float()  # a cast copy; model unchanged
+    cast = sam_vit_sdpa.SdpaViTEncoder(small_vit, dtype=torch.bfloat16)(x).float()  # a cast copy; model unchanged
     assert next(small_vit.parameters()).dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(cast.flatten(), expected.flatten(), dim=0)
     assert cos > 0.99
 
 
 def test_supports_only_the_stock_modules(small_vit):
-    assert fast_vit.supports(small_vit)
+    assert sam_vit_sdpa.supports(small_vit)
     import copy
 
     changed = copy.deepcopy(small_vit)
     changed.blocks[0].attn = torch.nn.Identity()
-    assert not fast_vit.supports(changed)
-    assert not fast_vit.supports(copy.deepcopy(small_vit).train())
+    assert not sam_vit_sdpa.supports(changed)
+    assert not sam_vit_sdpa.supports(copy.deepcopy(small_vit).train())
 
 
 def test_encoder_path_is_chosen_at_run_time():
     from medsam_lib.embeddings.encoder import BatchEncoder
     from medsam_lib.models.zoo import LoadedModel, build_model
 
-    vit = LoadedModel(build_model("vit_b").eval(), "random_vit_b", "vit_b", "none")
+    vit = LoadedModel(build_model("vit_b").eval(), "random_vit_b", "vit_b", None)
     assert BatchEncoder(vit, torch.device("cpu")).path == "module-cpu-float32"  # CI: no GPU, stock forward
-    assert fast_vit.supports(vit.model.image_encoder)  # on CUDA this one takes the SDPA bfloat16 path
+    assert sam_vit_sdpa.supports(vit.model.image_encoder)  # on CUDA this one takes the SDPA bfloat16 path
