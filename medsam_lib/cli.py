@@ -35,7 +35,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .fileio import check_output_path
     from .models.zoo import MODELS
+    from .profile import fill_options
 
+    fill_options(args, "segment", lambda p: {"model": p.model, "device": p.device},
+                 {"model": "litemedsam", "device": "auto"}, writes_results=False)
     device = resolve_device(args.device)
     if args.modality is not None:
         check_modality(args.modality)
@@ -118,12 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="segment one box in a 2D image or one slice of a volume")
     seg.add_argument("--image", required=True, help="PNG/JPEG/TIFF/GIF, NIfTI, NRRD, or a DICOM folder")
     seg.add_argument("--box", required=True, type=_parse_box, help="x0,y0,x1,y1 in original pixels")
-    seg.add_argument("--model", default="litemedsam", help="model name or checkpoint path (default litemedsam)")
+    seg.add_argument("--profile", help="take --model and --device from a profile (medsam_lib/profiles/NAME.json)")
+    seg.add_argument("--model", help="model name or checkpoint path (default litemedsam)")
     seg.add_argument("--slice", type=int, default=None, help="slice index along the volume's first array axis "
                                                              "(default: the middle slice)")
     seg.add_argument("--modality", default=None, help="CT, MR, ... (chooses the intensity preset for non-8-bit "
                                                       "input; DICOM's Modality tag when omitted)")
-    seg.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
+    seg.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
     seg.add_argument("--out", required=True, help="mask path (lossless): .png/.tif for 2D, .nii.gz/.nrrd/.mha keep "
                                                   "volume geometry; never one of the inputs")
     seg.set_defaults(func=cmd_segment)

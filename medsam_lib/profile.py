@@ -154,12 +154,13 @@ def open_profile(name: str) -> Profile:
     return load_profile(name).check_data().claim()
 
 
-def fill_options(args, command: str, from_profile, defaults: dict) -> Profile | None:
+def fill_options(args, command: str, from_profile, defaults: dict, writes_results: bool = True) -> Profile | None:
     """A command's ``--profile NAME``: its options that the profile decides (``from_profile(profile)``:
     option -> value) are filled in where not given and refused where given otherwise; without
-    ``--profile`` the options not given take ``defaults``. Returns the opened profile, or None."""
+    ``--profile`` the options not given take ``defaults``. A command that writes into the profile's
+    results folder claims it (``Profile.claim``). Returns the profile, or None."""
     name = getattr(args, "profile", None)
-    profile = open_profile(name) if name is not None else None
+    profile = None if name is None else open_profile(name) if writes_results else load_profile(name)
     values = {**defaults, **(from_profile(profile) if profile is not None else {})}
     for option, value in values.items():
         given = getattr(args, option, None)

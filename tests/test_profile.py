@@ -140,3 +140,22 @@ def test_cli_commands_take_the_profile(profiles, tmp_path, capfd):
     _edit(profiles, "demo", seed=5)  # and every command checks the folder's record first
     assert main(["evaluate", "--profile", "demo"]) == 2
     assert "seed=0" in capfd.readouterr().err
+
+
+def test_segment_takes_model_and_device_from_the_profile(profiles, tmp_path, capfd):
+    import numpy as np
+    from PIL import Image
+
+    from medsam_lib.cli import main
+
+    image = np.zeros((64, 64), np.uint8)
+    image[20:40, 20:40] = 200
+    Image.fromarray(image).save(tmp_path / "img.png")
+    _edit(profiles, "demo", device="cpu")
+    assert main(["segment", "--profile", "demo", "--image", str(tmp_path / "img.png"), "--box", "18,18,41,41",
+                 "--out", str(tmp_path / "mask.png")]) == 0
+    assert "score=" in capfd.readouterr().out
+    assert not (tmp_path / "results" / "demo").exists()  # segment writes no results folder: nothing claimed
+    assert main(["segment", "--profile", "demo", "--device", "auto", "--image", str(tmp_path / "img.png"), "--box",
+                 "18,18,41,41", "--out", str(tmp_path / "mask2.png")]) == 2
+    assert "--device 'auto' contradicts --profile demo" in capfd.readouterr().err
