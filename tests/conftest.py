@@ -32,6 +32,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_cohorts() -> Path:
+    """``<shared>/cohorts`` (the real cohorts of issue 20): skipped when absent, a failure under
+    MEDSAM_REQUIRE_SHARED=1, as ``shared_data``."""
+    from medsam_lib.shared import shared_dir
+
+    path = shared_dir() / "cohorts"
+    if not path.is_dir():
+        message = f"real cohorts not found at {path} (set MEDSAM_SHARED_DIR or place ../shared beside the repo)"
+        if _require_shared():
+            pytest.fail(message + "; MEDSAM_REQUIRE_SHARED=1 makes this a failure")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
 def lite_model():
     """LiteMedSAM loaded once per test session (CPU)."""
     from medsam_lib.models.zoo import load_model
