@@ -5,8 +5,9 @@
 image, mask, target and case names; known modalities; palettes for ``rgb`` masks; targets that
 name existing masks and map image keys to one of the paper's 30 tasks (``PAPER_TASKS``); either an
 explicit case list or patterns whose placeholders the first image pattern defines; relative paths
-without ``..``; a mask ``scale`` on 2D data sets only; ``split`` fractions that sum to 1. Every problem is a MedSAMError naming the manifest and the data set. Building the
-specs and finding the cases is ``manifests``.
+without ``..``; a mask ``scale`` on 2D data sets only; ``split`` fractions that sum to 1. Every
+problem is a MedSAMError naming the manifest and the data set. Building the specs and finding the
+cases is ``manifests``.
 """
 from __future__ import annotations
 
