@@ -20,15 +20,27 @@ def _user_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MEDSAM_USER_DIR", str(tmp_path_factory.getbasetemp() / "user"))
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = shared_data_dir()
+def _shared_folder(path: Path, what: str) -> Path:
+    """``path`` if it is a folder; else skip, or fail under MEDSAM_REQUIRE_SHARED=1."""
     if not path.is_dir():
-        message = f"real cases not found at {path} (set MEDSAM_SHARED_DIR or place ../shared beside the repo)"
+        message = f"{what} not found at {path} (set MEDSAM_SHARED_DIR or place ../shared beside the repo)"
         if _require_shared():
             pytest.fail(message + "; MEDSAM_REQUIRE_SHARED=1 makes this a failure")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _shared_folder(shared_data_dir(), "real cases")
+
+
+@pytest.fixture(scope="session")
+def shared_cohorts() -> Path:
+    """``<shared>/cohorts``, the real cohorts of issue 20 (skipped or failed as ``shared_data``)."""
+    from medsam_lib.shared import shared_dir
+
+    return _shared_folder(shared_dir() / "cohorts", "real cohorts")
 
 
 @pytest.fixture(scope="session")

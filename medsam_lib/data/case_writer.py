@@ -190,7 +190,8 @@ def curate_case(dataset: DatasetSpec, case: CaseSpec, root: Path, out_file: Path
     """
     spec = check_preset(preset)
     where = f"{dataset.name}/{case.volume}"
-    masks = {m.key: read_mask(root / case.masks[m.key], m.encoding, m.threshold, m.palette) for m in dataset.masks}
+    masks = {m.key: read_mask(root / case.masks[m.key], m.encoding, m.threshold, m.palette, m.scale)
+             for m in dataset.masks}
     reference = masks[dataset.masks[0].key]
     for m in masks.values():
         problem = _geometry_problem(m, reference)

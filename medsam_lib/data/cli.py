@@ -129,7 +129,8 @@ def register(subparsers) -> None:
                    help="paper (default: the paper's 3.1 rules) or official_code (the released code's)")
     p.add_argument("--out", help="curated store folder (created; reruns resume)")
     p.add_argument("--root", default=None, help="data root the manifest's paths are relative to")
-    p.add_argument("--seed", type=int, default=None, help="seed of the 80/20 train/test split by case (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the split by case (paper 80/20 train/test, or the manifest's 'split'; default 0)")
     p.add_argument("--dataset", action="append", default=None, help="only this data set (repeatable)")
     p.add_argument("--keep-going", action="store_true", help="report a failing case and continue with the rest")
     p.set_defaults(func=cmd_curate)

@@ -20,7 +20,8 @@ Targets: each manifest target gives one binary mask per slice (several label val
 target covering fewer than 100 pixels at 256 x 256 is dropped (paper 3.2; ``official_code``
 instead removes small objects at native size, see ``preprocess.remove_small_objects``).
 
-Split (paper 3.2): per data set, a seeded 80/20 train/test split by case (``splits.split_cases``).
+Split (paper 3.2): per data set, a seeded 80/20 train/test split by case (``splits.split_cases``),
+or the train/validation/test fractions the manifest's ``split`` gives (``splits.split_groups``).
 
 The store's format (index columns, case-file members) and its reader, ``CuratedDataset``, live in
 ``medsam_lib.data.store``: training and evaluation import the reader only.
@@ -119,6 +120,9 @@ def _curate_locked(manifest: Manifest, out: Path, preset: str, seed: int, chosen
     info["seed"] = int(seed)
     entry = info["manifests"].setdefault(manifest.name, {"datasets": {}})
     entry.update({"sha256": manifest.sha256, "synthetic": manifest.synthetic})
+    entry.pop("split", None)  # the manifest's own split fractions, when it has them (splits.split_groups)
+    if manifest.split:
+        entry["split"] = manifest.split
     for ds in chosen:
         entry["datasets"][ds.name] = {
             "cases": {c.volume: {"case": c.case, "file": f"cases/{ds.name}/{safe_name(c.volume)}.npz"}

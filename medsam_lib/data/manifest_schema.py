@@ -5,8 +5,9 @@
 image, mask, target and case names; known modalities; palettes for ``rgb`` masks; targets that
 name existing masks and map image keys to one of the paper's 30 tasks (``PAPER_TASKS``); either an
 explicit case list or patterns whose placeholders the first image pattern defines; relative paths
-without ``..``. Every problem is a MedSAMError naming the manifest and the data set. Building the
-specs and finding the cases is ``manifests``.
+without ``..``; a mask ``scale`` on 2D data sets only; ``split`` fractions that sum to 1. Every
+problem is a MedSAMError naming the manifest and the data set. Building the specs and finding the
+cases is ``manifests``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from ..fileio import MedSAMError
 from .preprocess import check_modality
+from .splits import check_fractions
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "manifest.schema.json"
 SCHEMA_VERSION = 1
@@ -69,6 +71,8 @@ def _check_relative(path: str, where: str) -> None:
 
 
 def _check_semantics(data: dict, source: str) -> None:
+    if "split" in data:
+        check_fractions(data["split"], f"{source}: split")
     seen_ds = set()
     for ds in data["datasets"]:
         where = f"{source}: data set {ds['name']!r}"
@@ -86,6 +90,9 @@ def _check_semantics(data: dict, source: str) -> None:
         for m in ds["masks"]:
             if m.get("encoding") == "rgb" and not m.get("palette"):
                 raise MedSAMError(f"{where}: mask {m['key']!r} has encoding 'rgb' but no palette")
+            if m.get("scale", 1) != 1 and ds["dimensionality"] != "2D":
+                raise MedSAMError(f"{where}: mask {m['key']!r} has scale {m['scale']}, but scale applies to 2D masks "
+                                  "only (resample a volume's mask onto its image's grid instead)")
         names = [t["name"] for t in ds["targets"]]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -4,7 +4,9 @@ A manifest is a JSON file (schema: ``medsam_lib/schemas/manifest.schema.json``; 
 ``data_manifests/``). It names one or more data sets; each data set has
 - ``images``: the image series of a case, each with a ``key`` and a ``modality`` (an MSD-style 4D
   file gives several keys through ``channel``);
-- ``masks``: label maps, each with an ``encoding`` (``label``, ``binary`` or ``rgb`` + ``palette``);
+- ``masks``: label maps, each with an ``encoding`` (``label``, ``binary`` or ``rgb`` + ``palette``),
+  a ``threshold`` for ``binary`` / ``rgb``, and a ``scale`` for 2D masks stored at a fraction of
+  their image's size (upsampled by nearest neighbour when read);
 - ``targets``: one binary target per entry, from the label values it lists (several values are
   merged: e.g. whole tumour = {1, 2, 3, 4}); ``instance: true`` splits it into connected objects;
   ``paper_tasks`` maps image keys to the paper's task names (Tables 1-2);
@@ -14,7 +16,8 @@ All paths are relative to a data root chosen by ``data_root`` (``shared`` = ../s
 ``data_home`` = ``$MEDSAM_DATA_DIR/<name>``, ``argument`` = given by the caller,
 ``relative_to_manifest``). ``obtain`` says how to get the files: ``direct`` downloads (URLs, file
 names, sizes and checksums where the source publishes them), or ``manual`` steps and the layout
-to place the files in.
+to place the files in. ``split`` (optional) gives train/validation/test fractions for every data set
+(``splits.split_groups``); without it the paper's 80/20 train/test applies.
 
 Validation (schema and cross-field rules) is ``manifest_schema``; this module builds the specs
 and finds the cases under a data root.
@@ -53,6 +56,7 @@ class MaskSpec:
     threshold: float | None = None
     palette: dict | None = None  # {label: (r, g, b)} for encoding "rgb"
     pattern: str | None = None
+    scale: int = 1  # a 2D mask stored at 1/scale of its image's size: upsampled (nearest) when read
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Manifest:
     path: Path | None
     sha256: str
     raw: dict
+    split: dict | None = None  # {"train", "validation", "test"} fractions; None: the paper's 80/20 train/test
 
     def dataset(self, name: str) -> DatasetSpec:
         for ds in self.datasets:
@@ -160,7 +165,7 @@ def _build(data: dict, path: Path | None, digest: str) -> Manifest:
                                  i.get("pattern")) for i in ds["images"])
         masks = tuple(MaskSpec(m["key"], m.get("encoding", "label"), m.get("threshold"),
                                {int(k): tuple(v) for k, v in m["palette"].items()} if m.get("palette") else None,
-                               m.get("pattern")) for m in ds["masks"])
+                               m.get("pattern"), int(m.get("scale", 1))) for m in ds["masks"])
         targets = tuple(TargetSpec(t["name"], tuple(int(v) for v in t["labels"]), t.get("mask", masks[0].key),
                                    bool(t.get("instance", False)), bool(t.get("optional", False)),
                                    dict(t.get("paper_tasks", {})), bool(t.get("stand_in", False)))
@@ -177,7 +182,8 @@ def _build(data: dict, path: Path | None, digest: str) -> Manifest:
                            bool(f.get("extract", False)), f.get("extract_to", ""))
                   for f in data["obtain"].get("files", []))
     return Manifest(data["name"], data["description"], bool(data.get("synthetic", False)), data["data_root"],
-                    data["obtain"], files, tuple(datasets), path, digest, data)
+                    data["obtain"], files, tuple(datasets), path, digest, data,
+                    dict(data["split"]) if data.get("split") else None)
 
 
 def load_manifest(name_or_path: str | os.PathLike) -> Manifest:
@@ -236,7 +242,8 @@ def _compile(pattern: str) -> tuple[str, re.Pattern, list[str]]:
         glob_parts.append(glob.escape(literal))
         regex_parts.append(re.escape(literal))
         name, digits = m.group(1), m.group(2)
-        glob_parts.append("*")
+        if not "".join(glob_parts).endswith("*"):  # adjacent placeholders ({case}{eye}): one '*', as '**' recurses
+            glob_parts.append("*")
         if name in names:
             regex_parts.append(f"(?P={name})")
         else:

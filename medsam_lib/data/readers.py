@@ -174,6 +174,7 @@ def _select_channel(image, channel: int, path: Path):
 
 
 MASK_ENCODINGS = ("label", "binary", "rgb")
+MAX_MASK_SCALE = 16  # the manifest schema's bound on a mask's ``scale``
 LOSSY_SUFFIXES = {".jpg", ".jpeg"}
 # What write_mask writes: lossless formats only, each one file (no detached header + data pair).
 MASK_OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -196,7 +197,7 @@ def check_mask_output(path: str | os.PathLike) -> Path:
 
 
 def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float | None = None,
-              palette: dict[int, tuple[int, int, int]] | None = None) -> MedicalImage:
+              palette: dict[int, tuple[int, int, int]] | None = None, scale: int = 1) -> MedicalImage:
     """A segmentation as an integer label map, with the geometry of its file.
 
     ``encoding``:
@@ -207,12 +208,20 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
       127 for 2D files, e.g. JPEG masks of 0/255; 0 for volumes).
     - ``rgb``: colour-coded labels; each channel is binarised at ``threshold`` (default 127) and the
       resulting colour looked up in ``palette`` {label: (r, g, b)}; other colours become 0.
+    ``scale``: a 2D mask stored at 1/scale of its image's rows and columns (SCR's 1024 x 1024 masks of
+    2048 x 2048 JSRT radiographs: 2) is upsampled after decoding, each pixel repeated scale x scale
+    times (nearest neighbour), so it lies on its image's grid; volumes are refused.
     Array axes as in ``read_image``; the result is uint8/uint16/int32 (smallest that fits).
     """
     path = Path(path)
     if encoding not in MASK_ENCODINGS:
         raise MedSAMError(f"{path}: unknown mask encoding {encoding!r}; use one of {MASK_ENCODINGS}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or not 1 <= scale <= MAX_MASK_SCALE:
+        raise MedSAMError(f"{path}: mask scale must be a whole number from 1 to {MAX_MASK_SCALE}, got {scale!r}")
     kind = file_kind(path)
+    if scale != 1 and kind != "2d":
+        raise MedSAMError(f"{path}: mask scale {scale} applies to 2D masks only; resample a volume's mask onto "
+                          "its image's grid instead")
     if kind == "2d":
         from PIL import Image
 
@@ -278,7 +287,10 @@ def read_mask(path: str | os.PathLike, encoding: str = "label", threshold: float
                 raise MedSAMError(f"{path}: palette colour {list(rgb)} for label {label} is background after "
                                   f"thresholding at {threshold:g}")
             labels[code == want] = int(label)
-    image.array = compact_labels(np.asarray(labels))
+    labels = np.asarray(labels)
+    if scale != 1:
+        labels = labels.repeat(scale, axis=0).repeat(scale, axis=1)
+    image.array = compact_labels(labels)
     return image
 
 

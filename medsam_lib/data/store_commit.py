@@ -19,7 +19,7 @@ import numpy as np
 
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder
 from .manifests import Manifest
-from .splits import split_cases
+from .splits import split_cases, split_groups
 from .store import INDEX_COLUMNS, NEXT_INFO, PENDING, _load_store_info, index_record, read_json_member
 
 
@@ -88,7 +88,8 @@ def finish(out: Path, info: dict, staged: list[str]):
 
 
 def build_index(out: str | os.PathLike, info: dict | None = None):
-    """Rebuild ``index.csv`` from the case files the store's manifests list (splits from the seed).
+    """Rebuild ``index.csv`` from the case files the store's manifests list (splits from the seed, and
+    the manifest's split fractions where it gives them).
 
     ``info``: the store description to index (default: ``curation.json``)."""
     import pandas as pd
@@ -100,7 +101,9 @@ def build_index(out: str | os.PathLike, info: dict | None = None):
     rows = []
     for entry in info["manifests"].values():
         for ds_name, ds in entry["datasets"].items():
-            splits = split_cases([c["case"] for c in ds["cases"].values()], info.get("seed", 0), ds_name)
+            groups, seed = [c["case"] for c in ds["cases"].values()], info.get("seed", 0)
+            splits = (split_groups(groups, seed, ds_name, entry["split"]) if entry.get("split")
+                      else split_cases(groups, seed, ds_name))
             for volume, c in ds["cases"].items():
                 path = out / c["file"]
                 if not path.is_file():

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..fileio import atomic_path
 from ..geometry import outline
+from .splits import SPLITS
 from .store import CuratedDataset
 
 NO_TASK = "(not a paper task)"
@@ -36,7 +37,8 @@ def counts_table(dataset: CuratedDataset):
                                                            targets=("mask_member", "size"))
     table = grouped.unstack("split", fill_value=0)
     table.columns = [f"{measure} ({split})" for measure, split in table.columns]
-    ordered = [f"{m} ({s})" for m in ("cases", "slices", "targets") for s in ("train", "test")]
+    splits = SPLITS if (index["split"] == "validation").any() else ("train", "test")
+    ordered = [f"{m} ({s})" for m in ("cases", "slices", "targets") for s in splits]
     for column in ordered:
         if column not in table.columns:
             table[column] = 0

@@ -29,7 +29,7 @@ def _label_stack(manifest_name: str, dataset_name: str, volume: str, mask_key: s
         raise MedSAMError(f"{root}: volume {volume!r} of data set {dataset_name!r} not found; "
                           "slices='volume' needs the data the store was curated from")
     spec = next(m for m in dataset.masks if m.key == mask_key)
-    mask = read_mask(Path(root) / case.masks[mask_key], spec.encoding, spec.threshold, spec.palette)
+    mask = read_mask(Path(root) / case.masks[mask_key], spec.encoding, spec.threshold, spec.palette, spec.scale)
     stack = mask.array if mask.is_volume else mask.array[None]
     return dataset, remove_small_objects(stack, preset)
 
