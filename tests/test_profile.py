@@ -159,3 +159,16 @@ def test_segment_takes_model_and_device_from_the_profile(profiles, tmp_path, cap
     assert main(["segment", "--profile", "demo", "--device", "auto", "--image", str(tmp_path / "img.png"), "--box",
                  "18,18,41,41", "--out", str(tmp_path / "mask2.png")]) == 2
     assert "--device 'auto' contradicts --profile demo" in capfd.readouterr().err
+
+
+def test_each_data_source_has_its_manifest_and_folder(profiles, tmp_path):
+    from medsam_lib.data.manifests import load_manifest
+    from medsam_lib.shared import shared_dir
+
+    _edit(profiles, "demo", data_source="cohorts")
+    cohorts = load_profile("demo")
+    assert cohorts.manifest == "cohorts" and cohorts.data_root == shared_dir() / "cohorts"
+    assert "real cohorts of ../shared/cohorts" in cohorts.describe()
+    for source in ("synthetic", "shared", "cohorts"):
+        _edit(profiles, "demo", data_source=source)
+        assert load_manifest(load_profile("demo").manifest).datasets  # every data source's manifest loads

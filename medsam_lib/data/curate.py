@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fileio import MedSAMError
-from ..layout import ResultsLayout
 from ..locks import output_folder
 from .case_writer import IMAGE_SIZE, STORE_VERSION, case_done, case_key, curate_case, fingerprint
 from .manifests import Manifest, load_manifest, resolve_cases, resolve_root, safe_name
@@ -177,16 +176,13 @@ def curate_profile(profile, preset: str = "paper", progress: bool = False) -> Cu
 
     ``data_source="synthetic"``: the phantom set written (idempotently) to the results layout's
     ``synthetic_data`` folder with manifest ``synthetic``; ``"shared"``: the real cases of
-    ``../shared/data`` with manifest ``shared_data``. Reruns reuse finished cases.
+    ``../shared/data`` with manifest ``shared_data``; ``"cohorts"``: ``../shared/cohorts`` with manifest
+    ``cohorts``. Reruns reuse finished cases.
     """
-    if profile.data_source == "synthetic":
+    if profile.synthetic:
         from .phantoms import write_synthetic_set
 
-        manifest, root = "synthetic", write_synthetic_set(profile.layout.synthetic_data, profile.seed)
-    elif profile.data_source == "shared":
-        manifest, root = "shared_data", profile.shared_data_dir
-    else:
-        raise MedSAMError(f"data_source must be 'synthetic' or 'shared', got {profile.data_source!r}")
+        write_synthetic_set(profile.layout.synthetic_data, profile.seed)
     out = curated_dir(profile.results_dir, preset)
-    curate(manifest, out, preset=preset, root=root, seed=profile.seed, progress=progress)
+    curate(profile.manifest, out, preset=preset, root=profile.data_root, seed=profile.seed, progress=progress)
     return CuratedDataset(out)
