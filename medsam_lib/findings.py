@@ -17,6 +17,7 @@ import numpy as np
 from .evaluation.tables import bootstrap_ci, per_case
 
 HEADING = "### What this run shows"
+EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
 FILTERED = "masks passing SAM's filters"  # a column of teardown.modes_table
 
 
@@ -32,7 +33,7 @@ class Difference:
     @property
     def direction(self) -> str:
         """"higher", "lower" or "equal" (b against a)."""
-        if self.n == 0 or math.isnan(self.mean) or self.mean == 0:
+        if self.n == 0 or math.isnan(self.mean) or abs(self.mean) < EQUAL:
             return "equal"
         return "higher" if self.mean > 0 else "lower"
 
