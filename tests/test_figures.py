@@ -77,3 +77,49 @@ def test_save_figure_writes_png_and_closes(tmp_path):
     out = figures.save_figure(fig, tmp_path / "sub" / "f.png", close=True)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
+
+
+class _FakeStore:
+    """Two 2D targets on one 64 x 64 image: what worst_cases and the failure figures read."""
+
+    def __init__(self):
+        import pandas as pd
+
+        self.index = pd.DataFrame([{"dataset": "d", "volume": "v", "image_key": "k", "slice": 0, "target": t,
+                                    "instance": 0} for t in ("big", "tiny")])
+
+    def load_image(self, row):
+        image = np.full((64, 64, 3), 60, np.uint8)
+        image[10:50, 10:50] = 200
+        return image
+
+    def load_label_map(self, row):
+        return np.zeros((64, 64), np.uint8)
+
+
+def _targets():
+    from medsam_lib.evaluation.run import PredictedTarget
+
+    big = np.zeros((1, 64, 64), bool)
+    big[0, 10:50, 10:50] = True
+    tiny = np.zeros((1, 64, 64), bool)
+    tiny[0, 30:33, 30:33] = True
+    near_miss = np.zeros_like(tiny)
+    near_miss[0, 31:34, 31:34] = True  # 4 of 9 pixels overlap: DSC 4/9
+    meta = {"dataset": "d", "volume": "v", "image_key": "k", "instance": 0, "task": "", "modality": "CT"}
+    return [PredictedTarget({**meta, "target": "big"}, big, big.copy(), 0, {0: np.array([10, 10, 49, 49.0])}),
+            PredictedTarget({**meta, "target": "tiny"}, tiny, near_miss, 0, {0: np.array([30, 30, 32, 32.0])})]
+
+
+def test_failure_cases_only_under_the_threshold_and_their_figure(tmp_path):
+    from medsam_lib.evaluation import failures
+
+    cases = failures.worst_cases(_FakeStore(), _targets(), n=6)
+    assert [c["meta"]["target"] for c in cases] == ["tiny"]  # the DSC 1.0 target is no failure
+    assert cases[0]["dsc"] == pytest.approx(4 / 9) and cases[0]["of"] == 2
+    table = failures.failure_table({"base": cases})
+    assert set(table["rule"]) >= {"tiny object"} and (table["DSC"] == round(4 / 9, 3)).all()
+    out = failures.plot_failures(cases, tmp_path / "f.png", "test", model="base")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    none = failures.plot_failures([], tmp_path / "none.png", "no failures", model="finetuned")
+    assert none.is_file()

@@ -127,9 +127,10 @@ def failure_table(cases: dict):
     return pd.DataFrame(rows, columns=["model", "target", "modality", "DSC", "rule", "measured"])
 
 
-def _panel(ax, image, mask=None, box=None, title="", colour=MODEL_COLOURS["base"], contour=None, zoom=None):
+def _panel(ax, image, mask=None, box=None, title="", colour=MODEL_COLOURS["base"], contour=None, zoom=None,
+           say_zoomed: bool = True):
     """One image with a filled mask, the reference contour and the box; ``zoom``: a box to zoom onto
-    when it is small (``figures.zoom_to``)."""
+    when it is small (``figures.zoom_to``), said in the title when ``say_zoomed``."""
     ax.imshow(display_image(image))
     if mask is not None:
         fill_mask(ax, mask, colour)
@@ -137,7 +138,7 @@ def _panel(ax, image, mask=None, box=None, title="", colour=MODEL_COLOURS["base"
         draw_contour(ax, contour, linewidth=0.9)
     if box is not None:
         draw_box(ax, box, linewidth=1.2)
-    if zoom is not None and zoom_to(ax, zoom, image.shape[:2]):
+    if zoom is not None and zoom_to(ax, zoom, image.shape[:2]) and say_zoomed:
         title += " (zoomed)"
     ax.set_title(title, fontsize=7)
     ax.set_xticks([])
@@ -173,13 +174,14 @@ def task_grid(store, predictions: dict, path, title: str):
         box = t.boxes.get(z)
         near = box_from_mask(t.gt[z])
         _panel(axes[r, 0], image, title=f"{label}\n{t.meta['volume']} z={t.z0 + z}", zoom=near)
-        _panel(axes[r, 1], image, t.gt[z], title="ground truth", colour=GROUND_TRUTH_COLOUR, zoom=near)
+        _panel(axes[r, 1], image, t.gt[z], title="ground truth", colour=GROUND_TRUTH_COLOUR, zoom=near,
+               say_zoomed=False)
         _panel(axes[r, 2], image, t.pred[z], box, f"base: DSC {dice(t.pred[z], t.gt[z]):.2f}",
-               colour=MODEL_COLOURS["base"], contour=t.gt[z], zoom=near)
+               colour=MODEL_COLOURS["base"], contour=t.gt[z], zoom=near, say_zoomed=False)
         if ft is not None:
             f = ft[i]
             _panel(axes[r, 3], image, f.pred[z], f.boxes.get(z), f"fine-tuned: DSC {dice(f.pred[z], f.gt[z]):.2f}",
-                   colour=MODEL_COLOURS["finetuned"], contour=f.gt[z], zoom=near)
+                   colour=MODEL_COLOURS["finetuned"], contour=f.gt[z], zoom=near, say_zoomed=False)
         else:
             _panel(axes[r, 3], np.full_like(image, 255), title="fine-tuned: not available")
     height = fig.get_figheight()
