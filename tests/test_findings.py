@@ -109,3 +109,27 @@ def test_curation_findings():
     text = findings.curation_findings(index, comparison)
     assert "3 cases, 3 curated slices, 3 targets; 2 cases in train, 1 cases in test" in text
     assert "paper -> official_code preset: ct 10 -> 8; 1 data set(s) unchanged" in text
+
+
+def test_tables_findings_pairs_cases_and_names_the_2d_nsd_definition():
+    # Table 1: Liver with two cases, Pancreas with one; fine-tuned lower by 2 and 4 DSC points on Liver,
+    # by 6 on Pancreas: per-case differences -2, -4, -6 (n = 3), all below 0.
+    def frame(dsc):
+        return pd.DataFrame({"task": ["Liver (CT)", "Liver (CT)", "Pancreas (CT)"], "target": ["liver"] * 2 + ["p"],
+                             "modality": ["CT"] * 3, "case": ["c1", "c2", "c3"], "dsc": dsc, "nsd": [0.9] * 3})
+
+    frames = {"base": frame([0.90, 0.80, 0.70]), "finetuned": frame([0.88, 0.76, 0.64])}
+    long = pd.DataFrame({"task": ["Liver (CT)", "Pancreas (CT)"], "table": [1, 1], "paper_task": [True, True],
+                         "n_cases": [2, 1], "dsc_base": [85.0, 70.0], "dsc_finetuned": [82.0, 64.0],
+                         "dsc_improve": [-3.0, -6.0], "nsd_vs_medsam": [5.0, -12.0]})
+    effects = pd.DataFrame({"choice": ["paper defaults", "nsd_2d"], "setting": ["-", "unit_axis"],
+                            "model": ["base", "base"], "T2 NSD": [64.5, 95.1]})
+    text = findings.tables_findings(long, frames, effects)
+    assert "Table 1: 2 paper task(s), 3 test case(s); average DSC base 77.50, fine-tuned 73.00 (-4.50 points)" in text
+    assert "Table 1 DSC per test case: fine-tuned is lower than base by -4.00 points" in text
+    assert "Table 1 NSD per test case: fine-tuned and base are equal (n = 3)" in text
+    assert "best task Liver (CT) (82.00 DSC), worst Pancreas (CT) (64.00)" in text
+    assert "largest NSD gap to the published MedSAM: Pancreas (CT) -12.00 points" in text
+    assert "Table 2: no paper task with test cases" in text
+    assert "base average 64.50" in text and "it reads 95.10" in text
+    assert findings.nsd_2d_note(None) == ""

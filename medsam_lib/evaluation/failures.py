@@ -201,7 +201,7 @@ def plot_failures(cases: list[dict], path, title: str, model: str = "base"):
     n = max(1, len(cases))
     cols = min(n, 3)
     rows = int(math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 4.6 * rows + 1.2), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 5.4 * rows + 1.0), squeeze=False)
     colour = MODEL_COLOURS.get(model, PALETTE[3])
     for ax, case in zip(axes.ravel(), cases):
         meta = case["meta"]
