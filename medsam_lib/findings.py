@@ -14,16 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evaluation.tables import bootstrap_ci, per_case
+from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case
 
 HEADING = "### What this run shows"
 EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
+MIN_PAIRS_CI = MIN_CASES_TEST  # a bootstrap CI of 2-4 pairs only spans the values themselves: none is claimed
 FILTERED = "masks passing SAM's filters"  # a column of teardown.modes_table
 
 
 @dataclass(frozen=True)
 class Difference:
-    """``b - a`` over paired values: n pairs, the mean and its bootstrap 95% CI (nan for n < 2)."""
+    """``b - a`` over paired values: n pairs, the mean and its bootstrap 95% CI (nan under ``MIN_PAIRS_CI``)."""
 
     n: int
     mean: float
@@ -39,27 +40,28 @@ class Difference:
 
     @property
     def ci_excludes_zero(self) -> bool:
-        """True only when a CI exists (n >= 2) and lies wholly above or below 0."""
+        """True only when a CI exists (n >= ``MIN_PAIRS_CI``) and lies wholly above or below 0."""
         return not math.isnan(self.lo) and (self.lo > 0 or self.hi < 0)
 
     def describe(self, digits: int = 3, unit: str = "") -> str:
-        """"-0.012 (95% CI -0.030 to 0.004, includes 0; n = 5)" or "... (n = 1: no CI)"."""
+        """"-0.012 (95% CI -0.030 to 0.004, includes 0; n = 5)" or "... (n = 3: too few for a CI, ...)"."""
         text = f"{self.mean:+.{digits}f}{unit}"
-        if self.n < 2 or math.isnan(self.lo):
-            return f"{text} (n = {self.n}: too few for a CI)"
+        if math.isnan(self.lo):
+            return f"{text} (n = {self.n}: too few for a CI, which needs {MIN_PAIRS_CI})"
         verdict = "excludes 0" if self.ci_excludes_zero else "includes 0"
         return f"{text} (95% CI {self.lo:+.{digits}f} to {self.hi:+.{digits}f}, {verdict}; n = {self.n})"
 
 
 def paired_difference(a, b, seed: int = 0) -> Difference:
-    """``b - a`` for paired arrays (pairs with a NaN dropped); the CI is ``tables.bootstrap_ci``'s."""
+    """``b - a`` for paired arrays (pairs with a NaN dropped); the CI is ``tables.bootstrap_ci``'s, computed
+    from ``MIN_PAIRS_CI`` pairs on."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
     diff = (b - a)[~(np.isnan(a) | np.isnan(b))]
     if diff.size == 0:
         return Difference(0, math.nan, math.nan, math.nan)
-    lo, hi = bootstrap_ci(diff, seed)
+    lo, hi = bootstrap_ci(diff, seed) if diff.size >= MIN_PAIRS_CI else (math.nan, math.nan)
     return Difference(int(diff.size), float(diff.mean()), lo, hi)
 
 

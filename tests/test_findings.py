@@ -24,12 +24,12 @@ def test_direction_and_ci_excluding_zero():
 
 
 def test_ci_including_zero():
-    a = np.array([0.5, 0.5, 0.5, 0.5])
-    b = a + np.array([0.2, -0.2, 0.1, -0.1])  # mean 0, spread both ways
+    a = np.full(6, 0.5)
+    b = a + np.array([0.2, -0.2, 0.1, -0.1, 0.05, -0.05])  # mean 0, spread both ways
     d = paired_difference(a, b)
     assert d.mean == pytest.approx(0.0, abs=1e-12)
     assert d.direction == "equal" and not d.ci_excludes_zero
-    mixed = paired_difference(a, a + np.array([0.3, -0.2, 0.1, -0.1]))  # mean +0.025, CI across 0
+    mixed = paired_difference(a, a + np.array([0.3, -0.2, 0.1, -0.1, 0.05, -0.05]))  # mean +0.0167, CI across 0
     assert mixed.direction == "higher" and not mixed.ci_excludes_zero and mixed.lo < 0 < mixed.hi
     assert "includes 0" in mixed.describe()
 
@@ -39,6 +39,9 @@ def test_one_pair_has_no_ci():
     assert d.n == 1 and d.mean == pytest.approx(-0.1) and d.direction == "lower"
     assert math.isnan(d.lo) and not d.ci_excludes_zero
     assert "n = 1: too few for a CI" in d.describe()
+    few = paired_difference([0.8, 0.7, 0.6, 0.5], [0.7, 0.6, 0.5, 0.4])  # 4 pairs, all down: still no CI
+    assert few.direction == "lower" and math.isnan(few.lo) and not few.ci_excludes_zero
+    assert "n = 4: too few for a CI, which needs 5" in few.describe()
 
 
 def test_nan_pairs_dropped_and_empty_input():
@@ -66,14 +69,15 @@ def test_quickstart_findings():
 
 
 def test_finetuning_findings():
-    table = pd.DataFrame({"dataset": ["d1", "d1", "d2", "all"], "target": ["liver", "kidney", "lung", "all"],
-                          "targets": [4, 3, 2, 9], "base_dsc": [0.90, 0.80, 0.70, 0.80],
-                          "finetuned_dsc": [0.85, 0.78, 0.60, 0.74]})
+    table = pd.DataFrame({"dataset": ["d1", "d1", "d2", "d3", "d3", "all"],
+                          "target": ["liver", "kidney", "lung", "heart", "tumour", "all"],
+                          "targets": [4, 3, 2, 2, 1, 12], "base_dsc": [0.90, 0.80, 0.70, 0.80, 0.60, 0.78],
+                          "finetuned_dsc": [0.85, 0.78, 0.60, 0.77, 0.56, 0.73]})
     text = findings.finetuning_findings(table)
-    # differences -0.05, -0.02, -0.10: all down, mean -0.0567
-    assert "fine-tuned is lower than base by -0.0567" in text
-    assert "excludes 0" in text
-    assert "0 group(s) improved, 3 got worse" in text and "largest loss -0.1000 (lung)" in text
+    # differences -0.05, -0.02, -0.10, -0.03, -0.04: all down, mean -0.048
+    assert "fine-tuned is lower than base by -0.0480" in text
+    assert "excludes 0; n = 5" in text
+    assert "0 group(s) improved, 5 got worse" in text and "largest loss -0.1000 (lung)" in text
 
 
 def _sweep():
@@ -126,7 +130,7 @@ def test_tables_findings_pairs_cases_and_names_the_2d_nsd_definition():
                             "model": ["base", "base"], "T2 NSD": [64.5, 95.1]})
     text = findings.tables_findings(long, frames, effects)
     assert "Table 1: 2 paper task(s), 3 test case(s); average DSC base 77.50, fine-tuned 73.00 (-4.50 points)" in text
-    assert "Table 1 DSC per test case: fine-tuned is lower than base by -4.00 points" in text
+    assert "Table 1 DSC per test case: fine-tuned is lower than base by -4.00 points (n = 3: too few" in text
     assert "Table 1 NSD per test case: fine-tuned and base are equal (n = 3)" in text
     assert "best task Liver (CT) (82.00 DSC), worst Pancreas (CT) (64.00)" in text
     assert "largest NSD gap to the published MedSAM: Pancreas (CT) -12.00 points" in text

@@ -106,7 +106,7 @@ def worst_cases(store, predictions, n: int = 6, below: float = FAILURE_DSC) -> l
                           & (index["slice"] == t.z0 + z) & (index["target"] == t.meta["target"])]
             if len(match):
                 same = store.load_label_map(match.iloc[0]) > 0
-        rules = failure_rules(image, t.gt[z], box, same) or ["other: none of the rules (lowest DSC)"]
+        rules = failure_rules(image, t.gt[z], box, same) or ["other: none of the rules"]
         out.append({"position": i, "slice": z, "dsc": dsc, "slice_dsc": dice(t.pred[z], t.gt[z]),
                     "rules": rules, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box, "meta": t.meta,
                     "of": len(predictions)})

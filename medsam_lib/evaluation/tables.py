@@ -270,7 +270,8 @@ def choice_table(effects):
     instead of "T1 DSC" (which reads like an MR weighting)."""
     def row_name(r) -> str:
         name = CHOICE_NAMES.get(r["choice"], r["choice"])
-        return f"{name} ({r['model']})" if r["setting"] == "-" else f"{name}: {r['setting']} ({r['model']})"
+        setting = str(r["setting"]).split(" (")[0]  # "[-160, 240] (official_code preset)" -> "[-160, 240]"
+        return f"{name} ({r['model']})" if setting == "-" else f"{name}: {setting} ({r['model']})"
 
     def column_name(c: str) -> str:
         table, _, rest = c.partition(" ")
