@@ -228,11 +228,12 @@ def failures_findings(cases: dict, sweep, strata, seed: int = 0, tight: int = 0,
 
     bullets = []
     for name, found in cases.items():
-        of = found[0]["of"] if found else None
+        if not found:
+            bullets.append(f"{name}: no target under DSC {FAILURE_DSC:g}.")
+            continue
         rules = sorted({r.split(":")[0] for c in found for r in c["rules"]})
-        scope = f" of {of}" if of is not None else ""
-        bullets.append(f"{name}: {len(found)} target(s){scope} under DSC {FAILURE_DSC:g} (at most the notebook's "
-                       f"worst_cases shown)" + (f"; rules met: {', '.join(rules)}." if rules else "."))
+        bullets.append(f"{name}: {found[0]['failed']} of {found[0]['of']} targets under DSC {FAILURE_DSC:g} "
+                       f"(the lowest {len(found)} shown); rules they meet: {', '.join(rules)}.")
     means = sweep.groupby(["model", "margin"])["dsc"].mean()
     for name in dict.fromkeys(sweep["model"]):
         curve = means.loc[name]

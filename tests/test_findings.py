@@ -94,10 +94,11 @@ def _sweep():
 def test_failures_findings():
     strata = pd.DataFrame({"model": ["base", "base", "base"], "size": ["< 0.5%", "0.5-2%", "2-8%"],
                            "n": [1, 0, 3], "dsc": [0.6, np.nan, 0.9], "lo": [np.nan] * 3, "hi": [np.nan] * 3})
-    cases = {"base": [{"rules": ["tiny object: 20 px", "low contrast: 0.2"], "of": 8}], "finetuned": []}
+    cases = {"base": [{"rules": ["tiny object: 20 px", "low contrast: 0.2"], "failed": 2, "of": 8}],
+             "finetuned": []}
     text = findings.failures_findings(cases, _sweep(), strata)
-    assert "base: 1 target(s) of 8 under DSC 0.9" in text and "rules met: low contrast, tiny object" in text
-    assert "finetuned: 0 target(s) under DSC 0.9" in text
+    assert "base: 2 of 8 targets under DSC 0.9 (the lowest 1 shown); rules they meet: low contrast, tiny object" in text
+    assert "finetuned: no target under DSC 0.9" in text
     # base: +0 px mean 0.85, +10 px 0.925 (the best); +20 px 0.75
     assert "base: a tight box (+0 px) scores 0.850, below +10 px (0.925)" in text
     # at +20 px: differences -0.1, -0.1 -> lower, mean -0.100; a constant difference has a zero-width CI

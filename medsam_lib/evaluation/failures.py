@@ -36,6 +36,7 @@ SIZE_BINS = (0.0, 0.005, 0.02, 0.08, 1.0)  # fraction of the 256 x 256 slice
 SIZE_LABELS = ("< 0.5%", "0.5-2%", "2-8%", "> 8%")
 FAILURE_DSC = 0.9  # a target scoring under this DSC counts as a failure case
 MODEL_COLOURS = {"base": PALETTE[1], "finetuned": PALETTE[0]}  # orange, blue: in every figure of notebook 06
+MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}  # as figures say them
 GROUND_TRUTH_COLOUR = PALETTE[2]  # green (filled); its contour is REFERENCE_COLOUR
 
 
@@ -89,12 +90,14 @@ def _image_row(store, meta: dict, slice_index: int):
 
 def worst_cases(store, predictions, n: int = 6, below: float = FAILURE_DSC) -> list[dict]:
     """Up to ``n`` targets with DSC under ``below``, lowest first, each at its worst slice, with the
-    rules it meets. Each case records how many of the model's targets were scored (``of``)."""
+    rules it meets. Each case records how many targets were under ``below`` (``failed``) of how many
+    the model was scored on (``of``)."""
     from .chain import worst_slice
 
     scored = sorted((dice(t.pred, t.gt), i) for i, t in enumerate(predictions))
+    failed = [(d, i) for d, i in scored if d < below]
     out = []
-    for dsc, i in [(d, i) for d, i in scored if d < below][:n]:
+    for dsc, i in failed[:n]:
         t = predictions[i]
         z = worst_slice(t)
         image = store.load_image(_image_row(store, t.meta, t.z0 + z))
@@ -109,7 +112,7 @@ def worst_cases(store, predictions, n: int = 6, below: float = FAILURE_DSC) -> l
         rules = failure_rules(image, t.gt[z], box, same) or ["other: none of the rules"]
         out.append({"position": i, "slice": z, "dsc": dsc, "slice_dsc": dice(t.pred[z], t.gt[z]),
                     "rules": rules, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box, "meta": t.meta,
-                    "of": len(predictions)})
+                    "failed": len(failed), "of": len(predictions)})
     return out
 
 
@@ -147,7 +150,7 @@ def _panel(ax, image, mask=None, box=None, title="", colour=MODEL_COLOURS["base"
 
 def _overlay_legend(fig, models: list[str], ground_truth_fill: bool = False):
     entries = [("patch", GROUND_TRUTH_COLOUR, "ground truth")] if ground_truth_fill else []
-    entries += [("patch", MODEL_COLOURS.get(m, PALETTE[3]), f"{m} prediction") for m in models]
+    entries += [("patch", MODEL_COLOURS.get(m, PALETTE[3]), f"{MODEL_NAMES.get(m, m)} prediction") for m in models]
     entries += [("line", REFERENCE_COLOUR, "ground-truth contour"), ("line", BOX_COLOUR, "box prompt")]
     fig.legend(handles=legend_handles(*entries), loc="lower center", ncol=len(entries), fontsize=8, frameon=False)
 
@@ -162,7 +165,7 @@ def task_grid(store, predictions: dict, path, title: str):
         label = t.meta["task"] or f"{t.meta['target']} ({t.meta['modality']}) *"
         labels.setdefault(label, []).append(i)
     names = sorted(labels)
-    fig, axes = plt.subplots(len(names), 4, figsize=(8.4, 2.2 * len(names) + 1.0), squeeze=False)
+    fig, axes = plt.subplots(len(names), 4, figsize=(8.4, 2.45 * len(names) + 1.0), squeeze=False)
     ft = predictions.get("finetuned")
     for r, label in enumerate(names):
         ranked = sorted(labels[label], key=lambda i: dice(base[i].pred, base[i].gt))
@@ -201,7 +204,7 @@ def plot_failures(cases: list[dict], path, title: str, model: str = "base"):
     n = max(1, len(cases))
     cols = min(n, 3)
     rows = int(math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 5.4 * rows + 1.0), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 5.0 * rows + 1.0), squeeze=False)
     colour = MODEL_COLOURS.get(model, PALETTE[3])
     for ax, case in zip(axes.ravel(), cases):
         meta = case["meta"]
@@ -258,7 +261,7 @@ def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int 
     fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         part = sweep[sweep["model"] == name]
-        ax.axvspan(0, training_jitter, color="grey", alpha=0.12, lw=0)
+        ax.axvline(training_jitter, color="grey", ls="--", lw=1)
         for k, modality in enumerate(modalities):
             m = part[part["modality"] == modality]
             n_targets = int((m["margin"] == m["margin"].min()).sum())
@@ -268,14 +271,15 @@ def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int 
             ax.plot(x, mean, marker="o", color=colour, label=f"{modality} (n={n_targets})")
             if n_targets >= 2:
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
-        ax.set_title(f"{name} model", fontsize=9)
+        ax.set_title(f"{MODEL_NAMES.get(name, name)} model", fontsize=9)
         ax.set_xlabel("box enlarged by (px per side, at 256 x 256)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("DSC of the middle GT slice (0-1)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    handles += legend_handles(("patch", "grey", f"training jitter 0-{training_jitter} px (paper 3.2)"))
-    labels += [f"training jitter 0-{training_jitter} px (paper 3.2)"]
+    jitter = f"training jitter: up to {training_jitter} px (paper 3.2)"
+    handles += [plt.Line2D([], [], color="grey", ls="--", lw=1)]
+    labels += [jitter]
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False,
                title="modality (n = targets); band: bootstrap 95% CI where n >= 2", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -303,14 +307,14 @@ def plot_size_strata(strata, path, title: str):
     """Bars of mean DSC per size stratum and model (colours as in the overlays); error bars only
     where a stratum has 2 or more targets; n under each bar."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
     models = list(dict.fromkeys(strata["model"]))
     width = 0.8 / max(1, len(models))
     for k, name in enumerate(models):
         part = strata[strata["model"] == name].reset_index(drop=True)
         x = np.arange(len(part)) + k * width
         colour = MODEL_COLOURS.get(name, PALETTE[k % len(PALETTE)])
-        ax.bar(x, part["dsc"].fillna(0), width, color=colour, label=name)
+        ax.bar(x, part["dsc"].fillna(0), width, color=colour, label=MODEL_NAMES.get(name, name))
         ci = (part["n"] >= 2) & part["lo"].notna()
         if ci.any():
             mean = part.loc[ci, "dsc"]
@@ -324,7 +328,8 @@ def plot_size_strata(strata, path, title: str):
     ax.set_xlabel("target size (mean GT pixels per slice, % of the 256 x 256 slice)")
     ax.set_ylabel("DSC per target (0-1), mean")
     ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=8, title="model; bars: 95% CI where n >= 2", title_fontsize=7, loc="upper left")
+    ax.legend(fontsize=8, title="model (error bars: bootstrap 95% CI where n >= 2)", title_fontsize=7,
+              loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(models), frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, close=True)
