@@ -19,7 +19,8 @@ from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case
 HEADING = "### What this run shows"
 EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
 MIN_PAIRS_CI = MIN_CASES_TEST  # a bootstrap CI of 2-4 pairs only spans the values themselves: none is claimed
-FILTERED = "masks passing SAM's filters"  # a column of teardown.modes_table
+FILTERED = "masks passing SAM's filters"
+NO_FIT_DICE = 0.5  # a multimask candidate under this Dice does not segment the target  # a column of teardown.modes_table
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,10 @@ def teardown_findings(modes_table, multimask_table) -> str:
     for model, part in multimask_table.groupby("model", sort=False):
         pick = part[part["SAM's pick"]].iloc[0]
         fits = part[mm_dice].max()
-        verdict = "the best-fitting one" if pick[mm_dice] >= fits else f"not the best-fitting one (Dice {fits:.3f})"
+        if fits < NO_FIT_DICE:
+            verdict = f"one of {len(part)} candidates none of which fits the target (best Dice {fits:.3f})"
+        else:
+            verdict = "the best-fitting one" if pick[mm_dice] >= fits else f"not the best-fitting one (Dice {fits:.3f})"
         bullets.append(f"{model}: SAM's multimask pick (candidate {int(pick['candidate'])}, Dice "
                        f"{pick[mm_dice]:.3f}) is {verdict}.")
     return as_markdown(bullets)

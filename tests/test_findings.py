@@ -138,3 +138,18 @@ def test_tables_findings_pairs_cases_and_names_the_2d_nsd_definition():
     assert "Table 2: no paper task with test cases" in text
     assert "base average 64.50" in text and "it reads 95.10" in text
     assert findings.nsd_2d_note(None) == ""
+
+
+def test_teardown_findings():
+    modes = pd.DataFrame({"panel": ["segment everything", "box", "points: 1 foreground + 0 background",
+                                    "points: 1 foreground + 1 background"],
+                          "masks": [12, 1, 1, 1], "masks passing SAM's filters": [3, None, None, None],
+                          "Dice vs liver": [0.5, 0.95, 0.40, 0.70]})
+    multimask = pd.DataFrame({"model": ["A"] * 3 + ["B"] * 3, "candidate": [1, 2, 3] * 2,
+                              "Dice vs liver": [0.2, 0.9, 0.6, 0.01, 0.02, 0.0],
+                              "SAM's pick": [True, False, False, False, True, False]})
+    text = findings.teardown_findings(modes, multimask)
+    assert "The box gives Dice 0.950, above the best point prompt (0.700 with 1 foreground + 1 background" in text
+    assert "12 masks; 3 pass" in text
+    assert "A: SAM's multimask pick (candidate 1, Dice 0.200) is not the best-fitting one (Dice 0.900)" in text
+    assert "B: SAM's multimask pick (candidate 2, Dice 0.020) is one of 3 candidates none of which fits" in text

@@ -38,7 +38,7 @@ def plot_three_modes(ct: Case, modes: ThreeModes, model_label: str):
     n = 2 + len(modes.points)
     cols = 3
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.5 * rows + 0.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.7 * rows + 1.3), squeeze=False, layout="constrained")
     axes = axes.ravel()
     kind = "SYNTHETIC " if ct.synthetic else ""
     rng = np.random.default_rng(0)
@@ -65,11 +65,10 @@ def plot_three_modes(ct: Case, modes: ThreeModes, model_label: str):
                               ("patch", BOX_MASK_COLOR, "mask from the box"),
                               ("patch", POINT_MASK_COLOR, "mask from the clicks"),
                               ("star", "lime", "foreground click"), ("star", "red", "background click"))
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"Fig. 2: SAM's three prompt modes, {model_label} on a {kind}CT slice ({ct.name})\n"
                  "(a) colours: one per mask; predicted IoU is the model's own estimate, Dice is measured",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.93))
     return fig
 
 
