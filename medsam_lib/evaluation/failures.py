@@ -283,7 +283,7 @@ def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int 
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False,
                title="modality (n = targets); band: bootstrap 95% CI where n >= 2", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return save_figure(fig, path, close=True)
 
 
