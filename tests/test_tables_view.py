@@ -38,6 +38,8 @@ def test_choice_caption_explains_the_other_average():
     text = tables.choice_caption(effects, long)
     assert "3 labels (2 paper tasks + 1 other targets), base DSC 70.00 here vs 80.00 in its Average row" in text
     assert "Table 2" not in text.split("included")[1]  # no Table 2 rows, no Table 2 note
+    paper_only = tables.choice_caption(effects, long[long["paper_task"]])
+    assert "Table 1: paper tasks only, as in its Average row" in paper_only
 
 
 @pytest.mark.parametrize("finetuned", [True, False])

@@ -297,6 +297,9 @@ def choice_caption(effects, long) -> str:
         column = f"T{table} DSC"
         if not len(scored) or column not in base or not len(base):
             continue
+        if len(scored) == len(paper):
+            notes.append(f"Table {table}: paper tasks only, as in its Average row")
+            continue
         notes.append(f"Table {table}: {len(scored)} labels ({len(paper)} paper tasks + {len(scored) - len(paper)} "
                      f"other targets), base DSC {float(base[column].iloc[0]):.2f} here vs "
                      f"{paper['dsc_base'].mean():.2f} in its Average row (paper tasks only)")
