@@ -21,7 +21,7 @@ import numpy as np
 from .data.phantoms import CASES as PHANTOMS, write_synthetic_set
 from .data.readers import read_image
 from .fileio import MedSAMError
-from .geometry import box_from_mask
+from .geometry import box_from_mask, enlarge_box
 from .layout import ResultsLayout
 from .profile_check import DATA_SOURCES
 
@@ -73,9 +73,7 @@ def check_data_source(data_source: str) -> str:
 
 def padded_box(mask: np.ndarray, margin: int = BOX_MARGIN_PX) -> np.ndarray:
     """The mask's box enlarged by ``margin`` pixels on each side, inside the image."""
-    x0, y0, x1, y1 = box_from_mask(mask)
-    h, w = mask.shape
-    return np.array([max(0, x0 - margin), max(0, y0 - margin), min(w - 1, x1 + margin), min(h - 1, y1 + margin)])
+    return enlarge_box(box_from_mask(mask), margin, mask.shape)
 
 
 def _phantoms(results_dir: Path, seed: int) -> tuple[Path, dict]:

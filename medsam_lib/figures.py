@@ -1,4 +1,16 @@
-"""Figures people would rather look at than read: mask overlays, saved as PNG."""
+"""Figures people would rather look at than read: the one home of mask overlays, contours, box
+outlines, legends and PNG saving, used by every notebook's figures.
+
+    fill_mask(ax, mask, colour)          # a filled, semi-transparent mask
+    draw_contour(ax, mask)               # the reference outline (yellow by default)
+    draw_box(ax, box)                    # a box prompt around its pixels, x1/y1 inclusive
+    zoom_to(ax, box, shape)              # show a small target's neighbourhood, not the whole slice
+    legend_handles(("patch", c, "..."))  # legend entries that say what each colour means
+    save_figure(fig, path)               # PNG, atomically
+
+Boxes follow ``medsam_lib.geometry`` (pixel indices, x1/y1 inclusive); on ``imshow`` pixel centres
+sit on integers, so a box's outline runs half a pixel outside its first and last pixels.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,54 +23,120 @@ from .geometry import outline
 
 PALETTE = ((0.12, 0.56, 1.0), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
            (0.58, 0.40, 0.74), (0.55, 0.34, 0.29))
+REFERENCE_COLOUR = "yellow"  # the reference (ground-truth) contour, in every figure
+BOX_COLOUR = "cyan"  # the box prompt, in every figure of the evaluation
+MASK_ALPHA = 0.45
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """Any 2D image -> (H, W, 3) uint8 for display (non-8-bit data min-max scaled)."""
+def display_image(image: np.ndarray, modality: str | None = None) -> np.ndarray:
+    """Any 2D image -> (H, W, 3) uint8 for display (non-8-bit data min-max scaled, or the modality's window)."""
     from .models.transforms import to_uint8_rgb
 
-    return to_uint8_rgb(image)
+    return to_uint8_rgb(image, modality)
+
+
+def fill_mask(ax, mask: np.ndarray, colour, alpha: float = MASK_ALPHA) -> None:
+    """Overlay a (H, W) bool mask on ``ax`` in ``colour`` (an RGB tuple or a matplotlib colour name)."""
+    from matplotlib.colors import to_rgb
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return
+    rgba = np.zeros((*mask.shape, 4))
+    rgba[mask] = (*to_rgb(colour), alpha)
+    ax.imshow(rgba)
+
+
+def draw_contour(ax, mask: np.ndarray, colour=REFERENCE_COLOUR, linewidth: float = 1.0, linestyle: str = "solid") -> None:
+    """The outline of a (H, W) bool mask (nothing for an empty mask)."""
+    mask = np.asarray(mask, float)
+    if mask.any():
+        ax.contour(mask, levels=[0.5], colors=[colour], linewidths=linewidth, linestyles=linestyle)
+
+
+def draw_box(ax, box, colour=BOX_COLOUR, linewidth: float = 1.5):
+    """The rectangle around a box's pixels x0..x1, y0..y1 (inclusive); returns the patch."""
+    from matplotlib.patches import Rectangle
+
+    corner, width, height = outline(box)
+    return ax.add_patch(Rectangle(corner, width, height, fill=False, lw=linewidth, edgecolor=colour))
+
+
+def zoom_to(ax, box, shape: tuple[int, int], margin: float = 0.5, min_size: int = 48) -> bool:
+    """Zoom ``ax`` onto ``box`` when it is small: a window of at least ``min_size`` px, the box plus
+    ``margin`` times its size on each side, inside the image. Returns True when it zoomed (the box
+    is under a quarter of the image in both directions), False when the whole image stays in view."""
+    h, w = shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    if bw > w / 4 or bh > h / 4:
+        return False
+    side = max(min_size, (1 + 2 * margin) * max(bw, bh))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left = min(max(-0.5, cx - side / 2), w - 0.5 - side)
+    top = min(max(-0.5, cy - side / 2), h - 0.5 - side)
+    ax.set_xlim(max(-0.5, left), min(w - 0.5, left + side))
+    ax.set_ylim(min(h - 0.5, top + side), max(-0.5, top))
+    return True
+
+
+def legend_handles(*entries):
+    """Legend entries ``(kind, colour, label)``; kind ``"patch"`` (a filled mask), ``"line"`` (a contour
+    or a box outline) or ``"star"`` (a click)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = []
+    for kind, colour, label in entries:
+        if kind == "patch":
+            handles.append(Patch(facecolor=colour, alpha=0.6, label=label))
+        elif kind == "line":
+            handles.append(Line2D([], [], color=colour, lw=1.5, label=label))
+        elif kind == "star":
+            handles.append(Line2D([], [], marker="*", ls="", ms=11, color=colour, markeredgecolor="white",
+                                  label=label))
+        else:
+            raise ValueError(f"unknown legend entry kind {kind!r}")
+    return handles
 
 
 def draw_overlay(ax, image: np.ndarray, masks: Sequence[np.ndarray] = (), boxes: Sequence = (),
-                 labels: Sequence[str] = (), title: str | None = None, alpha: float = 0.45,
+                 labels: Sequence[str] = (), title: str | None = None, alpha: float = MASK_ALPHA,
                  contour_masks: Sequence[np.ndarray] = ()) -> None:
     """Draw an image with filled masks, box outlines and optional ground-truth contours on ``ax``.
 
     With ``labels`` (one per mask) a legend names the masks, the reference contour and the box.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
-
     ax.imshow(display_image(image))
-    handles = []
+    entries = []
     for i, mask in enumerate(masks):
-        color = PALETTE[i % len(PALETTE)]
-        rgba = np.zeros((*np.shape(mask), 4))
-        rgba[np.asarray(mask, bool)] = (*color, alpha)
-        ax.imshow(rgba)
+        colour = PALETTE[i % len(PALETTE)]
+        fill_mask(ax, mask, colour, alpha)
         if i < len(labels):
-            handles.append(Patch(color=color, label=labels[i]))
+            entries.append(("patch", colour, labels[i]))
     for mask in contour_masks:
-        ax.contour(np.asarray(mask, float), levels=[0.5], colors="yellow", linewidths=1.0)
+        draw_contour(ax, mask)
     if labels and len(contour_masks):
-        handles.append(Line2D([], [], color="yellow", lw=1.0, label="reference mask"))
+        entries.append(("line", REFERENCE_COLOUR, "reference mask"))
     if labels and len(boxes):
-        handles.append(Line2D([], [], color=PALETTE[0], lw=1.5, label="box prompt"))
+        entries.append(("line", PALETTE[0], "box prompt"))
     for i, box in enumerate(boxes):
-        corner, width, height = outline(box)  # the box's pixels, x1/y1 inclusive (medsam_lib.geometry)
-        ax.add_patch(Rectangle(corner, width, height, fill=False, lw=1.5, edgecolor=PALETTE[i % len(PALETTE)]))
-    if handles:
-        ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.7)
+        draw_box(ax, box, PALETTE[i % len(PALETTE)])
+    if entries:
+        ax.legend(handles=legend_handles(*entries), loc="lower right", fontsize=7, framealpha=0.7)
     if title:
         ax.set_title(title, fontsize=9)
     ax.axis("off")
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG atomically (folder created)."""
+def save_figure(fig, path: str | Path, dpi: int = 120, close: bool = False, tight: bool = True) -> Path:
+    """Save a matplotlib figure as PNG atomically (folder created); ``close`` frees it afterwards."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return path

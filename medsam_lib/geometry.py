@@ -48,6 +48,14 @@ def outline(box) -> tuple[tuple[float, float], float, float]:
     return (left - 0.5, top - 0.5), right - left, bottom - top
 
 
+def enlarge_box(box, margin: float, shape: tuple[int, int]) -> np.ndarray:
+    """Each side moved out by ``margin`` px, clipped to the image of ``shape`` (H, W), as float64."""
+    h, w = shape
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64)
+    return np.array([max(0.0, x0 - margin), max(0.0, y0 - margin), min(w - 1.0, x1 + margin),
+                     min(h - 1.0, y1 + margin)])
+
+
 def jitter_box(box: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
                max_shift: int = paper.BOX_JITTER_PX[1]) -> np.ndarray:
     """Enlarge each side by a random 0..max_shift pixels (paper 3.2), clipped to the image."""

@@ -17,12 +17,18 @@ The rule, applied to every compared text output (stream text, text/plain, text/m
 
 Anything else (a number that appears or disappears, NaN vs a number, another word) is a failure,
 printed by nbval as before. ``tolerant_equal`` is the rule; tests/test_nbval_tolerance.py tests it.
+
+Progress bars are not results: a tqdm bar (a widget display whose text is a bar, or a stderr stream of
+bars only) is left out of the comparison on both sides, so a step that shows a bar when it computes and
+none when it reuses a finished result compares equal either way (``is_progress``).
 """
 from __future__ import annotations
 
 import re
 
 NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+PROGRESS_BAR = re.compile(r"\d+%\|[^|\n]*\|")  # tqdm: "box sweep (base):  40%|####      | 4/10 [...]"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 LAST_DIGIT_UNITS = 10
 RELATIVE = 0.002
 
@@ -76,6 +82,15 @@ class TolerantText(str):
     __hash__ = str.__hash__
 
 
+def is_progress(output) -> bool:
+    """A tqdm bar: a widget display whose text is a bar, or a stderr stream whose every line is a bar."""
+    if output.get("output_type") == "stream":
+        lines = [line for line in re.split(r"[\r\n]", output.get("text", "")) if line.strip()]
+        return output.get("name") == "stderr" and bool(lines) and all(PROGRESS_BAR.search(x) for x in lines)
+    data = output.get("data", {})
+    return WIDGET_VIEW in data and bool(PROGRESS_BAR.search(str(data.get("text/plain", ""))))
+
+
 def pytest_configure(config):
     """Wrap nbval's per-output sanitiser so what it returns compares with the tolerance."""
     try:
@@ -92,3 +107,10 @@ def pytest_configure(config):
 
     sanitize._tolerant = True
     IPyNbCell.sanitize = sanitize
+    compare = IPyNbCell.compare_outputs
+
+    def compare_outputs(self, test, ref, skip_compare=None):
+        return compare(self, [o for o in test if not is_progress(o)], [o for o in ref if not is_progress(o)],
+                       skip_compare)
+
+    IPyNbCell.compare_outputs = compare_outputs

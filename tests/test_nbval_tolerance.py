@@ -50,3 +50,60 @@ def test_nbval_compares_sanitised_outputs_with_the_tolerance(pytestconfig):
     from nbval.plugin import IPyNbCell
 
     assert getattr(IPyNbCell.sanitize, "_tolerant", False), "nbval_tolerance is not loaded (pyproject addopts)"
+
+
+def _widget_bar(text):
+    return {"output_type": "display_data",
+            "data": {"text/plain": text, "application/vnd.jupyter.widget-view+json": {"model_id": "abc"}}}
+
+
+@pytest.mark.parametrize("output, progress", [
+    (_widget_bar("box sweep (base):   0%|          | 0/8 [00:00<?, ?target/s]"), True),
+    ({"output_type": "stream", "name": "stderr",
+      "text": "predict:  50%|#####     | 4/8 [00:01<00:01, 3.1it/s]\rpredict: 100%|##########| 8/8 [00:02<00:00]\n"},
+     True),
+    ({"output_type": "stream", "name": "stdout", "text": "predict: 100%|##########| 8/8\n"}, False),
+    ({"output_type": "stream", "name": "stderr", "text": "UserWarning: something\n"}, False),
+    ({"output_type": "display_data", "data": {"text/plain": "50%|#####| of the targets"}}, False),
+    ({"output_type": "execute_result", "data": {"text/plain": "   dsc\n0  0.99"}}, False),
+])
+def test_progress_bars_are_recognised(output, progress):
+    from nbval_tolerance import is_progress
+
+    assert is_progress(output) is progress
+
+
+def test_a_bar_present_on_one_side_only_compares_equal():
+    """A cell that computed (bar shown) and one that reused a result (no bar) compare the same."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbval.plugin import IPyNbCell
+
+    import nbval_tolerance
+
+    nbval_tolerance.pytest_configure(None)
+    result = nbformat.from_dict({"output_type": "execute_result", "data": {"text/plain": "8 targets"},
+                                 "metadata": {}, "execution_count": 1})
+    bar = nbformat.from_dict({**_widget_bar("predict:   0%|          | 0/8 [00:00<?, ?it/s]"), "metadata": {}})
+
+    class Parent:
+        skip_compare = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
+                        nbval_tolerance.WIDGET_VIEW)
+
+        def sanitize(self, text):
+            return text
+
+    class Cell:
+        parent = Parent()
+        colors = type("C", (), {"FAIL": "", "OKBLUE": "", "ENDC": "", "OKGREEN": ""})()
+        sanitize = Parent.sanitize
+        comparison_traceback: list = []
+
+        def format_output_compare(self, key, ref, test):
+            self.comparison_traceback.append(key)
+
+    cell = Cell()
+    assert IPyNbCell.compare_outputs(cell, [bar, result], [result])
+    assert IPyNbCell.compare_outputs(cell, [result], [bar, result])
+    other = nbformat.from_dict({"output_type": "execute_result", "data": {"text/plain": "7 targets"},
+                                "metadata": {}, "execution_count": 1})
+    assert not IPyNbCell.compare_outputs(cell, [bar, other], [result])

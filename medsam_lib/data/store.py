@@ -185,6 +185,11 @@ class CuratedDataset:
             return stored == int(row["instance"])
         return np.isin(stored, [int(v) for v in str(row["labels"]).split(";")])
 
+    def load_label_map(self, row) -> np.ndarray:
+        """(256, 256) integer map the row's mask is taken from: every label (or instance) stored with it."""
+        row = self._row(row)
+        return np.asarray(self._npz(row["file"])[row["mask_member"]])
+
     def load(self, row) -> tuple[np.ndarray, np.ndarray]:
         row = self._row(row)
         return self.load_image(row), self.load_mask(row)

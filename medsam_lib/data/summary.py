@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path
-from ..geometry import outline
+from ..figures import BOX_COLOUR, draw_box, fill_mask, legend_handles, save_figure
 from .splits import SPLITS
 from .store import CuratedDataset
 
 NO_TASK = "(not a paper task)"
+MASK_COLOUR = (1.0, 0.35, 0.0)
 
 
 def coarse_modality(modality: str) -> str:
@@ -73,15 +73,12 @@ def intensity_samples(dataset: CuratedDataset):
     return pd.concat(parts, ignore_index=True)
 
 
-def _save(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
+RAW_UNITS = {"CT": "Hounsfield units (HU)", "PET": "file values (e.g. SUV)"}  # other modalities: no physical unit
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+
+def raw_axis_label(modality: str) -> str:
+    """The x label of a raw-intensity histogram: HU for CT, the file's own values otherwise."""
+    return "raw value, " + RAW_UNITS.get(modality, "file values (no physical unit)")
 
 
 def plot_intensity_histograms(samples, path: str | Path, preset: str = "paper") -> Path:
@@ -90,32 +87,32 @@ def plot_intensity_histograms(samples, path: str | Path, preset: str = "paper") 
     import seaborn as sns
 
     modalities = sorted(samples["modality"].unique())
-    fig, axes = plt.subplots(len(modalities), 2, figsize=(10, 2.4 * len(modalities)), squeeze=False)
+    fig, axes = plt.subplots(len(modalities), 2, figsize=(11.5, 2.7 * len(modalities)), squeeze=False)
     synthetic = (samples["data"] == "SYNTHETIC").any()
     for row, modality in enumerate(modalities):
         part = samples[samples["modality"] == modality]
         for col, stage in enumerate(("raw", "normalised")):
             ax = axes[row, col]
             sns.histplot(part[part["stage"] == stage], x="value", hue="dataset", bins=60, stat="density",
-                         common_norm=False, element="step", fill=False, ax=ax, legend=(col == 0))
+                         common_norm=False, element="step", fill=False, ax=ax, legend=(col == 1))
             what = "raw values" if stage == "raw" else f"after the '{preset}' preset (0-255)"
             ax.set_title(f"{modality}: {what}", fontsize=9)
-            ax.set_xlabel("")
-            if col == 0 and ax.get_legend() is not None:
-                ax.get_legend().set_title(None)
-                for text in ax.get_legend().get_texts():
-                    text.set_fontsize(7)
+            ax.set_xlabel(raw_axis_label(modality) if stage == "raw" else "grey level after the preset (0-255)",
+                          fontsize=8)
+            ax.set_ylabel("density (fraction per unit)", fontsize=8)
+            if col == 1 and ax.get_legend() is not None:  # outside the panels: it never covers a title or a curve
+                sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), title="data set", fontsize=7,
+                                title_fontsize=7, frameon=False)
     fig.suptitle(("SYNTHETIC data: " if synthetic else "") + "intensity histograms before and after normalisation",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110, close=True)
 
 
 def plot_slice_grid(dataset: CuratedDataset, path: str | Path, per_task: int = 3, seed: int = 0) -> Path:
     """``per_task`` random curated slices per paper task (targets no task uses are pooled in one
     row), with the target's mask filled and its box drawn."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     index = dataset.index.assign(group=dataset.index["task"].replace("", NO_TASK))
     groups = sorted(g for g in index["group"].unique() if g != NO_TASK)
@@ -133,15 +130,14 @@ def plot_slice_grid(dataset: CuratedDataset, path: str | Path, per_task: int = 3
             row = rows.iloc[int(picks[c])]
             image, mask = dataset.load(row)
             ax.imshow(image)
-            overlay = np.zeros((*mask.shape, 4))
-            overlay[mask] = (1.0, 0.35, 0.0, 0.45)
-            ax.imshow(overlay)
-            corner, width, height = outline((row["x0"], row["y0"], row["x1"], row["y1"]))
-            ax.add_patch(Rectangle(corner, width, height, fill=False, lw=1.2, edgecolor="cyan"))
+            fill_mask(ax, mask, MASK_COLOUR)
+            draw_box(ax, (row["x0"], row["y0"], row["x1"], row["y1"]), linewidth=1.2)
             tag = "SYNTHETIC " if bool(row["synthetic"]) else ""
             what = f"{row['dataset']}: {row['target']}" if group == NO_TASK else group
             ax.set_title(f"{tag}{what}\n{row['volume']} z={row['slice']} ({row['split']})", fontsize=6.5)
     height = fig.get_figheight()  # the title sits in a fixed 0.45 inch band, however many rows there are
     fig.suptitle("Curated 256 x 256 slices with target masks and boxes", fontsize=11, y=1 - 0.1 / height, va="top")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
-    return _save(fig, path)
+    fig.legend(handles=legend_handles(("patch", MASK_COLOUR, "target mask"), ("line", BOX_COLOUR, "its box")),
+               loc="upper center", bbox_to_anchor=(0.5, 1 - 0.3 / height), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
+    return save_figure(fig, path, dpi=110, close=True)

@@ -1,15 +1,16 @@
 """Notebook 06's figures: a Fig. 4-style grid per task, the failure modes of Fig. 5 picked by rules
 from the worst cases, a box-looseness sweep and DSC by target size.
 
-Failure rules (paper Fig. 5), each evaluated on the worst ground-truth slice of the worst targets
-(lowest DSC of the model under study); a case is labelled with every rule it meets, in this order:
+Failure rules (paper Fig. 5), each evaluated on the worst ground-truth slice of the failed targets
+(DSC under ``FAILURE_DSC`` for the model under study, lowest first); a case is labelled with every
+rule it meets, in this order:
 - ``tiny object``: the ground truth covers < 1% of the 256 x 256 slice (655 px);
 - ``low contrast``: |mean inside - mean in a 5 px ring around it| / sd of the ring < 0.5;
 - ``missing boundaries``: on over half the ground-truth contour the grey-level gradient is under
   10 grey levels (Sobel magnitude / 4: a step of h levels reads h), i.e. no visible edge;
 - ``loose box over similar instances``: other instances of the same target (or other pixels of
   its labels) cover >= 10% of the box, or the box is more than 4 times the object's area.
-A worst case meeting none is shown as ``other``.
+A failed case meeting none is shown as ``other``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ..figures import PALETTE, save_figure
-from .inference import EmbeddingCache, prompt_box, segment
+from ..figures import (BOX_COLOUR, PALETTE, REFERENCE_COLOUR, display_image, draw_box, draw_contour, fill_mask,
+                       legend_handles, save_figure, zoom_to)
+from ..geometry import box_from_mask
+from ..paper import BOX_JITTER_PX
+from .inference import EmbeddingCache, SliceSource, prompt_box, segment
+from .metrics import dice
 from .tables import bootstrap_ci
 
 TINY_FRACTION = 0.01
@@ -29,6 +34,10 @@ LOOSE_OTHER_FRACTION = 0.10
 LOOSE_AREA_RATIO = 4.0
 SIZE_BINS = (0.0, 0.005, 0.02, 0.08, 1.0)  # fraction of the 256 x 256 slice
 SIZE_LABELS = ("< 0.5%", "0.5-2%", "2-8%", "> 8%")
+FAILURE_DSC = 0.9  # a target scoring under this DSC counts as a failure case
+MODEL_COLOURS = {"base": PALETTE[1], "finetuned": PALETTE[0]}  # orange, blue: in every figure of notebook 06
+MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}  # as figures say them
+GROUND_TRUTH_COLOUR = PALETTE[2]  # green (filled); its contour is REFERENCE_COLOUR
 
 
 def _pyplot():
@@ -38,11 +47,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def slice_dice(gt: np.ndarray, pred: np.ndarray) -> float:
-    total = gt.sum() + pred.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(gt, pred).sum() / total)
 
 
 def failure_rules(image: np.ndarray, gt: np.ndarray, box, same_label: np.ndarray | None = None) -> list[str]:
@@ -77,53 +81,83 @@ def failure_rules(image: np.ndarray, gt: np.ndarray, box, same_label: np.ndarray
     return found
 
 
-def worst_cases(store, predictions, n: int = 6) -> list[dict]:
-    """The ``n`` lowest-DSC targets, each at its worst slice, with the rules it meets."""
+def _image_row(store, meta: dict, slice_index: int):
+    """The index row of one target's image at a curated slice (its dataset, volume, image key)."""
+    index = store.index
+    return index[(index["dataset"] == meta["dataset"]) & (index["volume"] == meta["volume"])
+                 & (index["image_key"] == meta["image_key"]) & (index["slice"] == slice_index)].iloc[0]
+
+
+def worst_cases(store, predictions, n: int = 6, below: float = FAILURE_DSC) -> list[dict]:
+    """Up to ``n`` targets with DSC under ``below``, lowest first, each at its worst slice, with the
+    rules it meets. Each case records how many targets were under ``below`` (``failed``) of how many
+    the model was scored on (``of``)."""
     from .chain import worst_slice
 
-    scored = sorted(((slice_dice(t.gt, t.pred), i) for i, t in enumerate(predictions)))[:n]
+    scored = sorted((dice(t.pred, t.gt), i) for i, t in enumerate(predictions))
+    failed = [(d, i) for d, i in scored if d < below]
     out = []
-    for dsc, i in scored:
+    for dsc, i in failed[:n]:
         t = predictions[i]
         z = worst_slice(t)
-        row = store.index[(store.index["dataset"] == t.meta["dataset"]) & (store.index["volume"] == t.meta["volume"])
-                          & (store.index["image_key"] == t.meta["image_key"])
-                          & (store.index["slice"] == t.z0 + z)].iloc[0]
-        image = store.load_image(row)
+        image = store.load_image(_image_row(store, t.meta, t.z0 + z))
         box = t.boxes.get(z, prompt_box(t.gt[z]) if t.gt[z].any() else (0, 0, 1, 1))
         same = None
         if int(t.meta["instance"]) > 0:
-            match = store.index[(store.index["dataset"] == t.meta["dataset"])
-                                & (store.index["volume"] == t.meta["volume"]) & (store.index["slice"] == t.z0 + z)
-                                & (store.index["target"] == t.meta["target"])]
+            index = store.index
+            match = index[(index["dataset"] == t.meta["dataset"]) & (index["volume"] == t.meta["volume"])
+                          & (index["slice"] == t.z0 + z) & (index["target"] == t.meta["target"])]
             if len(match):
-                same = store._npz(match.iloc[0]["file"])[match.iloc[0]["mask_member"]] > 0
-        rules = failure_rules(image, t.gt[z], box, same) or ["other: none of the rules (lowest DSC)"]
-        out.append({"position": i, "slice": z, "dsc": dsc, "slice_dsc": slice_dice(t.gt[z], t.pred[z]),
-                    "rules": rules, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box, "meta": t.meta})
+                same = store.load_label_map(match.iloc[0]) > 0
+        rules = failure_rules(image, t.gt[z], box, same) or ["other: none of the rules"]
+        out.append({"position": i, "slice": z, "dsc": dsc, "slice_dsc": dice(t.pred[z], t.gt[z]),
+                    "rules": rules, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box, "meta": t.meta,
+                    "failed": len(failed), "of": len(predictions)})
     return out
 
 
-def _panel(ax, image, mask=None, box=None, title="", colour=PALETTE[1], contour=None):
-    from matplotlib.patches import Rectangle
+def failure_table(cases: dict):
+    """One row per (model, case, rule): the rule's name and what was measured, short enough to read."""
+    import pandas as pd
 
-    ax.imshow(image if image.ndim == 3 else image, cmap=None if image.ndim == 3 else "gray")
-    if mask is not None and mask.any():
-        rgba = np.zeros((*mask.shape, 4))
-        rgba[mask] = (*colour, 0.45)
-        ax.imshow(rgba)
-    if contour is not None and contour.any():
-        ax.contour(contour.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+    rows = []
+    for name, found in cases.items():
+        for case in found:
+            for rule in case["rules"]:
+                rule_name, _, measured = rule.partition(": ")
+                rows.append({"model": name, "target": case["meta"]["target"], "modality": case["meta"]["modality"],
+                             "DSC": round(case["dsc"], 3), "rule": rule_name, "measured": measured})
+    return pd.DataFrame(rows, columns=["model", "target", "modality", "DSC", "rule", "measured"])
+
+
+def _panel(ax, image, mask=None, box=None, title="", colour=MODEL_COLOURS["base"], contour=None, zoom=None,
+           say_zoomed: bool = True):
+    """One image with a filled mask, the reference contour and the box; ``zoom``: a box to zoom onto
+    when it is small (``figures.zoom_to``), said in the title when ``say_zoomed``."""
+    ax.imshow(display_image(image))
+    if mask is not None:
+        fill_mask(ax, mask, colour)
+    if contour is not None:
+        draw_contour(ax, contour, linewidth=0.9)
     if box is not None:
-        x0, y0, x1, y1 = box
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, edgecolor="cyan"))
+        draw_box(ax, box, linewidth=1.2)
+    if zoom is not None and zoom_to(ax, zoom, image.shape[:2]) and say_zoomed:
+        title += " (zoomed)"
     ax.set_title(title, fontsize=7)
-    ax.axis("off")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _overlay_legend(fig, models: list[str], ground_truth_fill: bool = False):
+    entries = [("patch", GROUND_TRUTH_COLOUR, "ground truth")] if ground_truth_fill else []
+    entries += [("patch", MODEL_COLOURS.get(m, PALETTE[3]), f"{MODEL_NAMES.get(m, m)} prediction") for m in models]
+    entries += [("line", REFERENCE_COLOUR, "ground-truth contour"), ("line", BOX_COLOUR, "box prompt")]
+    fig.legend(handles=legend_handles(*entries), loc="lower center", ncol=len(entries), fontsize=8, frameon=False)
 
 
 def task_grid(store, predictions: dict, path, title: str):
     """Fig. 4 style: per task label one row (image, GT, base, fine-tuned), the target with the
-    median base DSC at its middle ground-truth slice, box in cyan."""
+    median base DSC at its middle ground-truth slice. Small targets are shown zoomed."""
     plt = _pyplot()
     base = predictions["base"]
     labels = {}
@@ -131,64 +165,66 @@ def task_grid(store, predictions: dict, path, title: str):
         label = t.meta["task"] or f"{t.meta['target']} ({t.meta['modality']}) *"
         labels.setdefault(label, []).append(i)
     names = sorted(labels)
-    cols = ["image", "ground truth", "base", "fine-tuned"]
-    fig, axes = plt.subplots(len(names), 4, figsize=(8.4, 2.2 * len(names) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(names), 4, figsize=(8.4, 2.45 * len(names) + 1.0), squeeze=False)
+    ft = predictions.get("finetuned")
     for r, label in enumerate(names):
-        ranked = sorted(labels[label], key=lambda i: slice_dice(base[i].gt, base[i].pred))
+        ranked = sorted(labels[label], key=lambda i: dice(base[i].pred, base[i].gt))
         i = ranked[len(ranked) // 2]
         t = base[i]
         gt_slices = np.flatnonzero(t.gt.any(axis=(1, 2)))
         z = int(gt_slices[len(gt_slices) // 2])
-        row = store.index[(store.index["dataset"] == t.meta["dataset"]) & (store.index["volume"] == t.meta["volume"])
-                          & (store.index["image_key"] == t.meta["image_key"]) & (store.index["slice"] == t.z0 + z)]
-        image = store.load_image(row.iloc[0])
+        image = store.load_image(_image_row(store, t.meta, t.z0 + z))
         box = t.boxes.get(z)
-        _panel(axes[r, 0], image, title=f"{label}\n{t.meta['volume']} z={t.z0 + z}")
-        _panel(axes[r, 1], image, t.gt[z], title="ground truth", colour=PALETTE[2])
-        _panel(axes[r, 2], image, t.pred[z], box, f"base: DSC {slice_dice(t.gt[z], t.pred[z]):.2f}",
-               contour=t.gt[z])
-        ft = predictions.get("finetuned")
+        near = box_from_mask(t.gt[z])
+        _panel(axes[r, 0], image, title=f"{label}\n{t.meta['volume']} z={t.z0 + z}", zoom=near)
+        _panel(axes[r, 1], image, t.gt[z], title="ground truth", colour=GROUND_TRUTH_COLOUR, zoom=near,
+               say_zoomed=False)
+        _panel(axes[r, 2], image, t.pred[z], box, f"base: DSC {dice(t.pred[z], t.gt[z]):.2f}",
+               colour=MODEL_COLOURS["base"], contour=t.gt[z], zoom=near, say_zoomed=False)
         if ft is not None:
             f = ft[i]
-            _panel(axes[r, 3], image, f.pred[z], f.boxes.get(z), f"fine-tuned: DSC {slice_dice(f.gt[z], f.pred[z]):.2f}",
-                   colour=PALETTE[0], contour=f.gt[z])
+            _panel(axes[r, 3], image, f.pred[z], f.boxes.get(z), f"fine-tuned: DSC {dice(f.pred[z], f.gt[z]):.2f}",
+                   colour=MODEL_COLOURS["finetuned"], contour=f.gt[z], zoom=near, say_zoomed=False)
         else:
             _panel(axes[r, 3], np.full_like(image, 255), title="fine-tuned: not available")
-    fig.suptitle(f"{title}\ncolumns: {', '.join(cols)}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    height = fig.get_figheight()
+    fig.suptitle(f"{title}\ncolumns: image, ground truth, base, fine-tuned; one slice of one target per task "
+                 "(DSC of that slice); * = no paper task", fontsize=10, y=1 - 0.05 / height, va="top")
+    _overlay_legend(fig, ["base"] + (["finetuned"] if ft is not None else []), ground_truth_fill=True)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.6 / height))
+    return save_figure(fig, path, close=True)
 
 
-def plot_failures(cases: list[dict], path, title: str):
-    plt = _pyplot()
-    n = max(1, len(cases))
+def plot_failures(cases: list[dict], path, title: str, model: str = "base"):
+    """The failure cases of one model, each with its DSC and the rules it meets (or a note that no
+    target fell under ``FAILURE_DSC``)."""
     import textwrap
 
+    plt = _pyplot()
+    n = max(1, len(cases))
     cols = min(n, 3)
     rows = int(math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 5.2 * rows), squeeze=False,
-                             gridspec_kw={"hspace": 0.75})
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 5.0 * rows + 1.0), squeeze=False)
+    colour = MODEL_COLOURS.get(model, PALETTE[3])
     for ax, case in zip(axes.ravel(), cases):
         meta = case["meta"]
-        rules = "\n".join(textwrap.fill(r, 44) for r in case["rules"])
+        rules = "\n".join(textwrap.fill(r, 40) for r in case["rules"])
         name = meta["task"] or f"{meta['target']} ({meta['modality']})"
         _panel(ax, case["image"], case["pred"], case["box"],
                f"{name}, {meta['volume']}\nDSC {case['dsc']:.2f} (this slice {case['slice_dsc']:.2f})\n{rules}",
-               contour=case["gt"])
+               colour=colour, contour=case["gt"], zoom=box_from_mask(case["gt"]) if case["gt"].any() else None)
     for ax in axes.ravel()[len(cases):]:
         ax.axis("off")
-    height = fig.get_figheight()  # title band above the tallest panel title (up to ~8 lines)
-    fig.suptitle(title + "\norange: prediction, yellow: ground truth, cyan: box", fontsize=10,
-                 y=1 - 0.05 / height, va="top")
-    fig.subplots_adjust(top=1 - 1.7 / height, bottom=0.02, left=0.02, right=0.98, wspace=0.08)
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    if not cases:
+        axes[0, 0].text(0.5, 0.5, f"no target under DSC {FAILURE_DSC:g}", ha="center", va="center")
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
+    _overlay_legend(fig, [model])
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.45 / height))
+    return save_figure(fig, path, close=True)
 
 
-def box_sweep(store, models, margins, split: str, seed: int = 0, progress: bool = False):
+def box_sweep(store, models, margins, split: str, seed: int = 0, progress: bool = True):
     """DSC of each target's middle ground-truth slice with the tight box enlarged by each margin
     (px at 256 x 256, clipped to the image), per model. One row per (model, margin, target)."""
     import pandas as pd
@@ -204,44 +240,51 @@ def box_sweep(store, models, margins, split: str, seed: int = 0, progress: bool 
         picks.append(group.iloc[len(group) // 2])
     for name, predictor in models.pairs:
         cache: EmbeddingCache = models.cache_for(predictor)
-        for row in tqdm(picks, desc=f"box sweep ({name})", disable=not progress):
+        for row in tqdm(picks, desc=f"box sweep ({name})", unit="target", disable=not progress):
             image_fn = (lambda r=row: store.load_image(r))
             gt = store.load_mask(row)
-            from .inference import SliceSource
-
             source = SliceSource(image=image_fn, embedding=(lambda r=row, f=image_fn: cache.get(r["image_id"], f)))
             for margin in margins:
                 box = prompt_box(gt, margin)
                 pred = segment(predictor, source, box, row["image_id"])
                 rows.append({"model": name, "margin": margin, "modality": row["modality"], "target": row["target"],
-                             "image_id": row["image_id"], "dsc": slice_dice(gt, pred)})
+                             "image_id": row["image_id"], "dsc": dice(pred, gt)})
     return pd.DataFrame(rows)
 
 
-def plot_box_sweep(sweep, path, title: str, seed: int = 0):
+def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int = BOX_JITTER_PX[1]):
+    """Mean DSC per modality against the margin, one panel per model; a bootstrap 95% CI band only
+    where a modality has 2 or more targets (n is in the legend); the paper's training jitter range shaded."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, sweep["model"].nunique(), figsize=(5.2 * sweep["model"].nunique(), 3.8),
-                             squeeze=False, sharey=True)
-    for ax, (name, part) in zip(axes[0], sweep.groupby("model", sort=False)):
-        for k, (modality, m) in enumerate(part.groupby("modality")):
+    names = list(dict.fromkeys(sweep["model"]))
+    modalities = sorted(sweep["modality"].unique())
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        part = sweep[sweep["model"] == name]
+        ax.axvline(training_jitter, color="grey", ls="--", lw=1)
+        for k, modality in enumerate(modalities):
+            m = part[part["modality"] == modality]
+            n_targets = int((m["margin"] == m["margin"].min()).sum())
             stats = [(margin, g["dsc"].mean(), *bootstrap_ci(g["dsc"], seed)) for margin, g in m.groupby("margin")]
             x, mean, lo, hi = (np.array(v, dtype=float) for v in zip(*stats))
             colour = PALETTE[k % len(PALETTE)]
-            n_targets = int((m["margin"] == m["margin"].min()).sum())
-            ax.plot(x, mean, marker="o", color=colour, label=f"{modality} (n={n_targets} targets)")
-            if not np.isnan(lo).all():
-                ax.fill_between(x, lo, hi, color=colour, alpha=0.2)
-        ax.set_title(f"{name} model", fontsize=9)
-        ax.set_xlabel("box enlarged by (px per side, 256 x 256)")
+            ax.plot(x, mean, marker="o", color=colour, label=f"{modality} (n={n_targets})")
+            if n_targets >= 2:
+                ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
+        ax.set_title(f"{MODEL_NAMES.get(name, name)} model", fontsize=9)
+        ax.set_xlabel("box enlarged by (px per side, at 256 x 256)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("DSC (middle GT slice), mean and 95% CI")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("DSC of the middle GT slice (0-1)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    jitter = f"training jitter: up to {training_jitter} px (paper 3.2)"
+    handles += [plt.Line2D([], [], color="grey", ls="--", lw=1)]
+    labels += [jitter]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False,
+               title="modality (n = targets); band: bootstrap 95% CI where n >= 2", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return save_figure(fig, path, close=True)
 
 
 def size_strata(frames: dict, seed: int = 0):
@@ -261,26 +304,32 @@ def size_strata(frames: dict, seed: int = 0):
 
 
 def plot_size_strata(strata, path, title: str):
+    """Bars of mean DSC per size stratum and model (colours as in the overlays); error bars only
+    where a stratum has 2 or more targets; n under each bar."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
     models = list(dict.fromkeys(strata["model"]))
     width = 0.8 / max(1, len(models))
     for k, name in enumerate(models):
         part = strata[strata["model"] == name].reset_index(drop=True)
         x = np.arange(len(part)) + k * width
-        err = np.vstack([part["dsc"] - part["lo"], part["hi"] - part["dsc"]]).clip(min=0)
-        err = np.nan_to_num(err)
-        ax.bar(x, part["dsc"].fillna(0), width, yerr=err, capsize=3, color=PALETTE[k % len(PALETTE)], label=name)
-        for xi, (n, v) in zip(x, zip(part["n"], part["dsc"])):
-            ax.text(xi, (0 if math.isnan(v) else v) + 0.02, f"n={n}", ha="center", fontsize=7)
+        colour = MODEL_COLOURS.get(name, PALETTE[k % len(PALETTE)])
+        ax.bar(x, part["dsc"].fillna(0), width, color=colour, label=MODEL_NAMES.get(name, name))
+        ci = (part["n"] >= 2) & part["lo"].notna()
+        if ci.any():
+            mean = part.loc[ci, "dsc"]
+            ax.errorbar(x[ci.to_numpy()], mean, yerr=np.vstack([mean - part.loc[ci, "lo"], part.loc[ci, "hi"] - mean]),
+                        fmt="none", ecolor="black", capsize=3, lw=1)
+        for xi, n, v in zip(x, part["n"], part["dsc"]):
+            ax.text(xi, 0.02, f"n={n}" if n else "none", ha="center", va="bottom", fontsize=7, rotation=90,
+                    color="white" if n and not math.isnan(v) and v > 0.15 else "black")
     ax.set_xticks(np.arange(len(SIZE_LABELS)) + width * (len(models) - 1) / 2)
     ax.set_xticklabels(SIZE_LABELS)
     ax.set_xlabel("target size (mean GT pixels per slice, % of the 256 x 256 slice)")
-    ax.set_ylabel("DSC per target, mean and 95% CI")
+    ax.set_ylabel("DSC per target (0-1), mean")
     ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="model (error bars: bootstrap 95% CI where n >= 2)", title_fontsize=7,
+              loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(models), frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, close=True)

@@ -23,17 +23,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..fileio import MedSAMError
-from ..geometry import box_from_mask, jitter_box
+from ..geometry import box_from_mask, enlarge_box, jitter_box
 
 PROTOCOLS = ("gt", "propagate")
-
-
-def enlarge_box(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
-    """Each side moved out by ``margin`` px, clipped to the image (x1/y1 inclusive)."""
-    h, w = shape
-    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64)
-    return np.array([max(0.0, x0 - margin), max(0.0, y0 - margin), min(w - 1.0, x1 + margin),
-                     min(h - 1.0, y1 + margin)])
 
 
 def prompt_box(mask: np.ndarray, margin: float = 0, jitter: int = 0, rng: np.random.Generator | None = None,

@@ -96,7 +96,12 @@ def check_pair(pred, gt, source_pred: str = "prediction", source_gt: str = "grou
 
 
 def dice(prediction, truth) -> float:
-    """Dice similarity coefficient of two binary masks of equal shape; 1.0 when both are empty."""
+    """Dice similarity coefficient of two binary masks of equal shape; 1.0 when both are empty.
+
+    The one metric Dice of medsam_lib: tables, failure figures, the teardown and the widget call it.
+    ``training.loss.dice_bce_per_sample`` is another thing, the differentiable soft Dice *loss* on
+    probabilities, and stays there; ``training.loss.dice_score`` is the same ratio on a batch of torch
+    tensors on the training device (validation without a copy to numpy)."""
     a, b = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
     if a.shape != b.shape:
         raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")

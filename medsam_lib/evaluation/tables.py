@@ -238,3 +238,71 @@ def write_tables(long, out_dir, captions: dict, finetuned_available: bool) -> di
                                                    to_latex(frame, captions[table], f"tab:{name}"))
         written[f"{name}.csv"] = atomic_write_text(out_dir / f"{name}.csv", frame.to_csv(index=False))
     return written
+
+
+def split_captions(captions: dict) -> tuple[str, dict]:
+    """The sentences every caption shares, once, and what is each table's own: ``(shared, {table: own})``,
+    so a notebook shows Tables 1 and 2 without repeating a long caption (the files keep the full one)."""
+    import re
+
+    sentences = {t: re.split(r"(?<=\.)\s+(?=[A-Z†*])", c.strip()) for t, c in captions.items()}
+    common = [s for s in next(iter(sentences.values())) if all(s in other for other in sentences.values())]
+    own = {t: " ".join(s for s in parts if s not in common) for t, parts in sentences.items()}
+    return " ".join(common), own
+
+
+def notebook_view(long, captions: dict, finetuned_available: bool) -> str:
+    """Tables 1 and 2 as one Markdown text: each table under its own caption, the shared part once below."""
+    shared, own = split_captions(captions)
+    parts = []
+    for table in (1, 2):
+        pub_ok = bool(long.loc[long["table"] == table, "published_available"].all()) if len(long) else False
+        parts.append(f"**{own[table]}**\n\n" + to_markdown(formatted(long, table, finetuned_available, pub_ok)))
+    return "\n".join(parts) + (f"\n*Both tables:* {shared}\n" if shared else "")
+
+
+CHOICE_NAMES = {"paper defaults": "paper defaults", "nsd_spacing": "NSD spacing", "slices": "GT slices counted",
+                "nsd_2d": "2D NSD", "CT window": "CT window"}
+
+
+def choice_table(effects):
+    """``chain.choice_effects`` for reading: rows named "choice: setting (model)", columns "Table 1 (3D) DSC"
+    instead of "T1 DSC" (which reads like an MR weighting)."""
+    def row_name(r) -> str:
+        name = CHOICE_NAMES.get(r["choice"], r["choice"])
+        setting = str(r["setting"]).split(" (")[0]  # "[-160, 240] (official_code preset)" -> "[-160, 240]"
+        return f"{name} ({r['model']})" if setting == "-" else f"{name}: {setting} ({r['model']})"
+
+    def column_name(c: str) -> str:
+        table, _, rest = c.partition(" ")
+        number = table[1:]
+        return f"Table {number} ({'3D' if number == '1' else '2D'}) {rest}"
+
+    values = [c for c in effects.columns if c[:1] == "T" and c[1:2].isdigit()]
+    frame = effects[values].rename(columns=column_name)
+    frame.index = [row_name(r) for _, r in effects.iterrows()]
+    frame.index.name = "choice (model)"
+    return frame
+
+
+def choice_caption(effects, long) -> str:
+    """Why the choice table's "paper defaults" averages differ from Tables 1-2's Average rows: they are
+    means over every scored task label (targets that are no paper task included), the tables' over paper
+    tasks only. Computed from both, for the base model."""
+    base = effects[(effects["choice"] == "paper defaults") & (effects["model"] == "base")]
+    notes = []
+    for table in (1, 2):
+        scored = long[(long["table"] == table) & (long["n_cases"] > 0)]
+        paper = scored[scored["paper_task"]]
+        column = f"T{table} DSC"
+        if not len(scored) or column not in base or not len(base):
+            continue
+        if len(scored) == len(paper):
+            notes.append(f"Table {table}: paper tasks only, as in its Average row")
+            continue
+        notes.append(f"Table {table}: {len(scored)} labels ({len(paper)} paper tasks + {len(scored) - len(paper)} "
+                     f"other targets), base DSC {float(base[column].iloc[0]):.2f} here vs "
+                     f"{paper['dsc_base'].mean():.2f} in its Average row (paper tasks only)")
+    return ("Mean DSC/NSD (%) over every scored task label of each table, targets that are no paper task "
+            "included, one choice changed at a time; 'change' = difference from the paper defaults. "
+            + ("; ".join(notes) + "." if notes else ""))

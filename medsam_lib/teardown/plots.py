@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..cases import Case
-from ..geometry import outline
 from ..evaluation.metrics import dice
-from ..models.transforms import to_uint8_rgb
+from ..figures import display_image, draw_box, draw_contour, fill_mask, legend_handles
 from .architecture import COMPONENT_NAMES, COMPONENTS
 from .modes import ThreeModes
 
@@ -22,15 +21,9 @@ CANDIDATE_COLORS = ("#d62728", "#2ca02c", "#9467bd")  # multimask candidates 1-3
 
 
 def _show(ax, image: np.ndarray, modality: str | None, title: str) -> None:
-    ax.imshow(to_uint8_rgb(image, modality))
+    ax.imshow(display_image(image, modality))
     ax.set_title(title, fontsize=9)
     ax.axis("off")
-
-
-def _fill(ax, mask: np.ndarray, color, alpha: float = 0.45) -> None:
-    rgba = np.zeros((*mask.shape, 4))
-    rgba[mask] = (*color[:3], alpha)
-    ax.imshow(rgba)
 
 
 def _clicks(ax, points: np.ndarray, labels: np.ndarray) -> None:
@@ -38,62 +31,44 @@ def _clicks(ax, points: np.ndarray, labels: np.ndarray) -> None:
         ax.scatter([x], [y], marker="*", s=140, c="lime" if label else "red", edgecolors="white", linewidths=0.8)
 
 
-def _legend_handles(*entries):
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles = []
-    for kind, color, label in entries:
-        if kind == "patch":
-            handles.append(Patch(facecolor=color, alpha=0.6, label=label))
-        elif kind == "line":
-            handles.append(Line2D([], [], color=color, lw=1.5, label=label))
-        else:
-            handles.append(Line2D([], [], marker="*", ls="", ms=11, color=color, markeredgecolor="white", label=label))
-    return handles
-
-
 def plot_three_modes(ct: Case, modes: ThreeModes, model_label: str):
     """Fig. 2 in two rows of three: segment everything, the box, then each step of the point mode."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     n = 2 + len(modes.points)
     cols = 3
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.5 * rows + 0.9), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.7 * rows + 1.3), squeeze=False, layout="constrained")
     axes = axes.ravel()
     kind = "SYNTHETIC " if ct.synthetic else ""
     rng = np.random.default_rng(0)
     _show(axes[0], ct.image, ct.modality, f"(a) segment everything: {len(modes.everything)} masks\n"
           f"({modes.n_sam_quality} pass SAM's default filters)")
     for record in modes.everything[::-1]:
-        _fill(axes[0], record["segmentation"], rng.uniform(0.2, 1.0, 3), alpha=0.5)
+        fill_mask(axes[0], record["segmentation"], rng.uniform(0.2, 1.0, 3), alpha=0.5)
     _show(axes[1], ct.image, ct.modality,
           f"(b) box: predicted IoU {modes.box.score:.3f}\nDice vs reference {modes.box.dice:.3f}")
-    _fill(axes[1], modes.box.mask, BOX_MASK_COLOR)
-    xy, w, h = outline(modes.box.box)
-    axes[1].add_patch(Rectangle(xy, w, h, fill=False, lw=1.5, edgecolor="lime"))
+    fill_mask(axes[1], modes.box.mask, BOX_MASK_COLOR)
+    draw_box(axes[1], modes.box.box, "lime")
     for i, step in enumerate(modes.points):
         ax = axes[2 + i]
         n_bg = int((step.point_labels == 0).sum())
         _show(ax, ct.image, ct.modality, f"({chr(ord('c') + i)}) points: 1 fg + {n_bg} bg clicks\n"
               f"predicted IoU {step.score:.3f}, Dice {step.dice:.3f}")
-        _fill(ax, step.mask, POINT_MASK_COLOR)
+        fill_mask(ax, step.mask, POINT_MASK_COLOR)
         _clicks(ax, step.points, step.point_labels)
     for ax in axes[1:n]:
-        ax.contour(ct.truth.astype(float), levels=[0.5], colors=REFERENCE_COLOR, linewidths=0.8)
+        draw_contour(ax, ct.truth, REFERENCE_COLOR, linewidth=0.8)
     for ax in axes[n:]:
         ax.axis("off")
-    handles = _legend_handles(("line", REFERENCE_COLOR, f"reference {ct.target}"), ("line", "lime", "box prompt"),
+    handles = legend_handles(("line", REFERENCE_COLOR, f"reference {ct.target}"), ("line", "lime", "box prompt"),
                               ("patch", BOX_MASK_COLOR, "mask from the box"),
                               ("patch", POINT_MASK_COLOR, "mask from the clicks"),
                               ("star", "lime", "foreground click"), ("star", "red", "background click"))
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"Fig. 2: SAM's three prompt modes, {model_label} on a {kind}CT slice ({ct.name})\n"
                  "(a) colours: one per mask; predicted IoU is the model's own estimate, Dice is measured",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.93))
     return fig
 
 
@@ -114,20 +89,18 @@ def plot_multimask(ct: Case, point: np.ndarray, outputs: dict[str, tuple[np.ndar
     ys, xs = _crop(ct.truth)
     for (left, right), (label, (masks, scores)) in zip(axes, outputs.items()):
         best = int(np.argmax(scores))
-        left.imshow(to_uint8_rgb(ct.image, ct.modality)[ys, xs], extent=(xs.start - 0.5, xs.stop - 0.5,
-                                                                         ys.stop - 0.5, ys.start - 0.5))
-        left.contour(np.arange(xs.start, xs.stop), np.arange(ys.start, ys.stop), ct.truth[ys, xs].astype(float),
-                     levels=[0.5], colors=REFERENCE_COLOR, linewidths=1.2, linestyles="dashed")
+        left.imshow(display_image(ct.image, ct.modality))
+        draw_contour(left, ct.truth, REFERENCE_COLOR, linewidth=1.2, linestyle="dashed")
         entries = [("line", REFERENCE_COLOR, f"reference {ct.target}")]
         for i, mask in enumerate(masks):
             color = CANDIDATE_COLORS[i % len(CANDIDATE_COLORS)]
             pick = ", SAM's pick" if i == best else ""
-            if mask[ys, xs].any():
-                left.contour(np.arange(xs.start, xs.stop), np.arange(ys.start, ys.stop), mask[ys, xs].astype(float),
-                             levels=[0.5], colors=[color], linewidths=1.5)
+            draw_contour(left, mask, color, linewidth=1.5)
             entries.append(("line", color, f"candidate {i + 1}: {int(mask.sum())} px{pick}"))
         _clicks(left, np.asarray([point]), np.array([1]))
-        left.legend(handles=_legend_handles(*entries, ("star", "lime", "the click")), fontsize=7, loc="upper right",
+        left.set_xlim(xs.start - 0.5, xs.stop - 0.5)
+        left.set_ylim(ys.stop - 0.5, ys.start - 0.5)
+        left.legend(handles=legend_handles(*entries, ("star", "lime", "the click")), fontsize=7, loc="upper right",
                     framealpha=0.8)
         left.set_title(f"{label}: close-up of the target", fontsize=9)
         left.set_xlabel("x (pixels)")

@@ -1,0 +1,260 @@
+""""What this run shows": each notebook's closing summary, computed from the tables it made.
+
+Nothing here is written in advance: every sentence states a count, a direction, whether a bootstrap
+95% CI of a paired difference excludes 0, or the best and worst rows, from the run's own numbers.
+Each ``*_findings`` function takes a notebook's tables and returns Markdown (a heading and bullets).
+
+    paired_difference(a, b)     # b - a per pair: n, mean, 95% CI, direction, CI excludes 0
+    tables_findings(long, frames, effects)   # notebook 05
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case
+
+HEADING = "### What this run shows"
+EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
+MIN_PAIRS_CI = MIN_CASES_TEST  # a bootstrap CI of 2-4 pairs only spans the values themselves: none is claimed
+FILTERED = "masks passing SAM's filters"
+NO_FIT_DICE = 0.5  # a multimask candidate under this Dice does not segment the target  # a column of teardown.modes_table
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``b - a`` over paired values: n pairs, the mean and its bootstrap 95% CI (nan under ``MIN_PAIRS_CI``)."""
+
+    n: int
+    mean: float
+    lo: float
+    hi: float
+
+    @property
+    def direction(self) -> str:
+        """"higher", "lower" or "equal" (b against a)."""
+        if self.n == 0 or math.isnan(self.mean) or abs(self.mean) < EQUAL:
+            return "equal"
+        return "higher" if self.mean > 0 else "lower"
+
+    @property
+    def ci_excludes_zero(self) -> bool:
+        """True only when a CI exists (n >= ``MIN_PAIRS_CI``) and lies wholly above or below 0."""
+        return not math.isnan(self.lo) and (self.lo > 0 or self.hi < 0)
+
+    def describe(self, digits: int = 3, unit: str = "") -> str:
+        """"-0.012 (95% CI -0.030 to 0.004, includes 0; n = 5)" or "... (n = 3: too few for a CI, ...)"."""
+        text = f"{self.mean:+.{digits}f}{unit}"
+        if math.isnan(self.lo):
+            return f"{text} (n = {self.n}: too few for a CI, which needs {MIN_PAIRS_CI})"
+        verdict = "excludes 0" if self.ci_excludes_zero else "includes 0"
+        return f"{text} (95% CI {self.lo:+.{digits}f} to {self.hi:+.{digits}f}, {verdict}; n = {self.n})"
+
+
+def paired_difference(a, b, seed: int = 0) -> Difference:
+    """``b - a`` for paired arrays (pairs with a NaN dropped); the CI is ``tables.bootstrap_ci``'s, computed
+    from ``MIN_PAIRS_CI`` pairs on."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
+    diff = (b - a)[~(np.isnan(a) | np.isnan(b))]
+    if diff.size == 0:
+        return Difference(0, math.nan, math.nan, math.nan)
+    lo, hi = bootstrap_ci(diff, seed) if diff.size >= MIN_PAIRS_CI else (math.nan, math.nan)
+    return Difference(int(diff.size), float(diff.mean()), lo, hi)
+
+
+def best_and_worst(frame, value: str, label: str) -> tuple[tuple[str, float], tuple[str, float]]:
+    """((label, value) of the highest row, (label, value) of the lowest), NaN rows skipped."""
+    rows = frame.dropna(subset=[value])
+    if not len(rows):
+        raise ValueError(f"no rows with a value in column {value!r}")
+    top, bottom = rows.loc[rows[value].idxmax()], rows.loc[rows[value].idxmin()]
+    return (str(top[label]), float(top[value])), (str(bottom[label]), float(bottom[value]))
+
+
+def as_markdown(bullets: list[str]) -> str:
+    return "\n".join([HEADING, ""] + [f"- {b}" for b in bullets]) + "\n"
+
+
+def _compare(name_b: str, name_a: str, d: Difference, what: str, digits: int = 3, unit: str = "") -> str:
+    if d.direction == "equal":
+        return f"{what}: {name_b} and {name_a} are equal (n = {d.n})."
+    return f"{what}: {name_b} is {d.direction} than {name_a} by {d.describe(digits, unit)}."
+
+
+# --- one function per notebook ---------------------------------------------------------------
+
+def quickstart_findings(table) -> str:
+    """Notebook 00: how well one box segments each example, and the model's own estimate beside it."""
+    scored = table.dropna(subset=["Dice vs reference"])
+    bullets = [f"{len(table)} example(s) segmented with one box each; {len(scored)} with a reference mask."]
+    if len(scored):
+        (best, b), (worst, w) = best_and_worst(scored, "Dice vs reference", "example")
+        bullets.append(f"Dice against the reference: best {b:.3f} ({best}), worst {w:.3f} ({worst}).")
+        gap = (scored["predicted IoU"] - scored["Dice vs reference"]).abs()
+        bullets.append(f"The model's predicted IoU differs from the measured Dice by {gap.min():.3f} to "
+                       f"{gap.max():.3f}: it is an estimate, not a measurement.")
+    return as_markdown(bullets)
+
+
+def teardown_findings(modes_table, multimask_table) -> str:
+    """Notebook 01: the box mode against the point mode, and whether SAM's multimask pick fits best."""
+    dice_col = next(c for c in modes_table.columns if c.startswith("Dice vs"))
+    box = modes_table.loc[modes_table["panel"] == "box", dice_col].iloc[0]
+    points = modes_table[modes_table["panel"].str.startswith("points")]
+    bullets = []
+    if len(points):
+        best = points.loc[points[dice_col].idxmax()]
+        word = "above" if box > best[dice_col] else "below" if box < best[dice_col] else "equal to"
+        bullets.append(f"The box gives Dice {box:.3f}, {word} the best point prompt ({best[dice_col]:.3f} with "
+                       f"{best['panel'].split(': ')[1]} clicks).")
+    everything = modes_table[modes_table["panel"] == "segment everything"].iloc[0]
+    bullets.append(f"Segment everything made {int(everything['masks'])} masks; "
+                   f"{int(everything[FILTERED])} pass SAM's default filters.")
+    mm_dice = next(c for c in multimask_table.columns if c.startswith("Dice vs"))
+    for model, part in multimask_table.groupby("model", sort=False):
+        pick = part[part["SAM's pick"]].iloc[0]
+        fits = part[mm_dice].max()
+        if fits < NO_FIT_DICE:
+            verdict = f"one of {len(part)} candidates none of which fits the target (best Dice {fits:.3f})"
+        else:
+            verdict = "the best-fitting one" if pick[mm_dice] >= fits else f"not the best-fitting one (Dice {fits:.3f})"
+        bullets.append(f"{model}: SAM's multimask pick (candidate {int(pick['candidate'])}, Dice "
+                       f"{pick[mm_dice]:.3f}) is {verdict}.")
+    return as_markdown(bullets)
+
+
+def curation_findings(index, comparison=None) -> str:
+    """Notebook 02: how much was curated, how it splits, and what the other preset keeps."""
+    cases = index[["dataset", "case"]].drop_duplicates()
+    split = index.drop_duplicates(["dataset", "case"])["split"].value_counts()
+    bullets = [f"{len(cases)} cases, {index['image_id'].nunique()} curated slices, {len(index)} targets; "
+               + ", ".join(f"{int(split.get(s, 0))} cases in {s}" for s in ("train", "test")) + "."]
+    if comparison is not None and len(comparison.columns) == 2:
+        first, second = comparison.columns
+        diff = comparison[second] - comparison[first]
+        moved = diff[diff != 0]
+        if len(moved):
+            parts = ", ".join(f"{key[-1]} {int(comparison.loc[key, first])} -> {int(comparison.loc[key, second])}"
+                              for key in moved.index)
+            bullets.append(f"Targets kept, {first.split('(')[1][:-1]} -> {second.split('(')[1][:-1]} preset: {parts}; "
+                           f"{int((diff == 0).sum())} data set(s) unchanged.")
+        else:
+            bullets.append("Both presets keep the same number of targets in every data set.")
+    return as_markdown(bullets)
+
+
+def embeddings_findings(stats: dict, agreement) -> str:
+    """Notebook 03: what this run computed and whether stored embeddings match the predictor's."""
+    total = stats["computed"] + stats["copied"] + stats["kept"]
+    bullets = [f"{total} embeddings in the store: {stats['computed']} computed now, {stats['copied']} copied, "
+               f"{stats['kept']} already there."]
+    cos = agreement["cosine (store vs set_image)"]
+    low = agreement.loc[cos.idxmin()]
+    bullets.append(f"Stored vs freshly encoded, {len(agreement)} modalities: lowest cosine similarity "
+                   f"{cos.min():.4f} ({low['modality']}).")
+    return as_markdown(bullets)
+
+
+def finetuning_findings(before_after, seed: int = 0) -> str:
+    """Notebook 04: base against fine-tuned on the validation targets (per target group, paired)."""
+    groups = before_after[before_after["dataset"] != "all"]
+    overall = before_after[before_after["dataset"] == "all"].iloc[0]
+    d = paired_difference(groups["base_dsc"], groups["finetuned_dsc"], seed)
+    bullets = [f"Validation Dice over {int(overall['targets'])} targets: base {overall['base_dsc']:.4f}, "
+               f"fine-tuned {overall['finetuned_dsc']:.4f}.",
+               _compare("fine-tuned", "base", d, "Per target group (paired)", digits=4)]
+    change = groups["finetuned_dsc"] - groups["base_dsc"]
+    bullets.append(f"{int((change > 0).sum())} group(s) improved, {int((change < 0).sum())} got worse; largest "
+                   f"gain {change.max():+.4f} ({groups.loc[change.idxmax(), 'target']}), largest loss "
+                   f"{change.min():+.4f} ({groups.loc[change.idxmin(), 'target']}).")
+    bullets.append("Validation cases chose best.pt, so this is not a test score (notebook 05 is).")
+    return as_markdown(bullets)
+
+
+def tables_findings(long, frames: dict, effects=None, seed: int = 0) -> str:
+    """Notebook 05: per table, the averages, fine-tuned minus base over paired test cases, the best
+    and worst task, and the largest gap to the published MedSAM (with the 2D NSD definition beside it)."""
+    bullets = []
+    for table in (1, 2):
+        part = long[(long["table"] == table) & long["paper_task"] & (long["n_cases"] > 0)]
+        if not len(part):
+            bullets.append(f"Table {table}: no paper task with test cases in this profile.")
+            continue
+        ours = "dsc_finetuned" if part["dsc_finetuned"].notna().any() else "dsc_base"
+        line = (f"Table {table}: {len(part)} paper task(s), {int(part['n_cases'].sum())} test case(s); average DSC "
+                f"base {part['dsc_base'].mean():.2f}")
+        if ours == "dsc_finetuned":
+            line += f", fine-tuned {part['dsc_finetuned'].mean():.2f} ({part['dsc_improve'].mean():+.2f} points)"
+        bullets.append(line + ".")
+        if "finetuned" in frames:
+            cases = {name: per_case(frames[name]).reset_index() for name in ("base", "finetuned")}
+            keep = cases["base"]["task_label"].isin(part["task"])
+            paired = cases["base"][keep].merge(cases["finetuned"], on=["task_label", "case"], suffixes=("_b", "_f"))
+            for metric in ("dsc", "nsd"):
+                d = paired_difference(paired[f"{metric}_b"] * 100, paired[f"{metric}_f"] * 100, seed)
+                bullets.append(_compare("fine-tuned", "base", d, f"Table {table} {metric.upper()} per test case",
+                                        digits=2, unit=" points"))
+        (best, b), (worst, w) = best_and_worst(part, ours, "task")
+        bullets.append(f"Table {table} best task {best} ({b:.2f} DSC), worst {worst} ({w:.2f}).")
+        gaps = part.dropna(subset=["nsd_vs_medsam"])
+        if len(gaps):
+            far = gaps.loc[gaps["nsd_vs_medsam"].abs().idxmax()]
+            bullets.append(f"Table {table} largest NSD gap to the published MedSAM: {far['task']} "
+                           f"{far['nsd_vs_medsam']:+.2f} points.")
+    note = nsd_2d_note(effects)
+    if note:
+        bullets.append(note)
+    return as_markdown(bullets)
+
+
+def nsd_2d_note(effects) -> str:
+    """Table 2's NSD under this project's 2D definition and under the released evaluation's one-slice
+    slab (the choice table's ``nsd_2d`` row), or "" when that row is absent."""
+    if effects is None or "nsd_2d" not in set(effects["choice"]):
+        return ""
+    base = effects[(effects["choice"] == "paper defaults") & (effects["model"] == "base")]["T2 NSD"]
+    slab = effects[(effects["choice"] == "nsd_2d") & (effects["model"] == "base")]["T2 NSD"]
+    if not len(base) or not len(slab) or math.isnan(float(base.iloc[0])):
+        return ""
+    return (f"Table 2's NSD is the 2D contour NSD: base average {float(base.iloc[0]):.2f}. Scored on a one-slice "
+            f"slab, as the released LiteMedSAM evaluation does, it reads {float(slab.iloc[0]):.2f}: a slab's faces "
+            "count as surface, so it measures area overlap. The paper's 2D NSD was most likely computed that way "
+            "(../shared/paper/README.md), so compare its Table 2 NSD with the slab value, not with ours.")
+
+
+def failures_findings(cases: dict, sweep, strata, seed: int = 0, tight: int = 0, compare_at: int = 20) -> str:
+    """Notebook 06: how many targets fail, what the box sweep shows, and how size matters."""
+    from .evaluation.failures import FAILURE_DSC
+
+    bullets = []
+    for name, found in cases.items():
+        if not found:
+            bullets.append(f"{name}: no target under DSC {FAILURE_DSC:g}.")
+            continue
+        rules = sorted({r.split(":")[0] for c in found for r in c["rules"]})
+        bullets.append(f"{name}: {found[0]['failed']} of {found[0]['of']} targets under DSC {FAILURE_DSC:g} "
+                       f"(the lowest {len(found)} shown); rules they meet: {', '.join(rules)}.")
+    means = sweep.groupby(["model", "margin"])["dsc"].mean()
+    for name in dict.fromkeys(sweep["model"]):
+        curve = means.loc[name]
+        best = int(curve.idxmax())
+        if tight in curve.index:
+            word = "the best" if best == tight else f"below +{best} px ({curve[best]:.3f})"
+            bullets.append(f"{name}: a tight box (+{tight} px) scores {curve[tight]:.3f}, {word}; at +"
+                           f"{int(curve.index.max())} px {curve.iloc[-1]:.3f}.")
+    if {"base", "finetuned"} <= set(sweep["model"]) and compare_at in set(sweep["margin"]):
+        at = sweep[sweep["margin"] == compare_at].pivot_table(index=["image_id", "target"], columns="model",
+                                                              values="dsc", aggfunc="mean")
+        d = paired_difference(at["base"], at["finetuned"], seed)
+        bullets.append(_compare("fine-tuned", "base", d, f"Box sweep at +{compare_at} px (inside the training "
+                                "jitter range), per target"))
+    scored = strata[strata["n"] > 0]
+    for name, part in scored.groupby("model", sort=False):
+        (big, b), (small, s) = best_and_worst(part, "dsc", "size")
+        bullets.append(f"{name}: highest mean DSC in the {big} size stratum ({b:.3f}), lowest in {small} "
+                       f"({s:.3f}); strata hold {', '.join(str(int(n)) for n in part['n'])} targets.")
+    return as_markdown(bullets)
