@@ -62,8 +62,8 @@ def open_embedding_store(results_dir, model, curated=None):
         header = read_header(path)
         if header is None:
             return open_store(path)  # not a store: the error says so
-        on = next(model.model.parameters()).device if hasattr(model, "model") else "auto"  # the model stays put
-        return build_store(curated, model, path, dtype=header["dtype"], device=on, progress=False)
+        device = next(model.model.parameters()).device if hasattr(model, "model") else "auto"  # a LoadedModel stays put
+        return build_store(curated, model, path, dtype=header["dtype"], device=device, progress=False)
     except Exception as exc:  # noqa: BLE001 - a store of other weights or images falls back to encoding, loudly
         print(f"embedding store {path} not used: {exc}")
         return None

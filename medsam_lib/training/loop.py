@@ -12,8 +12,8 @@ the step and the batch's image ids; nothing is written, the last good checkpoint
 the unjittered boxes; a better one writes ``best.pt``. (The released code kept the lowest
 *training* loss as its best model; we select on validation Dice. Without a validation split,
 ``best.pt`` is the last step's weights.) The IoU head gets no gradient (its score is not in the
-loss) and is marked frozen. Every ``checkpoint_every`` steps
-and at the end: ``last.pt`` and ``metrics.csv``. bfloat16 autocast on CUDA, float32 on CPU (``run.autocast``).
+loss) and is marked frozen. Every ``checkpoint_every`` steps and at the end: ``last.pt`` and
+``metrics.csv``. bfloat16 autocast on CUDA, float32 on CPU (``run.autocast``).
 
 Pieces, one job each: ``run.prepare`` builds the run (model, pairs, inputs); ``checkpoint.resume_record``
 finds what ``--resume`` continues from; ``Trainer.restore`` applies it (or seeds a fresh run);
@@ -160,7 +160,8 @@ class Trainer:
         any rank stops the run (MedSAMError naming the step and the images) before the weights change."""
         ctx, run = self.ctx, self.run
         with autocast(ctx.device, self.cfg.precision):
-            logits = self.ddp(batch.inputs.to(ctx.device, non_blocking=True), (batch.boxes * run.box_scale).to(ctx.device))
+            logits = self.ddp(batch.inputs.to(ctx.device, non_blocking=True),
+                              (batch.boxes * run.box_scale).to(ctx.device))
         loss = dice_bce_loss(logits, batch.targets.to(ctx.device, non_blocking=True))
         if ctx.any(not bool(torch.isfinite(loss))):
             ids = sorted({run.train.rows["image_id"].iat[self.sampler.sample(n)] for n in numbers})
@@ -194,11 +195,14 @@ class Trainer:
             return
         if not len(run.val) and step == cfg.steps:
             best.update(val_dice=math.nan, step=step)
-            ckpt.save(self.out / "best.pt", ckpt.model_record(self.model, run.modules, run.base, cfg.recipe, step, None))
+            ckpt.save(self.out / "best.pt", self.weights(step, None))
         elif val_dice is not None and len(run.val) and val_dice > best["val_dice"]:
             best.update(val_dice=val_dice, step=step)
-            ckpt.save(self.out / "best.pt", ckpt.model_record(self.model, run.modules, run.base, cfg.recipe, step,
-                                                              val_dice))
+            ckpt.save(self.out / "best.pt", self.weights(step, val_dice))
+
+    def weights(self, step: int, val_dice: float | None) -> dict:
+        """The trained modules' weights at ``step`` as a fine-tuned checkpoint record."""
+        return ckpt.model_record(self.model, self.run.modules, self.run.base, self.cfg.recipe, step, val_dice)
 
     def save_last(self, step: int, consumed: int) -> None:
         """last.pt (weights, optimiser, the sampler at ``consumed`` samples, progress, RNG states) and
@@ -206,7 +210,7 @@ class Trainer:
         cfg, run, progress = self.cfg, self.run, self.progress
         progress.saved = step
         if self.ctx.is_main:
-            record = ckpt.model_record(self.model, run.modules, run.base, cfg.recipe, step, None)
+            record = self.weights(step, None)
             state = dict(self.sampler.state_dict(), position=consumed)  # the prefetched batch is not consumed yet
             record["training"] = {"optimizer": self.optimizer.state_dict(), "step": step, "steps": cfg.steps,
                                   "epoch": consumed // self.sampler.n, "sampler": state, "rng": ckpt.rng_state(),
@@ -232,7 +236,8 @@ class Trainer:
                 for step in range(progress.step + 1, cfg.steps + 1):
                     batch, numbers = batches.next(more=step < cfg.steps)
                     loss = self.step(step, batch, numbers)
-                    row = {"step": step, "epoch": numbers[-1] // self.sampler.n, "train_loss": loss, "val_dice": math.nan}
+                    row = {"step": step, "epoch": numbers[-1] // self.sampler.n, "train_loss": loss,
+                           "val_dice": math.nan}
                     if step % cfg.val_every == 0 or step == cfg.steps:
                         row["val_dice"] = self.validation(step)
                     progress.metrics.append(row)
@@ -245,9 +250,9 @@ class Trainer:
             bar.close()
 
     def result(self, reused: bool) -> RunResult:
-        best = self.progress.best
-        return RunResult(self.out, self.progress.step, best["step"], best["val_dice"], metrics_frame(self.progress.metrics),
-                         reused)
+        progress = self.progress
+        return RunResult(self.out, progress.step, progress.best["step"], progress.best["val_dice"],
+                         metrics_frame(progress.metrics), reused)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, store=None) -> RunResult:
