@@ -2,7 +2,9 @@
 image encoder and mask decoder from curated images (recipe ``full``, the released code's).
 
 Modules, one job each: ``config`` (the TOML/YAML config, checked), ``data`` (pairs, validation split,
-box jitter, sampler), ``loss`` (Dice + BCE), ``checkpoint`` (atomic, with RNG states), ``distributed``
-(torchrun/DDP), ``loop`` (``train``), ``cli`` (``python -m medsam_lib train``). The weights it writes
-(``best.pt``) load by path wherever a model name is accepted (``models.finetuned``).
+sampler, batches with ``geometry.jitter_box``'s boxes), ``loss`` (Dice + BCE), ``checkpoint`` (atomic,
+with RNG states; what ``--resume`` continues from), ``distributed`` (torchrun/DDP), ``run`` (what a run
+is built from: ``prepare``, ``validate``, ``autocast``), ``loop`` (``train``), ``cli`` (``python -m
+medsam_lib train``). The weights it writes (``best.pt``) load by path wherever a model name is accepted
+(``models.finetuned``).
 """
