@@ -4,7 +4,7 @@ encoder run on the fly, at batch 8, 32 and 128, in one run.
     python benchmarks/training.py --device cpu [--batches 8,32,128] [--steps 2] [--arch lite]
     python benchmarks/training.py --device cuda --arch vit_b --steps 20
 
-Both steps are the loop's own (``training.loop.StepModel``, ``training.loss``, Adam on the mask
+Both steps are the loop's own (``training.run.StepModel``, ``training.loss``, Adam on the mask
 decoder), with the batch assembled exactly as ``train`` does (sampler, 0-20 px box jitter, masks
 unpacked, inputs read): "store" reads the embeddings from the memory-mapped store on disk; "on the
 fly" reads the curated images, prepares them and runs the frozen image encoder (no grad; the
@@ -36,10 +36,9 @@ from medsam_lib.data.phantoms import write_synthetic_set  # noqa: E402
 from medsam_lib.data.store import CuratedDataset  # noqa: E402
 from medsam_lib.models.transforms import for_model  # noqa: E402
 from medsam_lib.models.zoo import LoadedModel, build_model, load_model  # noqa: E402
-from medsam_lib.training.data import (StreamSampler, embedding_source, image_source, jitter_box, load_pairs,  # noqa: E402
-                                      make_batch)
-from medsam_lib.training.loop import StepModel  # noqa: E402
+from medsam_lib.training.data import StreamSampler, embedding_source, image_source, load_pairs, sampler_batch  # noqa: E402
 from medsam_lib.training.loss import dice_bce_loss  # noqa: E402
+from medsam_lib.training.run import StepModel, autocast  # noqa: E402
 
 
 def _sync(device):
@@ -80,14 +79,11 @@ def bench(kind: str, loaded, pairs, source, batch: int, steps: int, device, bf16
     for i in range(steps + 1):  # the first is a warm-up
         _sync(device)
         t0 = time.perf_counter()
-        numbers = sampler.take(batch)
-        idx = [sampler.sample(n) for n in numbers]
-        boxes = np.stack([jitter_box(pairs.boxes[j], sampler.rng(n)) for j, n in zip(idx, numbers)])
-        b = make_batch(pairs, idx, boxes, source)
+        b = sampler_batch(pairs, sampler, sampler.take(batch), source)
         inputs, targets = b.inputs.to(device, non_blocking=True), b.targets.to(device, non_blocking=True)
         _sync(device)
         t1 = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, "bf16" if bf16 else "fp32"):
             if encoder is not None:
                 with torch.no_grad():
                     inputs = encoder(inputs)

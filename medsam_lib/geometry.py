@@ -56,11 +56,18 @@ def enlarge_box(box, margin: float, shape: tuple[int, int]) -> np.ndarray:
                      min(h - 1.0, y1 + margin)])
 
 
+# The largest outward shift of a box side per jitter convention (inclusive): the paper's 0-20 px (3.2),
+# or the released v1 code's ``np.random.randint(0, 20)``, 0-19 px.
+JITTER_MAX_PX = {"paper": paper.BOX_JITTER_PX[1], "official_code": paper.BOX_JITTER_PX[1] - 1}
+
+
 def jitter_box(box: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
                max_shift: int = paper.BOX_JITTER_PX[1]) -> np.ndarray:
-    """Enlarge each side by a random 0..max_shift pixels (paper 3.2), clipped to the image."""
+    """Enlarge each side by a random 0..max_shift pixels (paper 3.2; one ``rng.integers`` draw of 4,
+    x0, y0, x1, y1 in that order), clipped to the (H, W) image ``shape``; float64. Training and the
+    evaluation's jittered boxes both use this one."""
     h, w = shape
-    shift = rng.integers(0, max_shift + 1, size=4)
+    shift = rng.integers(paper.BOX_JITTER_PX[0], max_shift + 1, size=4)
     x0, y0, x1, y1 = np.asarray(box, dtype=np.float64)
     return np.array([max(0, x0 - shift[0]), max(0, y0 - shift[1]),
                      min(w - 1, x1 + shift[2]), min(h - 1, y1 + shift[3])], dtype=np.float64)

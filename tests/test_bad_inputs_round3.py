@@ -14,6 +14,7 @@ Where each rule lives:
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -218,8 +219,8 @@ def test_damaged_chunk_hint_names_the_curated_store_given(tmp_path, lite_model, 
     with pytest.raises(MedSAMError, match=f"embed --curated {moved} --model") as info:
         store.get(store.ids()[0])
     assert old not in str(info.value)
-    store = open_store(tmp_path / "emb", hint_curated=moved)  # a caller that does not bind (training)
-    with pytest.raises(MedSAMError, match=f"embed --curated {moved} --model"):
+    store = open_store(tmp_path / "emb").bind(curated=moved)  # bound after opening (training's store=)
+    with pytest.raises(MedSAMError, match=re.escape(f"build_store({str(moved)!r}, ")):
         store.get(store.ids()[0])
     with open(chunk, "r+b") as handle:  # now truncated: refused on open, with the same hint
         handle.truncate(stat.st_size // 2)

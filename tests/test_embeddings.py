@@ -232,6 +232,23 @@ def test_damaged_chunk_is_refused_by_readers_and_repaired_by_embed(store16, tmp_
     assert main(["embed", "--check", "--out", str(damaged)]) == 0
 
 
+def test_notebooks_05_06_repair_the_profiles_store_through_build_store(store16, curated, lite_model, tmp_path,
+                                                                        capsys):
+    """``evaluation.chain`` (notebooks 05/06) opens the profile's store through ``build_store``: a
+    damaged chunk is recomputed there, with a message (the reader alone would refuse it)."""
+    from medsam_lib.data.store import CuratedDataset
+    from medsam_lib.evaluation.chain import open_embedding_store
+    from medsam_lib.layout import ResultsLayout
+
+    path = ResultsLayout(tmp_path / "results").embeddings(lite_model.name)
+    path.parent.mkdir(parents=True)
+    file = _damage(open_store(copy_store(store16.path, path)), "truncate")
+    store = open_embedding_store(tmp_path / "results", lite_model, CuratedDataset(curated))
+    assert str(file) in capsys.readouterr().err and store.stats["computed"] == N_IMAGES - 2
+    for image_id in store16.ids():
+        np.testing.assert_array_equal(store.get(image_id), store16.get(image_id))
+
+
 def test_out_of_memory_halves_the_batch_and_goes_on(store16, curated, lite_model, tmp_path, monkeypatch, capsys):
     from medsam_lib.embeddings import encoder as encoder_module
 

@@ -5,6 +5,7 @@ embeddings, so every test is a real training run, a few steps long.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -116,14 +117,36 @@ def test_validation_split_is_by_case_from_train_only_and_seeded(stores):
 
 
 def test_box_jitter_is_0_to_20_per_side_paper_and_0_to_19_official():
+    from medsam_lib.geometry import JITTER_MAX_PX, jitter_box
+
     box = np.array([100, 100, 150, 150])
     for convention, high in (("paper", 20), ("official_code", 19)):
         rng = np.random.default_rng(0)
-        shifts = np.array([np.abs(tdata.jitter_box(box, rng, convention) - box) for _ in range(4000)])
+        shifts = np.array([np.abs(jitter_box(box, (256, 256), rng, JITTER_MAX_PX[convention]) - box)
+                           for _ in range(4000)])
         assert shifts.min() == 0 and shifts.max() == high
         assert set(np.unique(shifts)) == set(range(high + 1))
-    edge = tdata.jitter_box(np.array([0, 3, 255, 250]), np.random.default_rng(1))
+    edge = jitter_box(np.array([0, 3, 255, 250]), (256, 256), np.random.default_rng(1))
     assert edge[0] == 0 and edge[2] == 255 and 0 <= edge[1] <= 3 and 250 <= edge[3] <= 255
+
+
+def test_sampler_batch_jitters_each_sample_with_its_own_seeded_rng(stores):
+    """A batch's boxes are the pairs' boxes moved outwards by the shifts of one draw of 4 from the
+    sample's RNG (default_rng([seed, n, 2])), whatever batch or rank the sample lands in."""
+    from medsam_lib.data.store import CuratedDataset
+
+    curated = CuratedDataset(stores[0])
+    pairs = tdata.load_pairs(curated, curated.index[curated.index["split"] == "train"].reset_index(drop=True))
+    sampler = tdata.StreamSampler(len(pairs), seed=5, jitter="official_code")
+    numbers = sampler.take(6)
+    batch = tdata.sampler_batch(pairs, sampler, numbers, lambda ids: torch.zeros(len(ids)))
+    for k, n in enumerate(numbers):
+        shift = np.random.default_rng([5, n, 2]).integers(0, 20, size=4)  # official_code: 0-19 px
+        x0, y0, x1, y1 = pairs.boxes[sampler.sample(n)]
+        want = [max(0, x0 - shift[0]), max(0, y0 - shift[1]), min(255, x1 + shift[2]), min(255, y1 + shift[3])]
+        assert batch.boxes[k].tolist() == want
+    again = tdata.sampler_batch(pairs, sampler, numbers[3:], lambda ids: torch.zeros(len(ids)))
+    assert torch.equal(again.boxes, batch.boxes[3:])  # a rank's part: the same boxes
 
 
 def test_sampler_stream_is_fixed_by_its_position():
@@ -227,29 +250,55 @@ def test_missing_stores_and_embeddings_of_another_model(stores, tmp_path):
     other = tmp_path / "random_lite.pth"
     torch.manual_seed(0)
     torch.save(build_model("lite").state_dict(), other)
-    with pytest.raises(MedSAMError, match=r"store.json: embeddings made by model 'litemedsam'.*not by the base model"):
+    with pytest.raises(MedSAMError, match=r"c.toml: key 'embeddings': .*store.json: embedding store does not match: "
+                                          r"model weights \(SHA-256\): store has litemedsam .*asked for random_lite.pth"):
         train(cfg.replace(model=str(other)), progress=False)
     assert not (tmp_path / "o1").exists()  # refused before anything was written
 
 
 def test_embeddings_missing_for_some_images(stores, tmp_path):
-    from medsam_lib.embeddings import open_store
+    """A store embedded from fewer images than the curated store holds is refused, from its path or as
+    an open store (``EmbeddingStore.bind``), before anything is written."""
+    from embeddings_helpers import subset_store
 
-    class Partial:  # the store as it is, minus one training image
-        def __init__(self, store):
-            self.store, self.meta = store, store.meta
-            self.hidden = sorted(store.ids())[0]
+    from medsam_lib.embeddings import build_store
 
-        def ids(self):
-            return [i for i in self.store.ids() if i != self.hidden]
-
-        def get_batch(self, ids):
-            return self.store.get_batch(ids)
-
-    partial = Partial(open_store(stores[1]))
-    cfg = config_from_dict(_config(stores, tmp_path / "o"))
-    with pytest.raises(MedSAMError, match=r"store.json: no embeddings for 1 of the \d+ train/validation images"):
+    n_images = CuratedDataset(stores[0]).index["image_id"].nunique()
+    fewer = subset_store(stores[0], tmp_path / "fewer", n_images - 1)
+    partial = build_store(fewer, "litemedsam", tmp_path / "emb", progress=False)
+    cfg = config_from_dict(_config(stores, tmp_path / "o", embeddings=str(tmp_path / "emb")), source="c.toml")
+    message = (r"c.toml: key 'embeddings': .*store.json: built from other curated images than .*: 1 images not in "
+               r"the store")
+    with pytest.raises(MedSAMError, match=message):
+        train(cfg, progress=False)
+    with pytest.raises(MedSAMError, match=message):
         train(cfg, store=partial, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_damaged_embeddings_are_refused_naming_the_chunk_and_the_repair(stores, tmp_path):
+    """Training only reads the store: a damaged chunk is refused naming the file and the command and
+    call that recompute it; ``build_store`` repairs it."""
+    import json
+
+    from embeddings_helpers import copy_store
+
+    from medsam_lib.embeddings import build_store, open_store
+
+    emb = copy_store(stores[1], tmp_path / "emb")
+    marker = json.loads((emb / "chunks" / "chunk_00000.json").read_text())
+    chunk = emb / "chunks" / marker["file"]
+    with open(chunk, "r+b") as handle:
+        handle.truncate(marker["bytes"] // 2)
+    cfg = config_from_dict(_config(stores, tmp_path / "o", embeddings=str(emb), steps=1), source="c.toml")
+    with pytest.raises(MedSAMError, match=re.escape(str(chunk)) + r".*`python -m medsam_lib embed --curated "
+                       + re.escape(f"{stores[0]} --model litemedsam --out {emb}`") + r".*build_store\("):
+        train(cfg, progress=False)
+    assert chunk.stat().st_size == marker["bytes"] // 2 and not (tmp_path / "o").exists()  # nothing written
+    repaired = build_store(stores[0], "litemedsam", emb, progress=False)
+    assert repaired.stats["computed"] > 0 and chunk.stat().st_size == marker["bytes"]
+    for image_id in repaired.ids():  # what the run reads now is the intact store's
+        np.testing.assert_array_equal(open_store(emb).get(image_id), open_store(stores[1]).get(image_id))
 
 
 def test_empty_target_mask_is_refused_naming_the_case_file(stores, tmp_path):
@@ -314,7 +363,7 @@ def test_before_after_table_matches_the_runs_own_validations(finished, tmp_path)
 
 
 def test_activation_checkpointing_gives_the_same_gradients_and_keys():
-    from medsam_lib.training.loop import checkpoint_blocks
+    from medsam_lib.training.run import checkpoint_blocks
 
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))

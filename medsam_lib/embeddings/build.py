@@ -43,18 +43,12 @@ from .encoder import BatchEncoder
 from .keys import expected_key
 from .parallel import flock
 from .store import (DEFAULT_CHUNK_SIZE, EMBEDDING_SHAPE, FORMAT_VERSION, HEADER, EmbeddingStore, check_dtype,
-                    chunk_marker, chunk_problem, chunk_sha256, key_differences, load_store, marker_matches, n_chunks,
-                    plan_ids, read_header, read_json, store_key)
+                    check_key, chunk_marker, chunk_problem, chunk_sha256, load_store, marker_matches, n_chunks,
+                    pixels_sha256, plan_ids, read_header, read_json, store_key)
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def pixels_sha256(rgb: np.ndarray) -> str:
-    digest = hashlib.sha256(f"{rgb.dtype}{rgb.shape}".encode())
-    digest.update(np.ascontiguousarray(rgb).tobytes())
-    return digest.hexdigest()
 
 
 def _open_curated(curated) -> CuratedDataset:
@@ -310,10 +304,7 @@ def _check_key(out: Path, key: dict, chunk_size: int | None) -> int | None:
     existing = read_header(out) if out.is_dir() else None
     if existing is None:
         return chunk_size
-    differences = key_differences(existing, key)
-    if differences:
-        raise MedSAMError(f"{out / HEADER}: this embedding store was built differently: " + "; ".join(differences)
-                          + ". Use another --out for this model or curated store (or delete this one)")
+    check_key(out, existing, key, "Use another --out for this model or curated store (or delete this one)")
     if chunk_size is not None and int(chunk_size) != existing["chunk_size"]:
         raise MedSAMError(f"{out / HEADER}: the store has chunks of {existing['chunk_size']} images, asked for "
                           f"{chunk_size}; leave the chunk size out or use another --out")

@@ -25,17 +25,21 @@ Damage. On open every chunk's size is checked, and its SHA-256 too whenever its 
 the marker's (``verify="full"`` hashes all of them). Reading verifies as well: the first time a
 process reads a chunk its SHA-256 is compared with the marker's (``chunk_sha256``: hashed once per
 file state, about 25 ms per 32 MiB chunk), so bytes flipped with the mtime kept are refused before
-they are used. The reader never repairs: a damaged chunk is a MedSAMError naming it, and the next
-``embed`` (which verifies every chunk it keeps the same way) recomputes it.
+they are used. This module only reads: a damaged chunk is a MedSAMError naming its file and the
+``embed`` command (and the ``build_store`` call) that recomputes it; only ``build.build_store``
+(which verifies every chunk it keeps the same way) writes a store.
 
 Binding. A store belongs to one model's image encoder (weights SHA-256 and input transform) and
-one curated store (its preset, image ids, source hashes and pixels). ``EmbeddingStore.bind``
-holds that comparison (``check_binding``), once per store object: ``open_store(model=, curated=)``
-and ``evaluate`` (CLI and ``evaluation.run.predict_store``) go through it; the builder compares an
-existing store's key with the same ``key_differences`` (it recomputes changed images itself).
+one curated store (its preset, image ids, source hashes and pixels). ``check_key`` is the one
+comparison of a store's key with an expected one; ``EmbeddingStore.bind`` (``check_binding``: the
+key, then the images) is what every reader goes through, once per store object:
+``open_store(model=, curated=)``, training, and ``evaluate`` (CLI and
+``evaluation.run.predict_store``). The builder checks an existing store's key with ``check_key``
+too (with the dtype; changed images it recomputes itself).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -81,19 +85,29 @@ def read_header(path: Path) -> dict | None:
     return header
 
 
-def key_differences(header: dict, expected: dict) -> list[str]:
-    """What differs between a store's key and the expected one, in words."""
+def check_key(path: Path, header: dict, expected: dict, remedy: str) -> None:
+    """The one comparison of a store's key with an expected one (``expected``: key fields; one that is
+    absent or None is not compared): MedSAMError saying what differs, in words, then ``remedy``."""
     names = {"weights_sha256": "model weights (SHA-256)", "transform": "model input transform",
              "preset": "curated preset", "dtype": "dtype", "embedding_shape": "embedding shape"}
-    out = []
+    differences = []
     for field in KEY_FIELDS:
         if field in expected and expected[field] is not None and header.get(field) != expected[field]:
             have, want = header.get(field), expected[field]
             if field == "weights_sha256":
                 have = f"{header.get('model')} {str(have)[:12]}..."
                 want = f"{expected.get('model', '?')} {str(want)[:12]}..."
-            out.append(f"{names[field]}: store has {have}, asked for {want}")
-    return out
+            differences.append(f"{names[field]}: store has {have}, asked for {want}")
+    if differences:
+        raise MedSAMError(f"{path / HEADER}: embedding store does not match: " + "; ".join(differences)
+                          + f". {remedy}")
+
+
+def pixels_sha256(rgb: np.ndarray) -> str:
+    """The identity of an image's pixels as a store records them (dtype, shape and bytes)."""
+    digest = hashlib.sha256(f"{rgb.dtype}{rgb.shape}".encode())
+    digest.update(np.ascontiguousarray(rgb).tobytes())
+    return digest.hexdigest()
 
 
 _HASHED: dict[tuple, str] = {}  # file state -> SHA-256: each chunk is hashed once per state per process
@@ -126,11 +140,14 @@ def chunk_problem(path: Path, marker: dict, full: bool = False) -> str | None:
 
 
 def repair_hint(path: Path, header: dict, curated=None) -> str:
-    """How to recompute a damaged chunk: with the curated store the caller uses (path or CuratedDataset)
-    when there is one; the path recorded at build time (stale if the store moved) only otherwise."""
-    curated = getattr(curated, "path", curated)
-    return (f"rerun `python -m medsam_lib embed --curated {curated or header.get('curated', 'DIR')} --model "
-            f"{header.get('model', 'NAME')} --out {path}` to recompute it (finished chunks are kept)")
+    """How to recompute a damaged chunk, as a command and as a call: with the curated store the caller
+    uses (path or CuratedDataset) when there is one; the path recorded at build time (stale if the store
+    moved) only otherwise."""
+    curated = str(getattr(curated, "path", curated) or header.get("curated", "DIR"))
+    model = header.get("model", "NAME")
+    return (f"rerun `python -m medsam_lib embed --curated {curated} --model {model} --out {path}` (in Python: "
+            f"`medsam_lib.embeddings.build_store({curated!r}, {model!r}, {str(path)!r})`) to recompute it "
+            "(finished chunks are kept)")
 
 
 def marker_matches(marker: dict | None, header: dict, k: int) -> bool:
@@ -168,7 +185,7 @@ class EmbeddingStore:
         self._maps: dict[int, np.ndarray] = {}
         self._where = {image_id: (info["chunk"], info["row"]) for image_id, info in header["images"].items()}
         self._bound: set = set()  # (key, curated store) pairs already compared (bind)
-        self.curated = None  # the curated store this store is used with (bind / open_store), for repair hints
+        self.curated = None  # the curated store this store is used with (bind), for repair hints
         self.stats: dict = {}
 
     def __len__(self) -> int:
@@ -261,7 +278,7 @@ def load_store(path: str | os.PathLike, verify: str = "quick") -> tuple[dict, li
 
 def check_binding(path: Path, header: dict, model=None, curated=None, vit_preprocess: str = "paper",
                   done: set | None = None) -> None:
-    """The one comparison of a store's key and images with a model and a curated store (see ``bind``)."""
+    """A store's key (``check_key``) and images compared with a model and a curated store (see ``bind``)."""
     from .keys import expected_key
 
     expected: dict = {}
@@ -277,10 +294,7 @@ def check_binding(path: Path, header: dict, model=None, curated=None, vit_prepro
             None if dataset is None else (str(dataset.path.resolve()), dataset.index_sha256))
     if done is not None and memo in done:
         return
-    differences = key_differences(header, expected)
-    if differences:
-        raise MedSAMError(f"{path / HEADER}: embedding store does not match: " + "; ".join(differences)
-                          + ". Build a store for this model and curated store in another folder")
+    check_key(path, header, expected, "Build a store for this model and curated store in another folder")
     if dataset is not None:
         _check_curated(path, header, dataset)
     if done is not None:
@@ -288,14 +302,13 @@ def check_binding(path: Path, header: dict, model=None, curated=None, vit_prepro
 
 
 def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess: str = "paper",
-               verify: str = "quick", hint_curated=None) -> EmbeddingStore:
-    """Open a finished store. With ``model`` (name, checkpoint path or LoadedModel) and/or
+               verify: str = "quick") -> EmbeddingStore:
+    """Open a finished store, read-only. With ``model`` (name, checkpoint path or LoadedModel) and/or
     ``curated`` (path or CuratedDataset): refuse (MedSAMError saying what differs) a store of other
     weights, transform or preset, or of other curated images (``EmbeddingStore.bind``). A missing,
-    truncated or edited chunk is an error telling to rerun ``embed`` on ``curated`` (else ``hint_curated``,
-    a curated store the caller uses without binding, else the one recorded at build time); the reader never
-    writes."""
-    hint = curated if curated is not None else hint_curated
+    truncated or edited chunk is a MedSAMError naming the file and the ``embed`` command / ``build_store``
+    call that recomputes it (on ``curated``, else on the curated store recorded at build time); to
+    repair instead of refusing, call ``build_store``, which reuses a finished store."""
     path = Path(path)
     header = read_header(path)
     if header is None:
@@ -306,16 +319,14 @@ def open_store(path: str | os.PathLike, model=None, curated=None, vit_preprocess
     header, markers, problems = load_store(path, verify)
     if problems:
         raise MedSAMError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-                          + "; " + repair_hint(path, header, hint))
+                          + "; " + repair_hint(path, header, curated))
     store = EmbeddingStore(path, header, markers)
-    store._bound, store.curated = bound, hint
+    store._bound, store.curated = bound, curated
     return store
 
 
 def _check_curated(path: Path, header: dict, dataset) -> None:
     """The store holds exactly the curated store's images, with the same pixels (hashed here)."""
-    from .build import pixels_sha256
-
     unique = dataset.index.drop_duplicates("image_id")
     ours = header["images"]
     missing = [i for i in unique["image_id"] if i not in ours]

@@ -44,18 +44,27 @@ def default_finetuned(results_dir) -> Path:
 def open_embedding_store(results_dir, model, curated=None):
     """The profile's embedding store of ``model`` (notebooks 03/04 build it) when present and
     made from these weights and this curated store, else None (then images are encoded here).
+    With ``curated`` it goes through ``build_store``: a finished store is reused as it is, damaged
+    or missing chunks and changed images are recomputed (with a message); without, it is only read.
     Stored embeddings are float16: masks can differ from encoding on the fly in a few pixels."""
     name = getattr(model, "name", model)  # a LoadedModel or a zoo name / checkpoint path
     path = ResultsLayout(results_dir).embeddings(str(name))
     if not path.is_dir():
         return None
     try:
-        from ..embeddings import open_store
+        from ..embeddings import build_store, open_store
+        from ..embeddings.store import read_header
     except ImportError:
         return None
     try:
-        return open_store(path, model=model, curated=curated)
-    except Exception as exc:  # noqa: BLE001 - a broken store falls back to encoding, loudly
+        if curated is None:
+            return open_store(path, model=model)
+        header = read_header(path)
+        if header is None:
+            return open_store(path)  # not a store: the error says so
+        device = next(model.model.parameters()).device if hasattr(model, "model") else "auto"  # a LoadedModel stays put
+        return build_store(curated, model, path, dtype=header["dtype"], device=device, progress=False)
+    except Exception as exc:  # noqa: BLE001 - a store of other weights or images falls back to encoding, loudly
         print(f"embedding store {path} not used: {exc}")
         return None
 

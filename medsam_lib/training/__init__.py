@@ -2,9 +2,10 @@
 image encoder and mask decoder from curated images (recipe ``full``, the released code's).
 
 Modules, one job each: ``config`` (the TOML/YAML config, checked), ``data`` (pairs, validation split,
-box jitter, sampler), ``loss`` (Dice + BCE), ``checkpoint`` (atomic, with RNG states), ``loop``
-(``train``; torchrun ranks and DDP through ``medsam_lib.devices``: each rank takes a contiguous part of
-every global batch, so batch_size must divide by the world size; only rank 0 writes files and
-validates), ``cli`` (``python -m medsam_lib train``). The weights it writes
+sampler, batches with ``geometry.jitter_box``'s boxes), ``loss`` (Dice + BCE), ``checkpoint`` (atomic,
+with RNG states; what ``--resume`` continues from), ``run`` (what a run is built from: ``prepare``,
+``validate``, ``autocast``), ``loop`` (``train``; torchrun ranks and DDP through ``medsam_lib.devices``:
+each rank takes a contiguous part of every global batch, so batch_size must divide by the world size;
+only rank 0 writes files and validates), ``cli`` (``python -m medsam_lib train``). The weights it writes
 (``best.pt``) load by path wherever a model name is accepted (``models.finetuned``).
 """

@@ -4,7 +4,8 @@
 ``training``: the optimiser state, step, epoch, sampler position, the metrics so far, the best
 validation Dice and the step it came from, the config's identity, and every RNG state (torch CPU,
 CUDA per device, numpy's global RNG, Python's ``random``). ``best.pt`` is the same without
-``training``. Each file is written to a temporary file beside it and renamed, so a kill at any
+``training``. ``resume_record`` finds the ``last.pt`` a ``--resume`` continues from (and refuses
+one of another config, or a run folder that would be overwritten). Each file is written to a temporary file beside it and renamed, so a kill at any
 moment leaves the previous file whole. Everything is plain tensors, numbers, strings, lists and
 dicts: ``torch.load(weights_only=True)`` reads it.
 
@@ -77,4 +78,35 @@ def load_training(path: str | Path) -> dict:
     record = read_checkpoint(path)
     if "training" not in record:
         raise MedSAMError(f"{path}: holds weights only (a best.pt?), not a training state to resume from")
+    return record
+
+
+def resume_record(cfg, resume: bool) -> dict | None:
+    """The ``last.pt`` record in ``cfg.out`` to resume from (None: start fresh); refuse to overwrite a
+    run without ``resume``, and a record of another config (``cfg.identity()``) or past ``cfg.steps``."""
+    out, last = Path(cfg.out), Path(cfg.out) / "last.pt"
+    if not resume:
+        present = [p.name for p in (last, out / "best.pt") if p.exists()]
+        if present:
+            state = ""
+            if last.exists():
+                done = load_training(last)["training"]
+                state = (f"a finished run ({done['step']} steps)" if done["step"] >= done["steps"]
+                         else f"a run stopped at step {done['step']} of {done['steps']}")
+            raise MedSAMError(f"{out}: already holds {state or ', '.join(present)}; pass --resume to continue or "
+                              "reuse it, or choose another out folder (nothing is overwritten)")
+        return None
+    if not last.exists():
+        return None
+    record = load_training(last)
+    training = record["training"]
+    differ = [k for k, v in cfg.identity().items() if training["identity"].get(k) != v]
+    if differ:
+        k = differ[0]
+        raise MedSAMError(f"{last}: --resume from a run with {k} = {training['identity'].get(k)!r}, but {cfg.source} "
+                          f"has {k} = {getattr(cfg, k)!r}" + (f" (and {differ[1:]} differ)" if differ[1:] else "")
+                          + "; resume with the config it was made with, or train into another out folder")
+    if training["step"] > cfg.steps:
+        raise MedSAMError(f"{last}: the run is already at step {training['step']}, past steps = {cfg.steps} in "
+                          f"{cfg.source}")
     return record

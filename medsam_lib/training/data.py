@@ -6,13 +6,13 @@ a validation split carved by case, and a sampler whose position is the whole of 
   ``test`` split is never read.
 - ``Pairs``: the rows of one split with their target masks held in memory (bit-packed, 8 KiB per
   target at 256 x 256); an empty target mask is refused here, naming the store and the row.
-- ``jitter_box(box, rng, convention)``: paper 3.2: each side moved outwards by a random 0-20 px
-  (inclusive) at the curated 256 scale, clipped to the image; ``official_code``: 0-19 px, as v1's
-  ``np.random.randint(0, 20)``.
 - ``StreamSampler``: an endless stream of pair indices: epoch e is a seeded permutation of all
   pairs; the global sample number n alone fixes the pair (epoch n // N, slot n % N) and its jitter
   (an RNG seeded by (seed, n)). Its state is n, so resume and the split of a global batch across
   ranks change nothing about what any sample is.
+- ``sampler_batch``: the batch of given global sample numbers, boxes jittered by ``geometry.jitter_box``
+  (paper 3.2: each side moved outwards by a random 0-20 px at the curated 256 scale, clipped to the
+  image; ``official_code``: 0-19 px, as v1's ``np.random.randint(0, 20)``).
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import torch
 from .. import paper
 from ..data.splits import split_cases
 from ..fileio import MedSAMError
+from ..geometry import JITTER_MAX_PX, jitter_box
 
 SIZE = paper.CURATED_IMAGE_SIZE
-JITTER_HIGH = {"paper": paper.BOX_JITTER_PX[1], "official_code": paper.BOX_JITTER_PX[1] - 1}  # inclusive
 
 
 def train_val_split(index, val_fraction: float, seed: int):
@@ -43,14 +43,6 @@ def train_val_split(index, val_fraction: float, seed: int):
         val_cases |= {(dataset, case) for case, part in split.items() if part == "test"}
     is_val = np.array([(d, c) in val_cases for d, c in zip(train["dataset"], train["case"])], dtype=bool)
     return train[~is_val].reset_index(drop=True), train[is_val].reset_index(drop=True)
-
-
-def jitter_box(box: np.ndarray, rng: np.random.Generator, convention: str = "paper") -> np.ndarray:
-    """(4,) x0, y0, x1, y1 (x1/y1 inclusive) at 256 -> each side moved outwards by 0..JITTER_HIGH px."""
-    shift = rng.integers(paper.BOX_JITTER_PX[0], JITTER_HIGH[convention] + 1, size=4)
-    x0, y0, x1, y1 = (int(v) for v in box)
-    return np.array([max(0, x0 - shift[0]), max(0, y0 - shift[1]),
-                     min(SIZE - 1, x1 + shift[2]), min(SIZE - 1, y1 + shift[3])], dtype=np.float32)
 
 
 @dataclass
@@ -151,9 +143,11 @@ def make_batch(pairs: Pairs, indices, boxes: np.ndarray, source) -> Batch:
 
 
 def sampler_batch(pairs: Pairs, sampler: StreamSampler, numbers, source) -> Batch:
-    """The batch of global sample ``numbers`` (a rank passes its part of the global batch)."""
+    """The batch of global sample ``numbers`` (a rank passes its part of the global batch): each pair's
+    box jittered with its sample's own RNG (``StreamSampler.rng``) as the sampler's convention says."""
     indices = [sampler.sample(n) for n in numbers]
-    boxes = np.stack([jitter_box(pairs.boxes[i], sampler.rng(n), sampler.jitter) for i, n in zip(indices, numbers)])
+    boxes = np.stack([jitter_box(pairs.boxes[i], (SIZE, SIZE), sampler.rng(n), JITTER_MAX_PX[sampler.jitter])
+                      for i, n in zip(indices, numbers)])
     return make_batch(pairs, indices, boxes, source)
 
 

@@ -61,25 +61,19 @@ def before_after(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, 
     """Per data set and target: validation Dice of the base model and of ``checkpoint`` (default
     ``out/best.pt``), the same pairs, boxes and embeddings; plus an ``all`` row."""
     import pandas as pd
-    import torch
 
     from ..models.finetuned import apply_weights, read_checkpoint
     from ..devices import resolve_device
-    from .loop import StepModel, prepare, validate
+    from .run import StepModel, prepare, validate
 
     device = resolve_device(cfg.device, f"{cfg.source}: key 'device'") if device is None else resolve_device(device)
     run = prepare(cfg, device)
     net = StepModel(run.loaded.model, from_images=cfg.recipe == "full").to(device)
-    bf16 = device.type == "cuda" and cfg.precision != "fp32" or cfg.precision == "bf16"
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    before = validate(run, net, device, autocast)
+    before = validate(run, net, device)
     path = Path(checkpoint) if checkpoint is not None else Path(cfg.out) / "best.pt"
     record = read_checkpoint(path)
     apply_weights(run.loaded.model, record["weights"], str(path))
-    after = validate(run, net, device, autocast)
+    after = validate(run, net, device)
     rows = run.val.rows.assign(base=before, finetuned=after)
     table = rows.groupby(["dataset", "target"]).agg(targets=("base", "size"), base_dsc=("base", "mean"),
                                                     finetuned_dsc=("finetuned", "mean")).reset_index()
