@@ -216,7 +216,7 @@ def read_autosave(folder: Path, identity: dict) -> tuple[dict[int | None, list[t
         return {}, []
     try:
         saved = json.loads(path.read_text())
-        same = isinstance(saved, dict) and saved.get("image") == identity
+        same = isinstance(saved, dict) and saved.get("image_identity") == identity
         by_slice = _grouped(saved.get("annotations", [])) if same else {}
         by_slice.update(_grouped(saved.get("boxes_waiting", [])) if same else {})  # a slice's newest boxes
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:

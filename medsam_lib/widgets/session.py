@@ -594,7 +594,7 @@ class BoxPromptSession:
     def _extra(self) -> dict:
         waiting = [{"box": [int(v) for v in box], "label": label, "slice_index": index}
                    for index, boxes in self._waiting.items() for box, label in boxes]
-        return {"image": self.identity, "boxes_waiting": waiting, "source": self.source,
+        return {"image_identity": self.identity, "boxes_waiting": waiting, "source": self.source,
                 "display_scale": self.display.scale, "current_slice": self.current_slice,
                 "last_boxes_received": self.received[-1] if self.received else [],
                 "n_updates": len(self.received), "messages": self.messages[-20:]}
