@@ -324,7 +324,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 page.goto(f"{base}/lab/tree/{VOLUME_NOTEBOOK}?token={token}", wait_until="domcontentloaded")
                 volume_kernel = _wait_for(lambda: kernel_ready(VOLUME_NOTEBOOK), KERNEL_READY_S,
                                           "the volume notebook's kernel to be idle and connected")
-                page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
+                page.locator(".jp-Notebook:visible").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
                 run_all()
                 run_all_finished(volume_kernel)
                 readout = page.locator(".widget-slider .widget-readout").first
