@@ -32,7 +32,6 @@ class LatestEmbedder:
         self._pending = NOTHING
         self._running = NOTHING
         self._thread: threading.Thread | None = None
-        self.embedded: list = []  # every index embedded, in order (what the tests and the benchmark check)
 
     @property
     def running(self):
@@ -85,5 +84,4 @@ class LatestEmbedder:
             self._embed(index)
         except Exception as exc:  # noqa: BLE001 - reported through ``done``; the worker must keep going
             error = exc
-        self.embedded.append(index)
         self._done(index, time.perf_counter() - started, error, stale())

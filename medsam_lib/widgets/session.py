@@ -178,7 +178,8 @@ class BoxPromptSession:
         saved, notes = read_autosave(self.autosave_dir, self.identity)
         out: dict[int | None, list[tuple]] = {}
         for index, boxes in saved.items():
-            if (index is not None and not 0 <= index < self.image.n_slices) if self.is_volume else index is not None:
+            valid = index is not None and 0 <= index < self.image.n_slices if self.is_volume else index is None
+            if not valid:  # the identity matched, so only a hand-edited file gets here
                 notes.append(f"autosave: {_plural(len(boxes), 'box')} on slice {index} left out (no such slice)")
                 continue
             for box, label in boxes:
