@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     start = time.perf_counter()
     session = BoxPromptSession(image_path, model="litemedsam", device="cpu", labels=["target"], autosave_dir=False)
+    session.wait()  # the image is embedded on a background thread
     print(f"widget ready (image embedded once) in {time.perf_counter() - start:.2f} s")
     time_widget(session, boxes[:2])  # warm-up: first decoder calls allocate
     widget_times, widget_masks = time_widget(session, boxes)

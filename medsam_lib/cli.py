@@ -30,7 +30,7 @@ def _parse_box(text: str) -> list[float]:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Every check that can fail runs before the model is loaded: device, modality, output path
     (lossless format, nothing in the way, not an input), the image, the box and the intensities."""
-    from .data.preprocess import check_modality
+    from .data.preprocess import check_modality, slice_pixels
     from .data.readers import check_mask_output, read_image, write_mask
     from .devices import resolve_device
     from .fileio import check_output_path
@@ -45,10 +45,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = check_output_path(check_mask_output(args.out),
                             inputs=[args.image] + ([] if args.model in MODELS else [args.model]))
     image = read_image(args.image)
-    if image.is_volume:
+    if image.is_volume:  # the slice's pixels by the one rule for volumes (the window of the whole volume)
         index = image.n_slices // 2 if args.slice is None else args.slice
-        plane = image.slice(index)
         modality = args.modality or image.modality
+        plane = slice_pixels(image.array, index, modality, source=str(args.image))
         source = f"{args.image} slice {index}"
     else:
         if args.slice is not None:

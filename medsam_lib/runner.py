@@ -14,11 +14,13 @@ from a real run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -48,6 +50,22 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
             raise MedSAMError(f"no notebook matches {missing}; notebooks: {[p.stem for p in paths]}")
         return chosen
     return paths
+
+
+@contextlib.contextmanager
+def _no_person_boxes():
+    """The kernels' ``MEDSAM_USER_DIR`` is an empty folder of this run's: notebook 07 restores the boxes a
+    person autosaved on the same image (``~/medsam_annotations``), which a batch run must not pick up."""
+    before = os.environ.get("MEDSAM_USER_DIR")
+    with tempfile.TemporaryDirectory(prefix="medsam_run_user_") as folder:
+        os.environ["MEDSAM_USER_DIR"] = folder
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("MEDSAM_USER_DIR", None)
+            else:
+                os.environ["MEDSAM_USER_DIR"] = before
 
 
 def profile_parameters(profile: Profile) -> dict:
@@ -104,7 +122,7 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
     params = profile_parameters(profile)
     paths = notebook_paths(only)
     out_dir = profile.results_dir
-    with output_folder(out_dir, f"--profile {name}: results folder"):  # one run per profile at a time
+    with output_folder(out_dir, f"--profile {name}: results folder"), _no_person_boxes():  # one run at a time
         profile.claim()
         return _run_locked(profile, params, out_dir, paths, resume)
 
@@ -174,14 +192,19 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
 
 def refresh_notebooks(only: list[str] | None = None, timeout: int = CELL_TIMEOUT_S) -> None:
     """Execute notebooks in place (default parameters) so committed outputs come from a real run."""
+    with _no_person_boxes():
+        for path in notebook_paths(only):
+            _refresh(path, timeout)
+
+
+def _refresh(path: Path, timeout: int) -> None:
     import nbformat
     from nbclient import NotebookClient
 
-    for path in notebook_paths(only):
-        nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=KERNEL_ARGUMENTS,
-                       store_widget_state=False,  # widget state holds the annotator's paths
-                       resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
-        with atomic_path(path) as tmp:
-            nbformat.write(nb, str(tmp))
-        print(f"refreshed {path.name}")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=KERNEL_ARGUMENTS,
+                   store_widget_state=False,  # widget state holds the annotator's paths
+                   resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+    with atomic_path(path) as tmp:
+        nbformat.write(nb, str(tmp))
+    print(f"refreshed {path.name}")

@@ -9,7 +9,10 @@ ultrasound image from ../shared/data, runs all cells, drags a box with the mouse
   ground truth;
 - a second box drawn INSIDE the first is a new box (the first one is not moved);
 - with *Move boxes* on, dragging inside the inner box moves it;
-- the picture (709 pixels wide) is shown at most ``DISPLAY_MAX_PX`` wide, beside the controls.
+- a second Run All restores the boxes drawn in the first (the new session reads the autosave);
+- the picture (709 pixels wide) is shown at most ``DISPLAY_MAX_PX`` wide, beside the controls;
+- in a second notebook, on a volume (the synthetic CT phantom), moving the slider shows "embedding
+  slice k…" in the widget's message until the slice is ready.
 Screenshots before and after the drags go to test-artifacts/.
 
 Never ``playwright install``: Debian's /usr/bin/chromium is used (``make browser-deps``).
@@ -41,6 +44,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CASE_FOLDER = "us_carotid_artery"
 CASE_NAME = "202201121815070032VAS_slice_470.png"
+VOLUME_NOTEBOOK = "07_volume.ipynb"  # a second copy of notebook 07, on its default case: the synthetic CT volume
 SERVER_START_S = 90
 KERNEL_READY_S = 120
 RUN_ALL_S = 240
@@ -87,7 +91,7 @@ def _api(base: str, token: str, path: str):
         return json.loads(response.read())
 
 
-def _write_notebook_copy(folder: Path, params: dict) -> Path:
+def _write_notebook_copy(folder: Path, params: dict, name: str = NOTEBOOK.name) -> Path:
     """notebook 07 with a cell of parameters injected after the parameters cell, as papermill does."""
     import nbformat
 
@@ -100,7 +104,7 @@ def _write_notebook_copy(folder: Path, params: dict) -> Path:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
     nb.metadata.pop("widgets", None)
-    path = folder / NOTEBOOK.name
+    path = folder / name
     nbformat.write(nb, str(path))
     return path
 
@@ -158,11 +162,11 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
     inner_box = np.array([x0 + w / 4, y0 + h / 4, x1 - w / 4, y1 - h / 4]).round()
     base_rgb = to_uint8_rgb(read_image(image_path).array)
 
-    root, results = tmp_path / "root", tmp_path / "results"
-    for folder in (root, results):
-        folder.mkdir()
-    _write_notebook_copy(root, {"results_dir": str(results), "image_path": str(image_path),
-                                "mask_path": str(mask_path), "labels": ["artery", "other"], "box": None})
+    root = tmp_path / "root"
+    root.mkdir()
+    _write_notebook_copy(root, {"image_path": str(image_path), "mask_path": str(mask_path),
+                                "labels": ["artery", "other"], "box": None})
+    _write_notebook_copy(root, {"box": None}, VOLUME_NOTEBOOK)
     user = tmp_path / "user"
     autosave = user / Path(CASE_NAME).stem / "boxes.json"
     env = dict(os.environ)
@@ -173,7 +177,8 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
                 "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
                 "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1",
-                "MPLBACKEND": "Agg", "MEDSAM_USER_DIR": str(user)})
+                "MPLBACKEND": "Agg", "MEDSAM_USER_DIR": str(user),
+                "MEDSAM_RESULTS_ROOT": str(tmp_path / "results")})  # the demo profile's results in tmp
     port, token = _free_port(), uuid.uuid4().hex
     base = f"http://127.0.0.1:{port}"
     log_path = artifacts_dir / "browser_box_prompting_jupyterlab.log"
@@ -192,27 +197,33 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 page.set_default_timeout(ACTION_S * 1000)
                 page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
 
-                def kernel_ready():
+                def kernel_ready(name=NOTEBOOK.name):
                     sessions = _api(base, token, "/api/sessions")
                     for s in sessions:
                         kernel = s.get("kernel") or {}
-                        if s.get("path", "").endswith(NOTEBOOK.name) and kernel.get("execution_state") == "idle" \
+                        if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
                                 and kernel.get("connections", 0) >= 1:
                             return kernel["id"]
                     return None
 
+                def run_all():
+                    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+                    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+
+                def run_all_finished(kernel_id):
+                    _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
+                              and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
+                              RUN_ALL_S, "Run All to finish")
+
                 kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, "the notebook's kernel to be idle and connected")
                 page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
-                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+                run_all()
 
                 # the widget's drawing surface: the svg beside its <img> (it exists once the image loaded)
                 svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
                 svg.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
                 # every cell has run: no busy prompt left and the kernel is idle again
-                _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
-                          and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
-                          RUN_ALL_S, "Run All to finish")
+                run_all_finished(kernel_id)
                 _wait_for(autosave.is_file, RUN_ALL_S, "the widget's first autosave")
                 img = page.locator(".jp-OutputArea-output img[alt='annotate me']").first
                 _wait_for(lambda: img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
@@ -289,6 +300,53 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                     return state if len(boxes) == 2 and boxes[1] != two["annotations"][1]["box"] else None
 
                 moved = _wait_for(inner_moved, MASK_S, "the kernel to receive the moved box")
+
+                # Run All again: the new session restores both boxes from the autosave and shows them
+                shown_rects = svg.locator("rect.movable").count()  # the two boxes' rectangles, as drawn
+                assert shown_rects >= 2
+                run_all()
+                run_all_finished(kernel_id)
+
+                def restored():
+                    state = json.loads(autosave.read_text())
+                    return state if any("restored 2 box(es)" in m for m in state["messages"]) \
+                        and len(state["annotations"]) == 2 else None
+
+                rerun = _wait_for(restored, MASK_S, "the second Run All to restore the two boxes")
+                _wait_for(lambda: page.get_by_text("restored 2 boxes of the last session on this image").count() > 0,
+                          MASK_S, "the widget cell to say the boxes were restored")
+                svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
+                _wait_for(lambda: svg.locator("rect.movable").count() == shown_rects, MASK_S,
+                          "the new widget to show both boxes")
+                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_rerun.png"), full_page=False)
+
+                # a volume in a second notebook: moving the slider shows "embedding slice k…" until it is ready
+                page.goto(f"{base}/lab/tree/{VOLUME_NOTEBOOK}?token={token}", wait_until="domcontentloaded")
+                volume_kernel = _wait_for(lambda: kernel_ready(VOLUME_NOTEBOOK), KERNEL_READY_S,
+                                          "the volume notebook's kernel to be idle and connected")
+                page.locator(".jp-Notebook:visible").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
+                run_all()
+                run_all_finished(volume_kernel)
+                readout = page.locator(".widget-slider .widget-readout").first
+                readout.wait_for(state="visible", timeout=RUN_ALL_S * 1000)
+                start_slice = int(readout.inner_text().strip())
+                target_slice = 0 if start_slice != 0 else 1
+                page.evaluate("""() => {
+                    window.__medsamTexts = [];
+                    const record = () => document.querySelectorAll('.widget-html-content pre').forEach((p) => {
+                        const t = p.textContent, seen = window.__medsamTexts;
+                        if (seen[seen.length - 1] !== t) seen.push(t);
+                    });
+                    new MutationObserver(record).observe(document.body,
+                                                         {subtree: true, childList: true, characterData: true});
+                }""")
+                readout.click()
+                page.keyboard.press("Control+A")
+                page.keyboard.type(str(target_slice))
+                page.keyboard.press("Enter")
+                texts = _wait_for(lambda: (lambda t: t if any(f"slice {target_slice}: ready" in x for x in t) else None)(
+                    page.evaluate("window.__medsamTexts")), MASK_S, f"slice {target_slice} to be ready")
+                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_volume.png"), full_page=False)
             finally:
                 browser.close()
     finally:
@@ -324,6 +382,12 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
 
     assert shown_width <= DISPLAY_MAX_PX + 1, shown_width
     shutil.copy(autosave, artifacts_dir / "browser_box_prompting_boxes.json")
+    # the second Run All restored the boxes drawn in the first (the moved inner box where it was moved)
+    assert [a["box"] for a in rerun["annotations"]] == [a["box"] for a in moved["annotations"]]
+    # the slider: "embedding slice k…" was shown, before "slice k: ready"
+    embedding = [i for i, t in enumerate(texts) if f"embedding slice {target_slice}…" in t]
+    ready = [i for i, t in enumerate(texts) if f"slice {target_slice}: ready" in t]
+    assert embedding and embedding[0] < ready[0], texts
     # end to end in the browser (release -> new picture decoded), recorded, not asserted: timings belong
     # to benchmarks/widget_callback.py, and this machine's load varies
     latency = {"mouse_release_to_mask_shown_s": round((stamps["shown"] - stamps["released"]) / 1000, 3)}

@@ -44,20 +44,31 @@ COMBINATIONS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(COMBINATIONS))
-def test_notebook_07_runs_through(name, inputs, tmp_path, monkeypatch):
+@pytest.fixture(autouse=True)
+def _own_folders(tmp_path, monkeypatch):
+    """Each run its own user folder (a rerun on the same image restores its boxes) and results root (the
+    demo profile's results in tmp_path/results/demo); the kernel inherits both."""
+    monkeypatch.setenv("MEDSAM_USER_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("MEDSAM_RESULTS_ROOT", str(tmp_path / "results"))
+
+
+def _run(params: dict, out: Path) -> str:
     import nbformat
     import papermill as pm
 
-    monkeypatch.setenv("MEDSAM_RESULTS_ROOT", str(tmp_path / "results"))  # the kernel inherits it
-    results = tmp_path / "results" / "demo"
-    params = {"profile": "demo", **COMBINATIONS[name](inputs)}
-    out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(NOTEBOOK), str(out), parameters=params, cwd=str(NOTEBOOK.parent), kernel_name="python3",
                         progress_bar=False)
     nb = nbformat.read(out, as_version=4)
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(COMBINATIONS))
+def test_notebook_07_runs_through(name, inputs, tmp_path):
+    results = tmp_path / "results" / "demo"
+    params = {"profile": "demo", **COMBINATIONS[name](inputs)}
+    text = _run(params, tmp_path / "out.ipynb")
+    assert "autosave: " in text and "restored" not in text  # where the autosave is; nothing to restore yet
     table = (results / "tables" / "07_boxes.csv").read_text().splitlines()
     if name == "image only (no mask)":
         assert "draw one in the widget" in text and len(table) == 1  # header only: no box, no error
@@ -67,3 +78,17 @@ def test_notebook_07_runs_through(name, inputs, tmp_path, monkeypatch):
         assert table[1].split(",")[-1] not in ("", None)  # Dice against the reference is filled in
     # the widget's autosave went to the user's folder, not under results/
     assert not list(results.rglob("boxes.json"))
+
+
+@pytest.mark.slow
+def test_a_second_run_all_restores_the_boxes(inputs, tmp_path):
+    """Run All twice on the same image: the second session restores the first one's box (from the
+    autosave in the user's folder) and the papermill box is not added twice."""
+    results = tmp_path / "results" / "demo"
+    params = {"profile": "demo", **COMBINATIONS["image, explicit box and labels, no mask"](inputs)}
+    _run(params, tmp_path / "first.ipynb")
+    first = (results / "tables" / "07_boxes.csv").read_text()
+    text = _run(params, tmp_path / "second.ipynb")
+    assert "restored 1 box of the last session on this image" in text
+    assert "already on this image" in text
+    assert (results / "tables" / "07_boxes.csv").read_text() == first  # the same one box, not two

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,13 +42,27 @@ def us_case(synthetic):
     return synthetic / case.image, truth, box_from_mask(truth)
 
 
+@pytest.fixture(autouse=True)
+def _own_user_dir(tmp_path, monkeypatch):
+    """Each test its own user folder: a session restores the boxes autosaved there for the same image."""
+    monkeypatch.setenv("MEDSAM_USER_DIR", str(tmp_path / "user"))
+
+
+def _ready(*args, **kwargs):
+    """A session whose first slice is embedded (the widget embeds on a background thread)."""
+    session = widgets.BoxPromptSession(*args, **kwargs)
+    assert session.wait(120)
+    return session
+
+
 def _drag(session, box, label=None, existing=()):
     """What the widget sends for one drag over a box's pixels (x1/y1 inclusive): a zero-size box on
-    mouse down, the full list on release (rectangle edges in display pixels)."""
+    mouse down, the full list on release (rectangle edges in display pixels); then the mask is waited for."""
     label = label or session.labels[0]
     full = session.display.to_widget(box, label)
     session.widget.bboxes = [*existing, {**full, "width": 0, "height": 0}]
     session.widget.bboxes = [*existing, full]
+    assert session.wait(120)
     return full
 
 
@@ -55,7 +72,7 @@ def _decoded(session):
 
 def test_drag_gives_mask_overlay_and_autosave(us_case, predictor, tmp_path):
     path, truth, box = us_case
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion", "other"], autosave_dir=tmp_path)
+    session = _ready(path, model=predictor, labels=["lesion", "other"], autosave_dir=tmp_path)
     assert session.display_scale == 2  # a 256-pixel image is shown at 512
     before = _decoded(session)
     assert before.shape == (512, 512, 3)
@@ -78,14 +95,14 @@ def test_drag_gives_mask_overlay_and_autosave(us_case, predictor, tmp_path):
     state = json.loads((tmp_path / "boxes.json").read_text())
     assert state["annotations"][0]["box"] == [float(v) for v in box]
     assert state["last_boxes_received"][0]["width"] == (box[2] - box[0] + 1) * 2  # edges: one pixel wider
-    assert state["box_convention"].endswith("inclusive")
+    assert "integer pixel indices" in state["box_convention"] and "x1/y1 inclusive" in state["box_convention"]
     masks = np.load(tmp_path / "masks.npz")["masks"]
     assert masks.shape == (1, *truth.shape) and np.array_equal(masks[0], annotation.mask)
 
 
 def test_click_without_drag_is_ignored_with_a_message(us_case, predictor):
     path, truth, box = us_case
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    session = _ready(path, model=predictor, labels=["lesion"])
     first = _drag(session, box)
     click = {"x": 20, "y": 30, "width": 0, "height": 0, "label": "lesion"}
     session.widget.bboxes = [first, click]  # mouse down: may become a drag
@@ -106,7 +123,7 @@ def test_click_without_drag_is_ignored_with_a_message(us_case, predictor):
 
 def test_boxes_outside_or_malformed_are_ignored_and_partial_ones_clipped(us_case, predictor):
     path, truth, box = us_case
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    session = _ready(path, model=predictor, labels=["lesion"])
     outside = {"x": 600, "y": 10, "width": 50, "height": 50, "label": "lesion"}  # display px; image is 512 wide
     session.widget.bboxes = [outside]
     assert not session.current and "outside the image" in session.message.value
@@ -127,7 +144,7 @@ def test_boxes_outside_or_malformed_are_ignored_and_partial_ones_clipped(us_case
 
 def test_several_boxes_labels_cache_and_undo(us_case, predictor):
     path, truth, box = us_case
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion", "background"])
+    session = _ready(path, model=predictor, labels=["lesion", "background"])
     calls = []
     original = session.predictor.predict
     session.predictor.predict = lambda boxes: calls.append(boxes) or original(boxes)
@@ -154,7 +171,7 @@ def test_several_boxes_labels_cache_and_undo(us_case, predictor):
 
 def test_export_png_and_bad_folders(us_case, predictor, tmp_path):
     path, truth, box = us_case
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    session = _ready(path, model=predictor, labels=["lesion"])
     with pytest.raises(MedSAMError, match="nothing to export"):
         session.export(tmp_path)
     session.apply_box(box)
@@ -181,7 +198,7 @@ def test_export_png_and_bad_folders(us_case, predictor, tmp_path):
 def test_volume_slices_and_nifti_export_keep_geometry(synthetic, predictor, tmp_path):
     case = BY_ID["synthetic_ct_abdomen"]
     labels = read_image(synthetic / case.mask).array
-    session = widgets.BoxPromptSession(synthetic / case.image, model=predictor, labels=["liver", "kidney"],
+    session = _ready(synthetic / case.image, model=predictor, labels=["liver", "kidney"],
                                        modality="CT", slice_index=3)
     assert session.is_volume and session.slider is not None and session.slider.value == 3
     assert session.display_scale == 4  # 128 -> 512
@@ -243,7 +260,7 @@ def test_one_slice_volume_and_constant_slice(tmp_path, predictor):
     image.SetOrigin((10.0, -4.0, 2.5))
     path = tmp_path / "one_slice.nii.gz"
     sitk.WriteImage(image, str(path))
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["block"])
+    session = _ready(path, model=predictor, labels=["block"])
     assert not session.is_volume and session.slider is None and "one slice" in session.messages[0]
     session.apply_box([22, 18, 63, 46])
     assert dice(session.current[0].mask, volume[0] > 150) >= 0.8
@@ -257,7 +274,7 @@ def test_one_slice_volume_and_constant_slice(tmp_path, predictor):
     two[1, 8:20, 8:20] = 500
     path2 = tmp_path / "two.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(two), str(path2))
-    session = widgets.BoxPromptSession(path2, model=predictor, slice_index=0, modality="CT")
+    session = _ready(path2, model=predictor, slice_index=0, modality="CT")
     assert "constant" in session.message.value  # slice 0 is all zeros: said, not raised
     session.widget.bboxes = [{"x": 10, "y": 10, "width": 100, "height": 100, "label": "target"}]
     assert not session.current and "no mask on this slice" in session.message.value
@@ -299,7 +316,7 @@ def test_summary_table_scores_target_boxes(us_case, predictor, synthetic):
     path, truth, box = us_case
     case = cases.prompting_case(profile_in(synthetic.parent), image_path=path,
                                 mask_path=synthetic / BY_ID["synthetic_us_breast"].mask, labels=["lesion", "other"])
-    session = widgets.BoxPromptSession(path, model=predictor, labels=case.labels)
+    session = _ready(path, model=predictor, labels=case.labels)
     session.apply_box(box, "lesion")
     session.apply_box([5, 5, 40, 40], "other")
     table = widgets.summary_table(session, case)
@@ -313,7 +330,7 @@ def test_real_ultrasound_box_with_jitter(shared_data, predictor):
     """A person's box is never exact: a few pixels off, the carotid mask still matches (the browser test's case)."""
     image = shared_data / "us_carotid_artery" / "images" / "202201121815070032VAS_slice_470.png"
     truth = read_image(shared_data / "us_carotid_artery" / "masks" / image.name).array > 0
-    session = widgets.BoxPromptSession(image, model=predictor, labels=["artery"])
+    session = _ready(image, model=predictor, labels=["artery"])
     x0, y0, x1, y1 = box_from_mask(truth)
     rng = np.random.default_rng(0)
     for _ in range(4):
@@ -376,7 +393,7 @@ def test_label_tags_never_overlap():
 
 def test_autosave_and_export_default_to_the_user_folder(us_case, predictor, tmp_path):
     path, truth, box = us_case
-    session = widgets.BoxPromptSession(path, model=predictor, labels=["lesion"])
+    session = _ready(path, model=predictor, labels=["lesion"])
     assert session.autosave_dir == user_dir() / "synthetic_us_breast" and session.autosave_dir.is_dir()
     assert "results" not in session.autosave_dir.parts
     session.apply_box(box)
@@ -384,7 +401,7 @@ def test_autosave_and_export_default_to_the_user_folder(us_case, predictor, tmp_
     assert session.export_dir.value == str(session.autosave_dir)
     session.export_button.click()
     assert (session.autosave_dir / "synthetic_us_breast_lesion.png").is_file(), session.message.value
-    off = widgets.BoxPromptSession(path, model=predictor, autosave_dir=False)
+    off = _ready(path, model=predictor, autosave_dir=False)
     assert off.autosave_dir is None
 
 
@@ -392,20 +409,166 @@ def test_move_toggle_large_images_and_the_slider_message(synthetic, predictor):
     from medsam_lib.widgets.bbox import CSS
 
     big = np.random.default_rng(0).integers(0, 255, size=(950, 850), dtype=np.uint8)
-    session = widgets.BoxPromptSession(big, model=predictor, autosave_dir=False)
+    session = _ready(big, model=predictor, autosave_dir=False)
     assert session.display_scale == 1 and session.widget.layout.width == f"{widgets.DISPLAY_MAX_PX + 10}px"
     assert session.widget.draws_inside_boxes and "pointer-events: none" in session.widget._css and CSS
     assert "__medsam_stock" in session.widget._esm and not session.widget.move_mode
     session.move_toggle.value = True
     assert session.widget.move_mode and "move mode" in session.message.value
     case = BY_ID["synthetic_ct_abdomen"]
-    volume = widgets.BoxPromptSession(synthetic / case.image, model=predictor, modality="CT", autosave_dir=False)
+    volume = _ready(synthetic / case.image, model=predictor, modality="CT", autosave_dir=False)
     seen = []
     original = volume.predictor.set_image
     volume.predictor.set_image = lambda *a, **k: seen.append(volume.message.value) or original(*a, **k)
     try:
         volume.slider.value = 2
+        assert volume.wait(120)
     finally:
         volume.predictor.set_image = original
-    assert "embedding slice 2..." in seen[0]  # said while the slice is embedded
+    assert "embedding slice 2…" in seen[0]  # said while the slice is embedded
     assert "slice 2: ready" in volume.message.value
+
+
+# --- waiting made visible, boxes never lost, whole-pixel boxes (a slow fake encoder, no model) ---------
+
+class GatedPredictor(BoxPredictor):
+    """A predictor without a model: ``set_image`` waits for ``gate`` (a slow encoder) and records the
+    slice; ``predict`` returns the box's pixels as the mask."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started: list[str] = []
+        self.decoded: list[list] = []
+
+    def set_image(self, image, modality=None, source="image"):
+        self.started.append(source)
+        assert self.gate.wait(60)
+        self._size = np.asarray(image).shape[:2]
+
+    def predict(self, boxes):
+        import torch
+        from medsam_lib.models.predictor import Prediction
+
+        self.decoded.append([list(b) for b in boxes])
+        mask = np.zeros(self._size, bool)
+        x0, y0, x1, y1 = (int(v) for v in boxes[0])
+        mask[y0:y1 + 1, x0:x1 + 1] = True
+        return Prediction(masks=mask[None], scores=np.array([0.75]), low_res_logits=torch.zeros(1, 1, 256, 256))
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    import SimpleITK as sitk
+
+    volume = np.random.default_rng(0).normal(100, 30, size=(12, 40, 48)).astype(np.float32)
+    path = tmp_path / "images" / "scan.nii.gz"
+    path.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(path))
+    return path
+
+
+def _until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_slider_embeds_only_the_slice_it_rests_on_and_boxes_wait_visibly(small_volume):
+    fake = GatedPredictor()
+    fake.gate.clear()  # the encoder is slow: nothing finishes until the gate opens
+    session = widgets.BoxPromptSession(small_volume, model=fake, slice_index=1)
+    _until(lambda: len(fake.started) == 1)
+    assert "embedding slice 1…" in session.message.value
+    for k in range(2, 10):  # the slider is dragged quickly across eight slices
+        session.slider.value = k
+        assert session.current_slice == k and f"embedding slice {k}…" in session.message.value
+    _drag_raw = session.display.to_widget((10, 8, 30, 25), "target")
+    session.widget.bboxes = [_drag_raw]  # a box drawn before slice 9 is ready
+    assert session.current == [] and "1 box waiting for slice 9" in session.message.value
+    saved = json.loads((session.autosave_dir / "boxes.json").read_text())
+    assert saved["boxes_waiting"] == [{"box": [10, 8, 30, 25], "label": "target", "slice_index": 9}]  # never lost
+    fake.gate.set()
+    assert session.wait(30)
+    assert fake.started == [f"{small_volume} slice 1", f"{small_volume} slice 9"]  # 2..8 never embedded
+    assert not any("slice 1: ready" in m for m in session.messages)  # the superseded result is not shown
+    assert "slice 9: ready" in session.message.value and "box 1 (target)" in session.message.value
+    assert [a.box for a in session.current] == [(10.0, 8.0, 30.0, 25.0)] and session.current[0].slice_index == 9
+    assert json.loads((session.autosave_dir / "boxes.json").read_text())["boxes_waiting"] == []
+    # back to a slice embedded before: its boxes are shown at once, then it is embedded again (cached)
+    session.slider.value = 1
+    assert session.wait(30) and "slice 1: ready" in session.message.value
+
+
+def test_a_second_session_on_the_same_image_restores_the_boxes(small_volume, tmp_path):
+    fake = GatedPredictor()
+    first = _ready(small_volume, model=fake, slice_index=2, labels=["liver", "kidney"])
+    print(first.autosave_summary())
+    first.apply_box([5, 6, 20, 22], "liver")
+    first.slider.value = 7
+    first.apply_box([12, 10, 30, 33], "kidney")
+    first.slider.value = 3
+    fake.gate.clear()
+    first.widget.bboxes = [first.display.to_widget((2, 2, 9, 9), "liver")]  # waits: slice 3 is still embedding
+    assert "1 box waiting for slice 3" in first.message.value
+    drawn = {(2, (5.0, 6.0, 20.0, 22.0), "liver"), (7, (12.0, 10.0, 30.0, 33.0), "kidney"),
+             (3, (2.0, 2.0, 9.0, 9.0), "liver")}
+    # Run All again before slice 3 was ready: the new session, on the same image, restores all three
+    fake.gate.set()
+    first.wait(30)
+    second = _ready(small_volume, model=fake, slice_index=7, labels=["liver"])
+    assert second.restored == 3 and "restored 3 box(es)" in second.messages[0]
+    assert "kidney" in second.labels  # a label of a restored box is offered again
+    assert {(a.slice_index, a.box, a.label) for a in second.all_annotations()} == drawn
+    assert "boxes.json" in second.autosave_summary() and "restored 3 boxes" in second.autosave_summary()
+    assert len(second.widget.bboxes) == 1 and second.widget.bboxes[0]["label"] == "kidney"
+    assert len(json.loads((second.autosave_dir / "boxes.json").read_text())["annotations"]) == 3
+    # the same file name elsewhere is another image: its autosave is kept aside, not restored or replaced
+    import SimpleITK as sitk
+
+    other = tmp_path / "other" / "scan.nii.gz"
+    other.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 40, 48), np.float32) * np.arange(48)), str(other))
+    third = _ready(other, model=fake)
+    assert third.restored == 0 and third.all_annotations() == [] and "another image" in third.messages[0]
+    kept = sorted(third.autosave_dir.glob("boxes.*.json"))
+    assert len(kept) == 1 and len(json.loads(kept[0].read_text())["annotations"]) == 3
+    assert len(list(third.autosave_dir.glob("masks.*.npz"))) == 1
+    fourth = _ready(small_volume, model=fake)  # and back: the volume's boxes are in the kept file, not here
+    assert fourth.restored == 0 and len(list(fourth.autosave_dir.glob("boxes.*.json"))) == 2
+
+
+def test_autosave_writes_are_atomic(small_volume, monkeypatch):
+    session = _ready(small_volume, model=GatedPredictor())
+    session.apply_box([5, 6, 20, 22])
+    folder = session.autosave_dir
+    before = {name: (folder / name).read_bytes() for name in ("boxes.json", "masks.npz")}
+
+    def crash(path, **arrays):  # the process dies half-way through writing the masks
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", crash)
+    session.widget.bboxes = [*session.widget.bboxes, session.display.to_widget((22, 20, 40, 35), "target")]
+    assert session.wait(30) and len(session.current) == 2  # the box got its mask; only the autosave failed
+    assert "error" in session.message.value and "nothing was written" in session.message.value
+    assert {name: (folder / name).read_bytes() for name in before} == before  # the last good autosave is whole
+    assert not list(folder.glob(".*part*"))
+
+
+def test_exported_boxes_are_integer_pixel_indices(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, size=(100, 120), dtype=np.uint8)
+    session = _ready(image, model=GatedPredictor(), autosave_dir=tmp_path)
+    assert session.display_scale == 5
+    # a drag between pixel boundaries: edges 17.5, 29.75 .. 37.7, 45.27 in image pixels
+    session.widget.bboxes = [{"x": 87.5, "y": 148.75, "width": 101.0, "height": 77.6, "label": "target"}]
+    assert session.wait(30)
+    assert session.current[0].box == (18.0, 30.0, 37.0, 44.0)  # edges to the nearest boundary, x1/y1 inclusive
+    assert session.predictor.decoded[-1] == [[18.0, 30.0, 37.0, 44.0]]  # the box segmented is the box exported
+    written = session.export(tmp_path)
+    exported = json.loads(written[-1].read_text())
+    box = exported["annotations"][0]["box"]
+    assert box == [18, 30, 37, 44] and all(isinstance(v, int) for v in box)
+    assert "integer pixel indices" in exported["box_convention"] and "inclusive" in exported["box_convention"]
+    assert int(np.array(Image.open(written[0])).astype(bool).sum()) == (37 - 18 + 1) * (44 - 30 + 1)

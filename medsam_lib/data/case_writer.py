@@ -2,8 +2,9 @@
 
 ``curate_case`` reads a case's masks and images, checks they line up, and writes the case file in
 one atomic step (temporary file, then rename): the slices that keep a target (windowed once over
-the whole volume, then normalised and resized to 256 x 256 one slice at a time), the resized label
-maps (each stored once per slice, shared by the targets on it), intensity samples, and the case's
+the whole volume; each slice's uint8 pixels from ``preprocess.slice_pixels``, the rule the CLI and
+the widget prompt with, resized to 256 x 256), the resized label maps (each stored once per slice,
+shared by the targets on it), intensity samples, and the case's
 index rows (``rows``) and description (``meta``). ``case_key`` and ``case_done`` let a run skip a
 case whose file already holds the same inputs. The run over a manifest is ``curate.curate``; the
 format is described, and read, in ``store``.
@@ -24,11 +25,11 @@ from ..fileio import MedSAMError, atomic_path, sha256_file
 from .grid import grid_problem
 from .manifests import CaseSpec, DatasetSpec
 from .preprocess import (Window, apply_window, check_preset, intensity_window, remove_small_objects, resize_image,
-                         resize_mask)
+                         resize_mask, slice_pixels)
 from .readers import MedicalImage, compact_labels, read_image, read_mask
 from .store import read_json_member
 
-STORE_VERSION = 2  # part of every case key: bump when a case file's content changes (older cases are redone)
+STORE_VERSION = 3  # part of every case key: bump when a case file's content changes (older cases are redone)
 IMAGE_SIZE = paper.CURATED_IMAGE_SIZE
 SAMPLE_SIZE = 2000  # raw/normalised intensity samples kept per image, for the histograms
 
@@ -174,7 +175,8 @@ def _write_images(writer: _CaseWriter, dataset: DatasetSpec, case: CaseSpec, roo
         writer.add(f"sample_raw_{image_spec.key}", raw_sample)
         writer.add(f"sample_norm_{image_spec.key}", apply_window(raw_sample, window))
         for z in slices:
-            writer.add(f"image_{image_spec.key}_{z:04d}", resize_image(apply_window(stack[z], window), IMAGE_SIZE))
+            pixels = slice_pixels(stack, z, source=source, window=window)  # what the CLI and the widget prompt
+            writer.add(f"image_{image_spec.key}_{z:04d}", resize_image(pixels, IMAGE_SIZE))
         hashes[image_spec.key] = _sha256(root / case.images[image_spec.key])
         del stack, flat, image  # one image volume in memory at a time
     return hashes

@@ -17,6 +17,8 @@
 
 Both presets share the resizing. A volume is windowed once (``intensity_window``) and then each slice
 is scaled on its own (``apply_window``), so curation never holds a float copy of the whole volume.
+``slice_pixels`` is the one rule for a volume's slice as uint8 pixels: curation (before resizing),
+the CLI's ``segment`` and the box-prompting widget all take a slice's pixels from it.
 This pair is the one place intensities are normalised: the window is found and applied in float64
 (a float32 image spanning -3e38..3e38 overflows in float32 arithmetic: its brightest quarter came
 out 0), and an image whose range overflows even float64 (e.g. +-1e308) is refused, never scaled to
@@ -184,6 +186,26 @@ def normalize_intensity(array: np.ndarray, modality: str | None = None, preset: 
     ``source`` names the file or case in error messages.
     """
     return apply_window(array, intensity_window(array, modality, preset, source))
+
+
+def slice_pixels(volume: np.ndarray, index: int, modality: str | None = None, preset: str = "paper",
+                 source: str = "volume", window: Window | None = None) -> np.ndarray:
+    """The pixels of slice ``index`` of a (Z, H, W[, C]) volume, as uint8: the ONE intensity rule for a
+    volume's slice, shared by prompting (the CLI's ``segment``, the widget) and curation.
+
+    The preset's window is found over the WHOLE volume (``intensity_window``: paper 3.1 windows 3D
+    images as a whole), applied to the slice and rounded. Pass ``window`` (that of the same volume) to
+    reuse it for many slices. A 2D image is a volume of one slice.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim < 3:
+        raise MedSAMError(f"{source}: expected a (Z, H, W) volume, got shape {volume.shape}")
+    n = volume.shape[0]
+    if not 0 <= int(index) < n:
+        raise MedSAMError(f"{source}: slice {index} out of range (the volume has {n} slices, 0..{n - 1})")
+    if window is None:
+        window = intensity_window(volume, modality, preset, source)
+    return np.round(apply_window(volume[int(index)], window)).astype(np.uint8)
 
 
 def resize_image(image: np.ndarray, size: int = paper.CURATED_IMAGE_SIZE) -> np.ndarray:

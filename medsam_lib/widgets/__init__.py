@@ -1,9 +1,10 @@
 """Interactive box prompting (notebook 07): draw boxes on an image, get MedSAM masks at once.
 
-- ``annotations``: the pure state (boxes per slice, masks, undo, export, autosave);
+- ``annotations``: the pure state (boxes per slice, masks, undo, export, autosave and its restore);
 - ``events``: the widget's box events parsed into image boxes (no widget needed);
 - ``drawing``: the picture shown (masks, label tags that never overlap);
 - ``bbox``: the drawing surface (jupyter_bbox_widget with a move-mode toggle);
+- ``embedding``: the background worker that embeds only the slice last asked for;
 - ``session``: ``BoxPromptSession``, the thin widget layer;
 - ``notebook``: the papermill box and the summary table.
 """

@@ -6,15 +6,20 @@
     state.undo(None); state.clear(None)
     state.masks_by_label((H, W))       # label -> union of its masks
     state.autosave(folder, extra)       # boxes.json + masks.npz, atomically
+    read_autosave(folder, identity)     # the boxes of the last session on the same image, to restore
     state.export(folder, stem, image)   # one mask per label (PNG / NIfTI) + <stem>_boxes.json
 
-Boxes follow ``medsam_lib.geometry`` (pixel indices, x1/y1 inclusive). Each (slice, box) is
-segmented once: masks are cached.
+Boxes follow ``medsam_lib.geometry``: integer pixel indices, x1/y1 inclusive (``BOX_CONVENTION``, which
+every saved JSON states). Each (slice, box) is segmented once: masks are cached.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +30,10 @@ from ..data.readers import MedicalImage, write_mask
 from ..fileio import MedSAMError, atomic_path, atomic_write_text
 
 MASK_CACHE_SIZE = 512
+AUTOSAVE_BOXES, AUTOSAVE_MASKS = "boxes.json", "masks.npz"
+BOX_CONVENTION = ("box: [x0, y0, x1, y1], integer pixel indices of the image (x: column, y: row, from 0 at the "
+                  "top-left), x1/y1 inclusive (medsam_lib.geometry): the box covers columns x0..x1 and rows "
+                  "y0..y1; a drawn rectangle's edges are rounded to the nearest pixel boundary first")
 
 
 @dataclass
@@ -38,7 +47,7 @@ class Annotation:
     slice_index: int | None  # None for 2D images
 
     def as_dict(self) -> dict:
-        return {"box": [round(v, 2) for v in self.box], "label": self.label, "slice_index": self.slice_index,
+        return {"box": [int(v) for v in self.box], "label": self.label, "slice_index": self.slice_index,
                 "predicted_iou": round(self.score, 4), "mask_pixels": int(self.mask.sum())}
 
 
@@ -77,6 +86,8 @@ class Annotations:
         if label not in self.labels:
             raise MedSAMError(f"label {label!r} is not one of {self.labels}")
         box = tuple(float(v) for v in box)
+        if not all(v.is_integer() for v in box):
+            raise MedSAMError(f"box {box} is not whole pixel indices (events.parse_box rounds drawn boxes)")
         key = (slice_index, *box)
         if key not in self._cache:
             self._cache[key] = self._segment(slice_index, box)
@@ -84,6 +95,10 @@ class Annotations:
                 self._cache.pop(next(iter(self._cache)))
         mask, score = self._cache[key]
         return Annotation(box=box, label=label, mask=mask, score=float(score), slice_index=slice_index)
+
+    def has_mask(self, slice_index: int | None, box) -> bool:
+        """True when the box's mask on that slice is cached (setting it needs no model pass)."""
+        return (slice_index, *(float(v) for v in box)) in self._cache
 
     def set_boxes(self, slice_index: int | None, boxes: list[tuple]) -> tuple[list[Annotation], list[Annotation]]:
         """Make ``boxes`` [(box, label), ...] the boxes of a slice; returns (before, after)."""
@@ -117,17 +132,18 @@ class Annotations:
 
     def state(self, **extra) -> dict:
         return {"image_size": list(self.image_size), "is_volume": self.is_volume, "labels": self.labels,
-                "box_convention": "x0, y0, x1, y1 pixel indices, x1/y1 inclusive",
+                "box_convention": BOX_CONVENTION,
                 "annotations": [a.as_dict() for a in self.all()], **extra}
 
     def autosave(self, folder: Path, **extra) -> None:
-        """``boxes.json`` and ``masks.npz`` in ``folder``, each written atomically."""
+        """``boxes.json`` and ``masks.npz`` in ``folder``, each written atomically (a crash mid-write
+        leaves the previous file whole)."""
         annotations = self.all()
         masks = np.array([a.mask for a in annotations], dtype=bool).reshape(len(annotations), *self.image_size)
         slices = np.array([-1 if a.slice_index is None else a.slice_index for a in annotations])
-        with atomic_path(folder / "masks.npz", suffix=".npz") as tmp:
+        with atomic_path(folder / AUTOSAVE_MASKS, suffix=".npz") as tmp:
             np.savez_compressed(tmp, masks=masks, slices=slices)
-        atomic_write_text(folder / "boxes.json", json.dumps(self.state(**extra), indent=2))
+        atomic_write_text(folder / AUTOSAVE_BOXES, json.dumps(self.state(**extra), indent=2))
 
     def export(self, folder: Path, name: str, image: MedicalImage, **extra) -> list[Path]:
         """One mask per label into an existing folder, and the boxes as JSON; every file atomically.
@@ -152,3 +168,63 @@ class Annotations:
         atomic_write_text(boxes_path, json.dumps(self.state(**extra), indent=2))
         written.append(boxes_path)
         return written
+
+
+def image_identity(image: MedicalImage) -> dict:
+    """What makes an autosave belong to an image: its resolved path, shape and a digest of its pixels."""
+    array = np.ascontiguousarray(image.array)
+    path = image.path if image.path == "array" else str(Path(image.path).resolve())
+    return {"path": path, "shape": list(array.shape), "dtype": str(array.dtype),
+            "blake2b": hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()}
+
+
+def keep_aside(folder: Path) -> list[Path]:
+    """Rename ``boxes.json`` and ``masks.npz`` to ``boxes.<time>.json`` / ``masks.<time>.npz`` (the
+    time the boxes were last saved), so that a new session's autosave never replaces them."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime((folder / AUTOSAVE_BOXES).stat().st_mtime))
+    for n in itertools.count():
+        tag = stamp + (f"-{n}" if n else "")
+        targets = {name: folder / f"{Path(name).stem}.{tag}{Path(name).suffix}" for name in (AUTOSAVE_BOXES,
+                                                                                            AUTOSAVE_MASKS)}
+        if not any(t.exists() for t in targets.values()):
+            break
+    kept = []
+    for name, target in targets.items():
+        if (folder / name).is_file():
+            os.replace(folder / name, target)
+            kept.append(target)
+    return kept
+
+
+def _grouped(entries: list[dict]) -> dict[int | None, list[tuple]]:
+    out: dict[int | None, list[tuple]] = {}
+    for entry in entries:
+        index = None if entry["slice_index"] is None else int(entry["slice_index"])
+        out.setdefault(index, []).append((tuple(float(v) for v in entry["box"]), str(entry["label"])))
+    return out
+
+
+def read_autosave(folder: Path, identity: dict) -> tuple[dict[int | None, list[tuple]], list[str]]:
+    """The boxes saved in ``folder/boxes.json`` by the last session on the same image, per slice, as
+    [(box, label), ...] (the boxes still waiting for their slice included), and what to tell the user.
+
+    An autosave of another image, or one that cannot be read, is kept aside (``keep_aside``), never
+    overwritten; then nothing is restored.
+    """
+    path = folder / AUTOSAVE_BOXES
+    if not path.is_file():
+        return {}, []
+    try:
+        saved = json.loads(path.read_text())
+        same = isinstance(saved, dict) and saved.get("image_identity") == identity
+        by_slice = _grouped(saved.get("annotations", [])) if same else {}
+        by_slice.update(_grouped(saved.get("boxes_waiting", [])) if same else {})  # a slice's newest boxes
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        kept = keep_aside(folder)
+        return {}, [f"autosave {path} could not be read ({type(exc).__name__}: {exc}); kept as "
+                    f"{', '.join(p.name for p in kept)}"]
+    if not same:
+        kept = keep_aside(folder)
+        return {}, [f"autosave {path} is of another image; kept as {', '.join(p.name for p in kept)}"]
+    n = sum(map(len, by_slice.values()))
+    return by_slice, [f"restored {n} box(es) from {path} (the last session on this image)"] if n else []

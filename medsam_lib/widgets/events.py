@@ -3,7 +3,9 @@
 ``jupyter_bbox_widget`` sends the whole list of boxes on every mouse press and release, as dicts
 ``{x, y, width, height, label}`` in pixels of the picture it shows (rectangle EDGES). ``parse_boxes``
 turns one such list into boxes of the image in the project's convention (``medsam_lib.geometry``:
-pixel indices, x1/y1 inclusive), through ``geometry.box_from_edges`` and nowhere else.
+integer pixel indices, x1/y1 inclusive), through ``geometry.box_from_edges`` and nowhere else: each
+edge of the drawn rectangle goes to the nearest pixel boundary first, so a box is whole pixels (the
+mask is computed from, and the exports record, the same integer box).
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def parse_box(raw, display: Display) -> Parsed:
     left, top, right, bottom = max(0.0, left), max(0.0, top), min(float(w), right), min(float(h), bottom)
     if right <= left or bottom <= top:
         return Parsed(None, f"box at {text} lies outside the image ({w} x {h} pixels)", "outside")
-    box = box_from_edges(left, top, right, bottom)
+    box = box_from_edges(*(math.floor(v + 0.5) for v in (left, top, right, bottom)))  # edges to pixel boundaries
     if box[2] <= box[0] or box[3] <= box[1]:
         return Parsed(None, f"box at {text} is under 2 pixels wide or high; drag a larger box", "small")
     return Parsed(tuple(float(v) for v in box))

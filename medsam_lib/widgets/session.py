@@ -9,32 +9,49 @@ Each new or changed box is segmented with the image embedding cached by ``BoxPre
 pass per image or slice; a box costs one decoder pass) and its mask painted into the picture. Boxes
 with zero area or outside the image are dropped with a message; errors never reach the kernel's top
 level. Autosaves (``boxes.json``, ``masks.npz``) and the Export button's default folder are the
-user's (``layout.user_dir() / <image name>``), never ``results/<profile>/``. Volumes are normalised
-once (paper 3.1) and shown one slice at a time along their first axis; small images are enlarged by
-an integer factor, large ones shrunk by the browser to ``DISPLAY_MAX_PX`` wide.
+user's (``layout.user_dir() / <image name>``), never ``results/<profile>/``. A new session on the
+same image (same file, same pixels) restores the boxes autosaved there and segments them again; an
+autosave of another image is kept aside under a dated name, never replaced.
+
+Embedding runs on a background thread (``embedding.LatestEmbedder``): the slider shows a slice at
+once with "embedding slice k…", only the slice it rests on is embedded (a slice passed over while
+another is embedding is never embedded; a superseded result is not shown), and a box drawn before
+its slice is ready waits, said in the message ("1 box waiting for slice k"), then gets its mask.
+``wait()`` blocks until all of that is done; ``apply_box`` and ``export`` wait by themselves.
+
+Volume slices get their pixels from ``preprocess.slice_pixels`` (the window of the whole volume,
+paper 3.1), as the CLI and curation do; they are shown one at a time along the first axis. Small
+images are enlarged by an integer factor, large ones shrunk by the browser to ``DISPLAY_MAX_PX`` wide.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..data.preprocess import normalize_intensity
+from ..data.preprocess import intensity_window, slice_pixels
 from ..data.readers import MedicalImage, read_image
 from ..fileio import MedSAMError
 from ..layout import user_dir
 from ..models.predictor import BoxPredictor
 from ..models.transforms import to_uint8_rgb
 from ..models.zoo import LoadedModel
-from .annotations import Annotation, Annotations, stem
+from .annotations import AUTOSAVE_BOXES, Annotation, Annotations, image_identity, read_autosave, stem
 from .bbox import drawing_widget
 from .drawing import DEFAULT_COLORS, draw_tags, encode_png, enlarge, hex_to_rgb, paint
-from .events import Display, parse_boxes
+from .embedding import NOTHING, LatestEmbedder
+from .events import Display, parse_box, parse_boxes
 
 DISPLAY_MAX_PX = 560  # the picture's widest on screen, so the controls fit beside it
+PIXEL_CACHE_SIZE = 64  # slices whose uint8 pixels are kept
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("x") else "s")
 
 
 class BoxPromptSession:
@@ -44,44 +61,57 @@ class BoxPromptSession:
     ``LoadedModel`` or a ``BoxPredictor``. labels: the classes offered. slice_index: the slice shown
     first (volumes; default the middle one). modality: e.g. "CT" for the CT window. autosave_dir:
     where ``boxes.json`` and ``masks.npz`` are rewritten after every box (default: the user's folder
-    for this image, created; ``False``: no autosave; a given folder must exist).
+    for this image, created; ``False``: no autosave; a given folder must exist); the boxes saved
+    there by the last session on the same image are restored. background: embed on a background
+    thread (False: every embedding in the caller's thread).
     """
 
     def __init__(self, image: str | os.PathLike | MedicalImage | np.ndarray,
                  model: str | LoadedModel | BoxPredictor = "litemedsam", device: str | None = None,
                  labels: Sequence[str] = ("target",), slice_index: int | None = None,
                  modality: str | None = None, autosave_dir: str | os.PathLike | bool | None = None,
-                 display_min_size: int = 512):
+                 display_min_size: int = 512, background: bool = True):
         self.image = self._read(image)
         self.source = self.image.path
         self.modality = modality or self.image.modality
         self.labels = [str(label) for label in labels]
         if not self.labels or len(set(self.labels)) != len(self.labels):
             raise MedSAMError(f"labels must be a non-empty list of distinct names, got {list(labels)}")
-        self.predictor = model if isinstance(model, BoxPredictor) else BoxPredictor(model, device=device)
         self.default_dir = user_dir() / stem(self.source)
         if autosave_dir is None:
             self.default_dir.mkdir(parents=True, exist_ok=True)
         self.autosave_dir = None if autosave_dir is False else Path(autosave_dir or self.default_dir)
         if self.autosave_dir is not None and not self.autosave_dir.is_dir():
             raise MedSAMError(f"autosave folder {self.autosave_dir} does not exist (create it first)")
-        self._volume = self._normalise(self.image, self.modality)
-        self.image_size = tuple(self._volume.shape[1:3])
+        self._window = self._check_pixels(self.image, self.modality)
+        self.image_size = tuple(self.image.array.shape[1:3] if self.image.is_volume else self.image.array.shape[:2])
         self.display = Display.for_image(self.image_size, display_min_size)
+        self.identity = image_identity(self.image)
+        restored, restore_notes = self._restorable()
+        self.predictor = model if isinstance(model, BoxPredictor) else BoxPredictor(model, device=device)
         self.state = Annotations(self._segment, self.labels, self.image_size, self.image.is_volume)
         self.messages: list[str] = []
         self.received: list[list[dict]] = []  # every box list the widget sent, as sent
         self.rejected: list[str] = []  # why each dropped box was dropped
         self.last_callback_s: float | None = None
+        self.restored = sum(map(len, restored.values()))  # boxes restored from the last session's autosave
         self._syncing = False
         self._reported: set[str] = set()
-        self._slice_error: str | None = None
+        self._slice_errors: dict[int | None, str] = {}
+        self._pixel_cache: dict[int | None, np.ndarray] = {}
         self._base_cache: dict[int | None, np.ndarray] = {}
+        self._waiting: dict[int | None, list[tuple]] = dict(restored)  # box lists whose new boxes need their slice
+        self._embedded = NOTHING  # the slice whose embedding the predictor holds
+        self._predictor_lock = threading.RLock()  # held while the predictor embeds or decodes (then _state_lock)
+        self._state_lock = threading.RLock()  # held while boxes, waiting boxes or the picture change
+        self._embedder = LatestEmbedder(self._embed, self._embedding_done, background=background)
         self.current_slice: int | None = None
         self._build_widgets()
         if self.image.is_volume and self.image.n_slices == 1:
             self._note(f"{Path(self.source).name}: a volume with one slice; shown as a 2D image, "
                        "exports keep the volume's geometry")
+        for note in restore_notes:
+            self._note(note)
         start = None
         if self.is_volume:
             start = self.image.n_slices // 2 if slice_index is None else int(slice_index)
@@ -90,8 +120,8 @@ class BoxPromptSession:
                                   f"{self.image.n_slices} slices, 0..{self.image.n_slices - 1})")
         elif slice_index is not None and not (self.image.is_volume and int(slice_index) == 0):
             raise MedSAMError(f"{self.source} is a 2D image; slice_index applies to volumes only")
+        self._autosave()  # the restored boxes (or none) under this image's identity, before any change
         self.set_slice(start)
-        self._autosave()
 
     # --- input -----------------------------------------------------------------------------------
     @staticmethod
@@ -115,22 +145,68 @@ class BoxPromptSession:
         return self.display.scale
 
     @staticmethod
-    def _normalise(image: MedicalImage, modality: str | None) -> np.ndarray:
-        """(Z, H, W, 3) uint8: a 2D image as one slice; volumes normalised once, as a whole."""
+    def _check_pixels(image: MedicalImage, modality: str | None):
+        """The intensity window of a whole volume (paper 3.1; None for 2D images, windowed as a whole)."""
         array = np.asarray(image.array)
         if not image.is_volume:
-            return to_uint8_rgb(array, modality, image.path)[None]
+            to_uint8_rgb(array, modality, image.path)  # a bad 2D image fails here, before the model loads
+            return None
         if array.ndim != 3:
             raise MedSAMError(f"{image.path}: expected a (Z, Y, X) volume, got shape {array.shape}")
         if min(array.shape[1:]) < 2:
             raise MedSAMError(f"{image.path}: slices of size {array.shape[1:]} are too small to segment")
-        grey = array if array.dtype == np.uint8 else np.round(normalize_intensity(array, modality, "paper",
-                                                                                   image.path)).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=3)
+        return intensity_window(array, modality, "paper", image.path)
+
+    def _pixels(self, index: int | None) -> np.ndarray:
+        """(H, W, 3) uint8: what is shown and embedded for a slice (``preprocess.slice_pixels``)."""
+        if index not in self._pixel_cache:
+            if self.image.is_volume:
+                grey = slice_pixels(self.image.array, index or 0, self.modality, source=self.source,
+                                    window=self._window)
+                rgb = np.repeat(grey[..., None], 3, axis=2)
+            else:
+                rgb = to_uint8_rgb(self.image.array, self.modality, self.source)
+            while len(self._pixel_cache) >= PIXEL_CACHE_SIZE:
+                self._pixel_cache.pop(next(iter(self._pixel_cache)))
+            self._pixel_cache[index] = rgb
+        return self._pixel_cache[index]
+
+    def _restorable(self) -> tuple[dict[int | None, list[tuple]], list[str]]:
+        """The boxes of the last session on this image (autosave), each re-checked; labels it used are added."""
+        if self.autosave_dir is None:
+            return {}, []
+        saved, notes = read_autosave(self.autosave_dir, self.identity)
+        out: dict[int | None, list[tuple]] = {}
+        for index, boxes in saved.items():
+            valid = index is not None and 0 <= index < self.image.n_slices if self.is_volume else index is None
+            if not valid:  # the identity matched, so only a hand-edited file gets here
+                notes.append(f"autosave: {_plural(len(boxes), 'box')} on slice {index} left out (no such slice)")
+                continue
+            for box, label in boxes:
+                parsed = parse_box(self.display.to_widget(box, label), self.display)
+                if parsed.box is None:
+                    notes.append(f"autosave: box {list(box)} left out ({parsed.why})")
+                    continue
+                if label not in self.labels:
+                    self.labels.append(label)
+                    notes.append(f"autosave: label {label!r} of a restored box added to the labels")
+                out.setdefault(index, []).append((parsed.box, label))
+        return out, notes
 
     def _segment(self, slice_index: int | None, box) -> tuple[np.ndarray, float]:
-        result = self.predictor.predict([box])
+        with self._predictor_lock:
+            if self._embedded != slice_index:  # e.g. a restored box on a slice not shown
+                self._embed(slice_index)
+            result = self.predictor.predict([box])
         return result.masks[0], float(result.scores[0])
+
+    def autosave_summary(self) -> str:
+        """Where the autosave is and what was restored from it (one line, for the notebook)."""
+        if self.autosave_dir is None:
+            return "autosave: off"
+        restored = f"; restored {_plural(self.restored, 'box')} of the last session on this image" \
+            if self.restored else ""
+        return f"autosave: {self.autosave_dir / AUTOSAVE_BOXES} (and masks.npz){restored}"
 
     # --- widgets ---------------------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -192,41 +268,112 @@ class BoxPromptSession:
             self._note(f"unexpected error ({type(exc).__name__}): {exc}")
         return None
 
-    # --- slices ----------------------------------------------------------------------------------
-    def set_slice(self, index: int | None) -> None:
-        """Show slice ``index`` (volumes; None for 2D images): embed it and restore its boxes.
+    # --- slices and embedding ---------------------------------------------------------------------
+    def _where(self, index: int | None) -> str:
+        return "the image" if index is None else f"slice {index}"
 
-        The new slice is shown at once, with "embedding slice N..." under it, while it is embedded.
-        """
+    def set_slice(self, index: int | None) -> None:
+        """Show slice ``index`` (volumes; None for 2D images) with its boxes at once, and embed it in
+        the background ("embedding slice k…" until it is ready; see the module docstring)."""
         if index is not None and not self.image.is_volume:
             raise MedSAMError(f"{self.source} is a 2D image; it has no slices")
         if index is not None and not 0 <= index < self.image.n_slices:
             raise MedSAMError(f"{self.source}: slice {index} out of range (0..{self.image.n_slices - 1})")
-        self.current_slice = index
-        name = self.source if index is None else f"{self.source} slice {index}"
-        self._slice_error = None
-        if self.slider is not None and self.slider.value != index:
-            self._syncing = True
-            try:
-                self.slider.value = index
-            finally:
-                self._syncing = False
-        if index is not None:
-            self._note(f"embedding slice {index}...")
+        with self._state_lock:
+            self.current_slice = index
+            if self.slider is not None and self.slider.value != index:
+                self._syncing = True
+                try:
+                    self.slider.value = index
+                finally:
+                    self._syncing = False
+            self._note(self._status(index))
             self._sync_boxes()
             self._render()
-        started = time.perf_counter()
-        try:
-            self.predictor.set_image(self._volume[0 if index is None else index], source=name)
-        except MedSAMError as exc:
-            self._slice_error = str(exc)
-            self._note(f"error: {exc}")
-        else:
-            if index is not None:
-                self._note(f"slice {index}: ready ({time.perf_counter() - started:.1f} s); "
-                           f"{len(self.current)} box(es) on it")
-        self._sync_boxes()
-        self._render()
+        self._embedder.request(index)
+
+    def _status(self, index: int | None) -> str:
+        """"embedding slice k…", with the boxes waiting for it."""
+        text = f"embedding {self._where(index)}…"
+        waiting = self._n_waiting(index)
+        if waiting:
+            text += f"\n{_plural(waiting, 'box')} waiting for {self._where(index)}"
+        return text
+
+    def _n_waiting(self, index: int | None) -> int:
+        return sum(not self.state.has_mask(index, box) for box, _ in self._waiting.get(index, []))
+
+    def _embed(self, index: int | None) -> None:
+        """Give the predictor slice ``index``'s embedding (worker thread; cached ones are immediate)."""
+        with self._predictor_lock:
+            self._embedded = NOTHING
+            self.predictor.set_image(self._pixels(index), source=f"{self.source}" if index is None else
+                                     f"{self.source} slice {index}")
+            self._embedded = index
+
+    def _embedding_done(self, index: int | None, seconds: float, error: Exception | None, stale: bool) -> None:
+        """Called after each embedding (worker thread): a superseded slice is not shown."""
+        with self._state_lock:
+            if error is None:
+                self._slice_errors.pop(index, None)
+            else:
+                self._slice_errors[index] = (str(error) if isinstance(error, MedSAMError) else
+                                             f"unexpected error ({type(error).__name__}): {error}")
+        if stale or index != self.current_slice:
+            return
+        self._guarded(self._slice_ready, index, seconds)
+        if error is None:
+            self._guarded(self._segment_elsewhere)
+
+    def _slice_ready(self, index: int | None, seconds: float) -> None:
+        error = self._slice_errors.get(index)
+        if error is not None:
+            with self._state_lock:
+                dropped = self._waiting.pop(index, [])
+                if dropped:
+                    self.rejected.append(f"no mask on this slice: {error}")
+                    self._sync_boxes()
+            self._note(f"error: {error}" + (f"\nignored: {_plural(len(dropped), 'box')} drawn on it" if dropped else ""))
+            if dropped:
+                self._autosave()
+            return
+        ready = f"{self._where(index)}: ready ({seconds:.1f} s)"
+        with self._predictor_lock, self._state_lock:
+            kept = self._waiting.pop(index, None)
+            if kept is None:
+                self._note(f"{ready}; {_plural(len(self.current), 'box')} on it")
+                return
+            previous, annotations = self.state.set_boxes(index, kept)
+            self._render()
+        self._report(previous, annotations, [ready])
+        self._autosave()
+
+    def _segment_elsewhere(self) -> None:
+        """Segment the boxes waiting on slices not shown (restored ones) while nothing else is asked
+        for; the slice shown is embedded again afterwards (from the predictor's cache)."""
+        for index in sorted((k for k in list(self._waiting) if k != self.current_slice), key=lambda k: k or 0):
+            if self._embedder.pending is not NOTHING:
+                return  # the slider moved: that comes first; these wait on
+            with self._predictor_lock, self._state_lock:
+                kept = self._waiting.get(index)
+                if kept is None or index in self._slice_errors:
+                    continue
+                try:
+                    self.state.set_boxes(index, kept)
+                except MedSAMError as exc:
+                    self._slice_errors[index] = str(exc)
+                    self._note(f"error: {_plural(len(kept), 'box')} on {self._where(index)} not segmented: {exc}")
+                    continue
+                self._waiting.pop(index)
+            self._note(f"{self._where(index)}: {_plural(len(kept), 'box')} segmented")
+            self._autosave()
+        with self._predictor_lock:
+            if self._embedded != self.current_slice and self._embedder.pending is NOTHING:
+                self._embed(self.current_slice)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no slice is being embedded and no box waits for its slice; False on timeout."""
+        return self._embedder.wait(timeout)
 
     # --- the callback ----------------------------------------------------------------------------
     def _on_boxes(self, change) -> None:
@@ -237,35 +384,64 @@ class BoxPromptSession:
     def _update_boxes(self, raw_boxes: list[dict]) -> None:
         """Every box list the widget sends (see ``events.parse_boxes``)."""
         started = time.perf_counter()
+        index = self.current_slice
         self.received.append([dict(b) if isinstance(b, dict) else b for b in raw_boxes])
-        parsed = parse_boxes(raw_boxes, self.display, self.labels, self._slice_error, self._reported)
+        parsed = parse_boxes(raw_boxes, self.display, self.labels, self._slice_errors.get(index), self._reported)
         self.rejected.extend(parsed.dropped)
-        previous, annotations = self.state.set_boxes(self.current_slice, parsed.kept)
         if parsed.drawing is None and len(parsed.keep_raw) != len(raw_boxes):
             self._set_widget_boxes(parsed.keep_raw)  # no drag under way: take the dropped boxes out
             self._reported.clear()
-        old_keys = [(a.box, a.label) for a in previous]
-        new_keys = [(a.box, a.label) for a in annotations]
-        if new_keys != old_keys:
-            self._render()
+        notes = ["ignored: " + "; ".join(parsed.dropped)] if parsed.dropped else []
+        taken = self._take(index, parsed.kept)
         self.last_callback_s = time.perf_counter() - started
-        fresh = [a for a in annotations if (a.box, a.label) not in set(old_keys)]
-        notes = []
+        if taken is None:
+            self._note("\n".join([self._status(index), *notes]))
+        elif not self._report(*taken, notes=notes) and parsed.drawing is not None:
+            s = self.display.scale
+            self._note(f"box started at ({float(parsed.drawing.get('x', 0)) / s:.0f}, "
+                       f"{float(parsed.drawing.get('y', 0)) / s:.0f}): drag to size it (a click alone draws nothing)")
+        self._autosave()
+
+    def _take(self, index: int | None, kept: list[tuple]):
+        """Make ``kept`` the boxes of slice ``index`` now (-> (before, after)) when their masks are cached
+        or the slice is embedded and the predictor free; else they wait for it (-> None)."""
+        with self._state_lock:
+            if all(self.state.has_mask(index, box) for box, _ in kept):
+                self._waiting.pop(index, None)
+                return self._set_boxes(index, kept)
+        if self._predictor_lock.acquire(blocking=False):
+            try:
+                if self._embedded == index and not self._embedder.busy():
+                    with self._state_lock:
+                        self._waiting.pop(index, None)
+                        return self._set_boxes(index, kept)
+            finally:
+                self._predictor_lock.release()
+        with self._state_lock:
+            self._waiting[index] = list(kept)
+        self._embedder.request(index)  # embedded already: a cached pass, then the boxes are segmented
+        return None
+
+    def _set_boxes(self, index: int | None, kept: list[tuple]):
+        previous, annotations = self.state.set_boxes(index, kept)
+        if [(a.box, a.label) for a in annotations] != [(a.box, a.label) for a in previous]:
+            self._render()
+        return previous, annotations
+
+    def _report(self, previous: list[Annotation], annotations: list[Annotation], notes=()) -> bool:
+        """Say what changed on the slice (the newest box's mask, or the count); False if nothing did."""
+        old_keys = {(a.box, a.label) for a in previous}
+        fresh = [a for a in annotations if (a.box, a.label) not in old_keys]
+        lines = list(notes)
         if fresh:
             a = fresh[-1]
-            notes.append(f"box {annotations.index(a) + 1} ({a.label}) at ({', '.join(f'{v:.0f}' for v in a.box)}): "
+            lines.append(f"box {annotations.index(a) + 1} ({a.label}) at ({', '.join(f'{v:.0f}' for v in a.box)}): "
                          f"{int(a.mask.sum())} pixels, predicted IoU {a.score:.3f}")
-        elif new_keys != old_keys:
-            notes.append(f"{len(annotations)} box(es) on this {'slice' if self.is_volume else 'image'}")
-        if parsed.dropped:
-            notes.append("ignored: " + "; ".join(parsed.dropped))
-        if parsed.drawing is not None and not notes:
-            s = self.display.scale
-            notes.append(f"box started at ({float(parsed.drawing.get('x', 0)) / s:.0f}, "
-                         f"{float(parsed.drawing.get('y', 0)) / s:.0f}): drag to size it (a click alone draws nothing)")
-        if notes:
-            self._note("\n".join(notes))
-        self._autosave()
+        elif [(a.box, a.label) for a in annotations] != [(a.box, a.label) for a in previous]:
+            lines.append(f"{len(annotations)} box(es) on this {'slice' if self.is_volume else 'image'}")
+        if lines:
+            self._note("\n".join(lines))
+        return bool(lines)
 
     # --- drawing ---------------------------------------------------------------------------------
     def _color(self, label: str) -> tuple[int, int, int]:
@@ -276,7 +452,7 @@ class BoxPromptSession:
         """(H*s, W*s, 3) uint8: the picture the widget shows for a slice (default: the current one)."""
         index = self.current_slice if index is None else index
         if index not in self._base_cache:
-            self._base_cache[index] = enlarge(self._volume[0 if index is None else index], self.display.scale)
+            self._base_cache[index] = enlarge(self._pixels(index), self.display.scale)
         annotations = self.state.on(index)
         colors = [self._color(a.label) for a in annotations]
         picture = paint(self._base_cache[index], [enlarge(a.mask, self.display.scale) for a in annotations], colors)
@@ -295,9 +471,15 @@ class BoxPromptSession:
         finally:
             self._syncing = False
 
+    def _boxes_on(self, index: int | None) -> list[tuple]:
+        """A slice's boxes as drawn: those waiting for it, else those with masks."""
+        waiting = self._waiting.get(index)
+        return list(waiting) if waiting is not None else [(a.box, a.label) for a in self.state.on(index)]
+
     def _sync_boxes(self) -> None:
         """Put the current slice's boxes back into the widget (display pixels), without a callback."""
-        self._set_widget_boxes([self.display.to_widget(a.box, a.label) for a in self.current])
+        self._set_widget_boxes([self.display.to_widget(box, label) for box, label in
+                                self._boxes_on(self.current_slice)])
 
     # --- actions ---------------------------------------------------------------------------------
     @property
@@ -315,9 +497,12 @@ class BoxPromptSession:
     def apply_box(self, box: Sequence[float], label: str | None = None) -> Annotation:
         """Add a box (x0, y0, x1, y1 image pixels, x1/y1 inclusive) as if drawn in the widget.
 
-        Takes exactly the path of a box drawn with the mouse; raises MedSAMError where the widget
-        would drop the box with a message.
+        Takes exactly the path of a box drawn with the mouse (its edges rounded to whole pixels),
+        waiting for the slice's embedding; raises MedSAMError where the widget would drop the box with
+        a message. A box already on the slice with that label is not added twice (a rerun of the
+        notebook restores it from the autosave).
         """
+        self.wait()
         try:
             values = np.asarray(box, dtype=np.float64).ravel()
         except (TypeError, ValueError):
@@ -328,15 +513,22 @@ class BoxPromptSession:
         if label not in self.labels:
             raise MedSAMError(f"label {label!r} is not one of {self.labels}")
         x0, y0, x1, y1 = values
-        if not np.isfinite(values).all() or x1 <= x0 or y1 <= y0 or self._slice_error is not None:
-            why = (f"no mask on this slice: {self._slice_error}" if self._slice_error is not None else
+        slice_error = self._slice_errors.get(self.current_slice)
+        if not np.isfinite(values).all() or x1 <= x0 or y1 <= y0 or slice_error is not None:
+            why = (f"no mask on this slice: {slice_error}" if slice_error is not None else
                    f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area or is inverted; need x0 < x1 and y0 < y1")
             self.rejected.append(why)
             self._note(f"ignored: {why}")
             raise MedSAMError(f"{self.source}: {why}")
         raw = self.display.to_widget(values, label)
+        same = [a for a in self.current if (a.box, a.label) == (parse_box(raw, self.display).box, label)]
+        if same:
+            self._note(f"box ({', '.join(f'{v:.0f}' for v in same[0].box)}) {label} is already on this "
+                       f"{'slice' if self.is_volume else 'image'}")
+            return same[0]
         errors_before, boxes_before = len(self.messages), len(self.current)
         self.widget.bboxes = [*self.widget.bboxes, raw]
+        self.wait()
         unexpected = [m for m in self.messages[errors_before:] if m.startswith(("error", "unexpected", "ignored"))]
         if unexpected or len(self.current) != boxes_before + 1:
             detail = unexpected[-1] if unexpected else "see the widget's message"
@@ -344,22 +536,36 @@ class BoxPromptSession:
         return self.current[-1]
 
     def undo(self) -> Annotation | None:
-        """Remove the last box drawn on the slice shown; returns it (None when there is none)."""
-        removed = self.state.undo(self.current_slice)
-        if removed is None:
-            self._note("nothing to undo on this " + ("slice" if self.is_volume else "image"))
-            return None
-        self._sync_boxes()
-        self._render()
+        """Remove the last box drawn on the slice shown; returns it (None when there is none; a box
+        still waiting for its slice comes back with an empty mask and a NaN score)."""
+        index = self.current_slice
+        with self._state_lock:
+            waiting = self._waiting.get(index)
+            if waiting:
+                (box, label), rest = waiting[-1], waiting[:-1]
+                self._waiting[index] = rest
+                removed = Annotation(box, label, np.zeros(self.image_size, bool), float("nan"), index)
+                if all(self.state.has_mask(index, b) for b, _ in rest):
+                    self._waiting.pop(index)
+                    self.state.set_boxes(index, rest)
+            else:
+                removed = self.state.undo(index)
+            if removed is None:
+                self._note("nothing to undo on this " + ("slice" if self.is_volume else "image"))
+                return None
+            self._sync_boxes()
+            self._render()
         self._note(f"undone: box ({', '.join(f'{v:.0f}' for v in removed.box)}) {removed.label}")
         self._autosave()
         return removed
 
     def clear(self) -> None:
-        """Remove every box on the slice shown."""
-        self.state.clear(self.current_slice)
-        self._sync_boxes()
-        self._render()
+        """Remove every box on the slice shown (also those waiting for it)."""
+        with self._state_lock:
+            self._waiting.pop(self.current_slice, None)
+            self.state.clear(self.current_slice)
+            self._sync_boxes()
+            self._render()
         self._note("cleared")
         self._autosave()
 
@@ -369,7 +575,14 @@ class BoxPromptSession:
 
     def export(self, folder: str | os.PathLike) -> list[Path]:
         """One mask per label into an existing folder (PNG for 2D, NIfTI with the source geometry for
-        volumes) and ``<image>_boxes.json``; every file atomically."""
+        volumes) and ``<image>_boxes.json`` (integer boxes, ``annotations.BOX_CONVENTION``); every
+        file atomically. Boxes still waiting for their slice are segmented first."""
+        self.wait()
+        self._segment_elsewhere()
+        if self._waiting:  # slices that cannot be embedded: the boxes stay in the JSON's "boxes_waiting"
+            self._note(f"{_plural(sum(map(len, self._waiting.values())), 'box')} on slices "
+                       f"{sorted(self._waiting, key=lambda k: k or 0)} could not be segmented; their masks are not "
+                       "exported")
         return self.state.export(Path(folder), stem(self.source), self.image, **self._extra())
 
     def _export_clicked(self) -> None:
@@ -380,10 +593,14 @@ class BoxPromptSession:
         self._note(f"exported to {folder}: " + ", ".join(p.name for p in written))
 
     def _extra(self) -> dict:
-        return {"source": self.source, "display_scale": self.display.scale, "current_slice": self.current_slice,
+        waiting = [{"box": [int(v) for v in box], "label": label, "slice_index": index}
+                   for index, boxes in self._waiting.items() for box, label in boxes]
+        return {"image_identity": self.identity, "boxes_waiting": waiting, "source": self.source,
+                "display_scale": self.display.scale, "current_slice": self.current_slice,
                 "last_boxes_received": self.received[-1] if self.received else [],
                 "n_updates": len(self.received), "messages": self.messages[-20:]}
 
     def _autosave(self) -> None:
         if self.autosave_dir is not None:
-            self.state.autosave(self.autosave_dir, **self._extra())
+            with self._state_lock:
+                self.state.autosave(self.autosave_dir, **self._extra())
