@@ -71,8 +71,9 @@ def best_and_worst(frame, value: str, label: str) -> tuple[tuple[str, float], tu
     rows = frame.dropna(subset=[value])
     if not len(rows):
         raise ValueError(f"no rows with a value in column {value!r}")
-    top, bottom = rows.loc[rows[value].idxmax()], rows.loc[rows[value].idxmin()]
-    return (str(top[label]), float(top[value])), (str(bottom[label]), float(bottom[value]))
+    top, bottom = rows[value].idxmax(), rows[value].idxmin()  # row labels: a row as a Series would cast its label
+    return ((str(rows.at[top, label]), float(rows.at[top, value])),
+            (str(rows.at[bottom, label]), float(rows.at[bottom, value])))
 
 
 def as_markdown(bullets: list[str]) -> str:
@@ -87,16 +88,22 @@ def _compare(name_b: str, name_a: str, d: Difference, what: str, digits: int = 3
 
 # --- one function per notebook ---------------------------------------------------------------
 
-def quickstart_findings(table) -> str:
-    """Notebook 00: how well one box segments each example, and the model's own estimate beside it."""
+def quickstart_findings(table, label: str = "example", noun: str = "example(s)") -> str:
+    """Notebooks 00 and 07 (``label="box #"``, ``noun="box(es)"``): how well one box segments each
+    row's target, and the model's own estimate beside it."""
     scored = table.dropna(subset=["Dice vs reference"])
-    bullets = [f"{len(table)} example(s) segmented with one box each; {len(scored)} with a reference mask."]
+    if not len(table):
+        return as_markdown([f"No box was drawn in this run: nothing to score (draw one in the widget, or set "
+                            "`box` in the parameters cell)."])
+    bullets = [f"{len(table)} {noun} segmented with one box each; {len(scored)} with a reference mask."]
     if len(scored):
-        (best, b), (worst, w) = best_and_worst(scored, "Dice vs reference", "example")
-        bullets.append(f"Dice against the reference: best {b:.3f} ({best}), worst {w:.3f} ({worst}).")
+        (best, b), (worst, w) = best_and_worst(scored, "Dice vs reference", label)
+        bullets.append(f"Dice against the reference: best {b:.3f} ({best}), worst {w:.3f} ({worst})." if len(scored) > 1
+                       else f"Dice against the reference: {b:.3f} ({best}).")
         gap = (scored["predicted IoU"] - scored["Dice vs reference"]).abs()
-        bullets.append(f"The model's predicted IoU differs from the measured Dice by {gap.min():.3f} to "
-                       f"{gap.max():.3f}: it is an estimate, not a measurement.")
+        spread = f"{gap.min():.3f}" if len(scored) == 1 else f"{gap.min():.3f} to {gap.max():.3f}"
+        bullets.append(f"The model's predicted IoU differs from the measured Dice by {spread}: it is an estimate, "
+                       "not a measurement.")
     return as_markdown(bullets)
 
 

@@ -68,6 +68,15 @@ def test_quickstart_findings():
     assert "by 0.050 to 0.150" in text  # |0.80 - 0.95| = 0.15, |0.90 - 0.85| = 0.05
 
 
+def test_box_prompting_findings_count_boxes_and_say_when_none_was_drawn():
+    table = pd.DataFrame({"box #": [1, 2], "predicted IoU": [0.9, 0.7], "Dice vs reference": [0.8, None]})
+    text = findings.quickstart_findings(table, label="box #", noun="box(es)")
+    assert "2 box(es) segmented" in text and "1 with a reference" in text
+    assert "Dice against the reference: 0.800 (1)." in text and "by 0.100:" in text
+    empty = findings.quickstart_findings(table.iloc[:0], label="box #", noun="box(es)")
+    assert "No box was drawn" in empty
+
+
 def test_finetuning_findings():
     table = pd.DataFrame({"dataset": ["d1", "d1", "d2", "d3", "d3", "all"],
                           "target": ["liver", "kidney", "lung", "heart", "tumour", "all"],
