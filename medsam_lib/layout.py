@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .shared import REPO_ROOT
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "unnamed"
@@ -64,3 +66,13 @@ def user_dir() -> Path:
     """A folder of the user's for interactive outputs: ``$MEDSAM_USER_DIR``, else ``~/medsam_annotations``."""
     env = os.environ.get("MEDSAM_USER_DIR")
     return Path(env) if env else Path.home() / "medsam_annotations"
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a reader sees it: relative to the repository when inside it (outputs committed with
+    the notebooks hold no machine's absolute paths)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fileio import MedSAMError, atomic_write_text, quote
-from .layout import ResultsLayout
+from .layout import ResultsLayout, shown
 from .profile_check import check_profile, check_profile_name, declared_parameters, load_profile_file
 from .shared import REPO_ROOT, shared_data_dir, shared_dir
 
@@ -45,16 +45,6 @@ def available_profiles() -> list[str]:
 
 def notebook_paths() -> list[Path]:
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-
-
-def shown(path: str | os.PathLike) -> str:
-    """``path`` as the reader sees it: relative to the repository when inside it (outputs committed
-    with the notebooks hold no machine's absolute paths)."""
-    path = Path(path)
-    try:
-        return path.resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
 
 
 @dataclass(frozen=True)

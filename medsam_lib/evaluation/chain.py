@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layout import ResultsLayout
+from ..layout import ResultsLayout, shown
 from .inference import EmbeddingCache, same_encoder
 from .options import OFFICIAL_CODE, EvalOptions
 from .run import PredictedTarget, predict_store, score_predictions, write_metrics
@@ -78,17 +78,17 @@ def load_models(model: str, finetuned_model, results_dir, device=None, curated=N
     path = Path(finetuned_model) if finetuned_model else default_finetuned(results_dir)
     finetuned, note = None, ""
     if not path.is_file():
-        note = (f"fine-tuned checkpoint {path} not found (notebook 04 writes it); "
+        note = (f"fine-tuned checkpoint {shown(path)} not found (notebook 04 writes it); "
                 "the fine-tuned columns say 'not available'")
     else:
         finetuned = BoxPredictor(str(path), device=device)
         finetuned.loaded.name = f"{model} + fine-tuned decoder ({path.name})"
         if same_encoder(base.loaded, finetuned.loaded):
             caches[id(finetuned)] = caches[id(base)]  # decoder-only fine-tuning: one embedding per image
-            note = f"fine-tuned: {path} (image encoder identical to the base model's; embeddings shared)"
+            note = f"fine-tuned: {shown(path)} (image encoder identical to the base model's; embeddings shared)"
         else:
             caches[id(finetuned)] = EmbeddingCache(finetuned)
-            note = f"fine-tuned: {path} (its own image encoder)"
+            note = f"fine-tuned: {shown(path)} (its own image encoder)"
     return Models(base, finetuned, note, caches)
 
 
@@ -188,8 +188,6 @@ def choice_effects(store, models: Models, predictions: dict, options: EvalOption
             frame = score_predictions(predictions[name], opts, store, source_root)
             rows.append({"choice": choice, "setting": value, "model": name, **_averages(frame, table_of)})
     if official_store is not None:
-        import pandas as pd
-
         for name, predictor in models.pairs:
             preds = official_predictions[name] if official_predictions is not None else predict_store(
                 official_store, predictor, options, progress=progress, cache=EmbeddingCache(predictor),
