@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..layout import ResultsLayout, shown
 from .inference import EmbeddingCache, same_encoder
+from .metrics import dice
 from .options import OFFICIAL_CODE, EvalOptions
 from .run import PredictedTarget, predict_store, score_predictions, write_metrics
 
@@ -219,7 +218,7 @@ def worst_slice(target: PredictedTarget) -> int:
         g, p = target.gt[z], target.pred[z]
         if not g.any():
             continue
-        d = 2 * np.logical_and(g, p).sum() / (g.sum() + p.sum())
+        d = dice(p, g)
         if d < worst:
             best, worst = z, d
     return best if best is not None else 0

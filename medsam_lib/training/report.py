@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..figures import save_figure
 from .config import TrainConfig, config_from_dict
 
 
@@ -49,12 +49,7 @@ def plot_curves(metrics, path: str | os.PathLike, title: str) -> Path:
     right.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, close=True, tight=False)
 
 
 def before_after(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, device=None):
