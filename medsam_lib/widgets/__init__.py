@@ -5,7 +5,11 @@
 - ``drawing``: the picture shown (masks, label tags that never overlap);
 - ``bbox``: the drawing surface (jupyter_bbox_widget with a move-mode toggle);
 - ``embedding``: the background worker that embeds only the slice last asked for;
-- ``session``: ``BoxPromptSession``, the thin widget layer;
+- ``pixels``: the session's input read and checked, its slices' pixels (cached);
+- ``slices``: the session's slice embedding and the boxes waiting for their slice;
+- ``saving``: the session's autosave, its restore and the export;
+- ``controls``: the session's ipywidgets (picture, slider, buttons, message line);
+- ``session``: ``BoxPromptSession`` made of those parts: the box callback and the box actions;
 - ``notebook``: the papermill box and the summary table.
 """
 from .annotations import Annotation, Annotations

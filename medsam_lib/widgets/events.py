@@ -120,3 +120,8 @@ def parse_boxes(raw_boxes: list, display: Display, labels: list[str], slice_erro
         out.kept.append((box, label))
         out.keep_raw.append(raw)
     return out
+
+
+def plural(n: int, word: str) -> str:
+    """"1 box", "2 boxes", "3 slices": a count in the session's messages."""
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("x") else "s")
