@@ -155,10 +155,11 @@ def curation_findings(index, comparison=None) -> str:
 
 
 def embeddings_findings(stats: dict, agreement) -> str:
-    """Notebook 03: what this run computed and whether stored embeddings match the predictor's."""
+    """Notebook 03: how many embeddings the store holds and whether they match the predictor's. How many
+    were computed in this run (rather than reused) is a property of the run's cache, not a finding: the
+    cell above prints it."""
     total = stats["computed"] + stats["copied"] + stats["kept"]
-    bullets = [f"{total} embeddings in the store: {stats['computed']} computed now, {stats['copied']} copied, "
-               f"{stats['kept']} already there."]
+    bullets = [f"{total} embeddings in the store."]
     cos = agreement["cosine (store vs set_image)"]
     low = agreement.loc[cos.idxmin()]
     bullets.append(f"Stored vs freshly encoded, {len(agreement)} modalities: lowest cosine similarity "

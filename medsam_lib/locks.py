@@ -54,7 +54,7 @@ def _describe_holder(path: Path) -> str:
 def _try_lock(path: Path, mode: int):
     """The open lock file with the lock taken, or None when another process holds it."""
     while True:
-        handle = open(path, "a+")
+        handle = open(path, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except OSError as exc:

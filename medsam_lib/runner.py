@@ -133,7 +133,7 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
     import papermill as pm
 
     record_path = out_dir / "run_record.json"
-    previous = json.loads(record_path.read_text()) if (resume and record_path.is_file()) else {}
+    previous = json.loads(record_path.read_text(encoding="utf-8")) if (resume and record_path.is_file()) else {}
     previous_nbs = {nb["name"]: nb for nb in previous.get("notebooks", [])}
     record = {
         "profile": profile.name, "description": profile.description,

@@ -27,7 +27,7 @@ def subset_store(source: Path, out: Path, n_images: int, preset: str | None = No
     order = firsts + [i for i in index["image_id"].drop_duplicates() if i not in firsts]
     keep = order[:n_images]
     out.mkdir(parents=True)
-    info = json.loads((source / "curation.json").read_text())
+    info = json.loads((source / "curation.json").read_text(encoding="utf-8"))
     if preset is not None:
         info["preset"] = preset
     (out / "curation.json").write_text(json.dumps(info))

@@ -545,7 +545,7 @@ def _curate_volume_manifest(tmp: Path) -> Path:
 
 def _gif_manifest(tmp: Path) -> list[str]:
     path = _manifest(tmp, "m", ["a"])
-    path.write_text(path.read_text().replace("masks/a.png", "masks/a.gif"))
+    path.write_text(path.read_text(encoding="utf-8").replace("masks/a.png", "masks/a.gif"))
     return ["data", "curate", "--manifest", str(path), "--out", str(tmp / "out")]
 
 
@@ -599,7 +599,7 @@ def test_the_failed_run_left_the_store_readable_and_a_rerun_finishes(tmp_path, c
     other = _manifest(tmp_path, "other", ["a", "x"])
     code, _, err = run_cli(["data", "curate", "--manifest", str(other), "--seed", "7", "--out", str(store)], capfd)
     assert code == 2 and "x.png" in err
-    info = json.loads((store / "curation.json").read_text())
+    info = json.loads((store / "curation.json").read_text(encoding="utf-8"))
     assert info["seed"] == 0 and list(info["manifests"]) == ["first"]
     with CuratedDataset(store) as ds:  # still openable, the same index
         assert ds.index.equals(before)
@@ -608,7 +608,7 @@ def test_the_failed_run_left_the_store_readable_and_a_rerun_finishes(tmp_path, c
     assert report.skipped == ["other/a"] and report.curated == ["other/x"]
     with CuratedDataset(store) as ds:
         assert set(ds.index["dataset"]) == {"first", "other"} and not (store / ".pending").exists()
-        assert json.loads((store / "curation.json").read_text())["seed"] == 7
+        assert json.loads((store / "curation.json").read_text(encoding="utf-8"))["seed"] == 7
 
 
 def test_an_interrupted_store_says_it_is_incomplete_and_how_to_finish(tmp_path):

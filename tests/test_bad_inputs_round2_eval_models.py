@@ -81,7 +81,7 @@ def _evaluate(tmp: Path, curated: Path, *extra: str) -> list[str]:
 
 
 def _chunk(store: Path, k: int) -> tuple[dict, Path]:
-    marker = json.loads((store / "chunks" / f"chunk_{k:05d}.json").read_text())
+    marker = json.loads((store / "chunks" / f"chunk_{k:05d}.json").read_text(encoding="utf-8"))
     return marker, store / "chunks" / marker["file"]
 
 
@@ -112,7 +112,7 @@ def _nan_embeddings_with_valid_marker(store: Path) -> Path:
 
 
 def _drop_index_row(store: Path) -> Path:
-    lines = (store / "index.csv").read_text().splitlines(keepends=True)
+    lines = (store / "index.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     (store / "index.csv").write_text("".join(lines[:-1]))  # the last case file stays
     return store
 
@@ -315,7 +315,7 @@ def test_the_committed_index_and_a_deliberate_subset(made, tmp_path):
     from medsam_lib.data.store_commit import write_index
 
     store = _copy(made, tmp_path, "A")[0]
-    info = json.loads((store / "curation.json").read_text())
+    info = json.loads((store / "curation.json").read_text(encoding="utf-8"))
     assert info["index"]["rows"] == 3 and len(info["index"]["sha256"]) == 64
     index = read_index(store / "index.csv")
     write_index(store, index.iloc[:2])  # the documented way to cut a store down

@@ -246,7 +246,7 @@ def test_two_curate_runs_into_one_new_store_the_second_is_refused_and_the_first_
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env)
     try:
         lock, deadline = out / locks.LOCK_NAME, time.monotonic() + 120
-        while not (lock.is_file() and f"pid {first.pid} " in lock.read_text()):
+        while not (lock.is_file() and f"pid {first.pid} " in lock.read_text(encoding="utf-8")):
             assert first.poll() is None, "the first run ended before it was seen holding the lock"
             assert time.monotonic() < deadline
             time.sleep(0.001)

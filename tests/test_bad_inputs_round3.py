@@ -239,7 +239,7 @@ def _many_unknown_keys(tmp: Path, ctx=None) -> list[str]:
 def _invalid_manifest(tmp: Path, ctx=None) -> list[str]:
     import json
 
-    data = json.loads(_manifest(tmp).read_text())
+    data = json.loads(_manifest(tmp).read_text(encoding="utf-8"))
     data["name"] = "Bad Name!"
     data["datasets"][0]["title"] = 5
     del data["description"]

@@ -269,7 +269,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
 
                 def kernel_has(n):
                     def check():
-                        state = json.loads(autosave.read_text())
+                        state = json.loads(autosave.read_text(encoding="utf-8"))
                         return state if len(state["annotations"]) >= n else None
                     return check
 
@@ -295,7 +295,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 drag(middle, (middle[0] + shift * sx, middle[1] + shift * sy))
 
                 def inner_moved():
-                    state = json.loads(autosave.read_text())
+                    state = json.loads(autosave.read_text(encoding="utf-8"))
                     boxes = [a["box"] for a in state["annotations"]]
                     return state if len(boxes) == 2 and boxes[1] != two["annotations"][1]["box"] else None
 
@@ -308,7 +308,7 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
                 run_all_finished(kernel_id)
 
                 def restored():
-                    state = json.loads(autosave.read_text())
+                    state = json.loads(autosave.read_text(encoding="utf-8"))
                     return state if any("restored 2 box(es)" in m for m in state["messages"]) \
                         and len(state["annotations"]) == 2 else None
 

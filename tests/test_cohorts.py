@@ -211,7 +211,7 @@ def test_two_cases_per_folder_curate_as_loaded(shared_cohorts, tmp_path):
     index = store.index
     assert set(index["dataset"]) == set(TWO)
     assert index.groupby(["dataset", "case"])["split"].nunique().max() == 1  # a group stays on one side
-    info = json.loads((tmp_path / "store" / "curation.json").read_text())
+    info = json.loads((tmp_path / "store" / "curation.json").read_text(encoding="utf-8"))
     assert info["manifests"]["cohorts"]["split"] == manifest.split
     full = load_manifest("cohorts")
     for folder, pairs in TWO.items():

@@ -41,7 +41,7 @@ def test_2d_pairs_need_an_explicit_mask_suffix(busi_folders, tmp_path):
     (ds,) = manifest.datasets
     assert [c.volume for c in ds.cases] == sorted(BUSI)
     assert ds.masks[0].encoding == "binary" and [t.name for t in ds.targets] == ["breast tumour"]
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert str(tmp_path) not in text and manifest.data_root == {"kind": "relative_to_manifest", "path": "mine"}
 
 
@@ -102,7 +102,7 @@ def test_colour_masks_become_a_palette(tmp_path):
             colour[25:35, 25:35] = (0, 255, 0)
         Image.fromarray(colour).save(masks / f"s{n}.png")
     path, _ = init_manifest(images, masks, "MR", tmp_path / "c.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     mask = data["datasets"][0]["masks"][0]
     assert mask["encoding"] == "rgb" and mask["palette"] == {"1": [0, 255, 0], "2": [255, 0, 0]}
     targets = {t["name"]: t for t in data["datasets"][0]["targets"]}

@@ -102,7 +102,7 @@ def test_good_archive_is_fetched_verified_and_unpacked(server, shared_data, tmp_
     fetch(manifest, root=root, progress=False)
     for rel in SOURCE_FILES:
         assert (root / "sample" / rel).read_bytes() == (shared_data / rel).read_bytes()
-    stamp = json.loads((root / ".downloads" / f"{name}.done.json").read_text())
+    stamp = json.loads((root / ".downloads" / f"{name}.done.json").read_text(encoding="utf-8"))
     assert stamp["sha256"] == digest and stamp["verified_against"] == ["sha256"]
     assert not [p for p in root.rglob("*") if ".part" in p.name]
     hits = len(_Handler.hits)

@@ -26,7 +26,7 @@ LOCAL = {"shared_data", "synthetic"}
 def test_manifest_is_valid_and_honest(path):
     manifest = load_manifest(path)
     assert manifest.name == path.stem
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text.replace('"/"', "")), "absolute path in a manifest"
     assert str(REPO_ROOT.parent) not in text and str(Path.home()) not in text  # nothing machine-specific
     obtain = manifest.obtain
@@ -175,4 +175,4 @@ def test_data_list_show_validate_cli(capsys):
     assert main(["data", "validate", *map(str, MANIFESTS)]) == 0
     assert main(["data", "validate", str(MANIFESTS_DIR / "missing.json")]) == 2
     assert "no such manifest file" in capsys.readouterr().err
-    json.loads((MANIFESTS_DIR / "synthetic.json").read_text())
+    json.loads((MANIFESTS_DIR / "synthetic.json").read_text(encoding="utf-8"))

@@ -187,7 +187,7 @@ def test_bad_inputs_exit_2_naming_the_file(store16, curated, tmp_path, capsys):
 
 
 def _damage(store, how: str):
-    marker = json.loads((store.path / "chunks" / "chunk_00001.json").read_text())
+    marker = json.loads((store.path / "chunks" / "chunk_00001.json").read_text(encoding="utf-8"))
     file = store.path / "chunks" / marker["file"]
     stat = file.stat()
     if how == "truncate":

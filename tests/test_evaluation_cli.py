@@ -154,7 +154,7 @@ def test_curated_store_metrics_equal_a_direct_computation(tiny_store, tmp_path, 
     for col in ("dataset", "case", "target", "task", "modality", "dimensionality", "n_slices", "dsc", "nsd",
                 "protocol", "nsd_spacing", "slices", "nsd_2d"):
         assert col in frame
-    record = json.loads((out / "evaluation.json").read_text())
+    record = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert record["model"] == "litemedsam" and record["options"]["split"] == "test"
     ds = CuratedDataset(tiny_store)
     predictor = BoxPredictor(lite_model)
@@ -193,7 +193,7 @@ def test_curated_refusals(tiny_store, tmp_path, capsys):
     (other / "metrics.csv").write_text("dataset\nx\n")
     code, _, err = run(capsys, "--curated", str(tiny_store), "--model", "litemedsam", "--out", str(other))
     assert code == 2 and "medsam_vit_b" in err and "--overwrite" in err
-    assert (other / "metrics.csv").read_text() == "dataset\nx\n"  # nothing lost
+    assert (other / "metrics.csv").read_text(encoding="utf-8") == "dataset\nx\n"  # nothing lost
     code, _, err = run(capsys, "--curated", str(tiny_store), "--model", "litemedsam", "--out", str(tmp_path / "c"),
                        "--slices", "volume")
     assert code == 2 and "--source-root" in err

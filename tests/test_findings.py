@@ -162,3 +162,13 @@ def test_teardown_findings():
     assert "12 masks; 3 pass" in text
     assert "A: SAM's multimask pick (candidate 1, Dice 0.200) is not the best-fitting one (Dice 0.900)" in text
     assert "B: SAM's multimask pick (candidate 2, Dice 0.020) is one of 3 candidates none of which fits" in text
+
+
+def test_embeddings_findings_do_not_depend_on_what_the_cache_held():
+    """nbval re-executes 03 against a store the test session already built: the summary must read the
+    same whether the embeddings were computed now or reused."""
+    agreement = pd.DataFrame({"modality": ["CT", "MR"], "cosine (store vs set_image)": [0.9991, 0.9999]})
+    computed = findings.embeddings_findings({"computed": 76, "copied": 0, "kept": 0}, agreement)
+    reused = findings.embeddings_findings({"computed": 0, "copied": 0, "kept": 76}, agreement)
+    assert computed == reused and "76 embeddings in the store" in computed
+    assert "lowest cosine similarity 0.9991 (CT)" in computed

@@ -69,7 +69,7 @@ def test_notebook_07_runs_through(name, inputs, tmp_path):
     params = {"profile": "demo", **COMBINATIONS[name](inputs)}
     text = _run(params, tmp_path / "out.ipynb")
     assert "autosave: " in text and "restored" not in text  # where the autosave is; nothing to restore yet
-    table = (results / "tables" / "07_boxes.csv").read_text().splitlines()
+    table = (results / "tables" / "07_boxes.csv").read_text(encoding="utf-8").splitlines()
     if name == "image only (no mask)":
         assert "draw one in the widget" in text and len(table) == 1  # header only: no box, no error
     else:
@@ -87,8 +87,8 @@ def test_a_second_run_all_restores_the_boxes(inputs, tmp_path):
     results = tmp_path / "results" / "demo"
     params = {"profile": "demo", **COMBINATIONS["image, explicit box and labels, no mask"](inputs)}
     _run(params, tmp_path / "first.ipynb")
-    first = (results / "tables" / "07_boxes.csv").read_text()
+    first = (results / "tables" / "07_boxes.csv").read_text(encoding="utf-8")
     text = _run(params, tmp_path / "second.ipynb")
     assert "restored 1 box of the last session on this image" in text
     assert "already on this image" in text
-    assert (results / "tables" / "07_boxes.csv").read_text() == first  # the same one box, not two
+    assert (results / "tables" / "07_boxes.csv").read_text(encoding="utf-8") == first  # the same one box, not two

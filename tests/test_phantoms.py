@@ -22,7 +22,7 @@ def test_same_seed_same_arrays_other_seed_differs():
 
 def test_written_set_is_labelled_synthetic_keeps_spacing_and_is_idempotent(tmp_path):
     out = write_synthetic_set(tmp_path / "syn", seed=0)
-    index = json.loads((out / "index.json").read_text())
+    index = json.loads((out / "index.json").read_text(encoding="utf-8"))
     assert index["synthetic"] is True and all(c["case_id"].startswith("synthetic_") for c in index["cases"])
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     for case in CASES:

@@ -29,7 +29,7 @@ def profiles(tmp_path, monkeypatch):
 
 def _edit(folder: Path, name: str, **settings) -> None:
     path = folder / f"{name}.json"
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data.update(settings)
     path.write_text(json.dumps(data))
 
@@ -45,7 +45,7 @@ def test_the_profile_decides_data_model_seed_and_results_folder(profiles, tmp_pa
 
 def test_a_results_folder_records_its_profile_and_refuses_other_settings(profiles, tmp_path):
     first = open_profile("demo")
-    record = json.loads((first.results_dir / "profile.json").read_text())
+    record = json.loads((first.results_dir / "profile.json").read_text(encoding="utf-8"))
     assert record == {"profile": "demo", "data_source": "synthetic", "model": "litemedsam", "seed": 0}
     open_profile("demo")  # the same settings: accepted again
     _edit(profiles, "demo", data_source="shared", seed=3)
@@ -55,7 +55,7 @@ def test_a_results_folder_records_its_profile_and_refuses_other_settings(profile
     for part in ("results", "demo", "data_source='synthetic'", "seed=0", "data_source='shared'", "seed=3",
                  "profile.json", "medsam_lib/profiles/NEW.json", "python -m medsam_lib run --profile NEW"):
         assert part in message, part
-    assert json.loads((first.results_dir / "profile.json").read_text()) == record  # nothing rewritten
+    assert json.loads((first.results_dir / "profile.json").read_text(encoding="utf-8")) == record  # nothing rewritten
     _edit(profiles, "demo", data_source="synthetic", seed=0, device="cpu")
     assert open_profile("demo").device == "cpu"  # the device decides no result: not part of the record
 

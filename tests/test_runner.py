@@ -56,12 +56,12 @@ def test_run_record_and_resume(tmp_path, monkeypatch, capfd):
     assert "without encryption" not in printed.err + printed.out and "[IPKernelApp]" not in printed.err
     assert "notebooks (demo)" in printed.err and "2/2 notebooks ok" in printed.out
     assert [nb["status"] for nb in record["notebooks"]] == ["ok", "ok"]
-    saved = json.loads((out / "run_record.json").read_text())
+    saved = json.loads((out / "run_record.json").read_text(encoding="utf-8"))
     assert saved["packages"]["torch"] and saved["seeds"] == {"seed": 0}
     assert saved["parameters"] == {"profile": "demo"}
     assert saved["settings"] == {"profile": "demo", "data_source": "synthetic", "model": "litemedsam", "seed": 0,
                                  "device": "auto"}
-    assert json.loads((out / "profile.json").read_text())["data_source"] == "synthetic"
+    assert json.loads((out / "profile.json").read_text(encoding="utf-8"))["data_source"] == "synthetic"
     assert all(nb["wall_s"] > 0 and len(nb["sha256"]) == 64 for nb in saved["notebooks"])
     assert set(saved["inputs"]["notebooks"]) == {"00_first.ipynb", "01_second.ipynb"}
     assert len(saved["inputs"]["model"]["litemedsam"]) == 64

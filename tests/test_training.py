@@ -286,7 +286,7 @@ def test_damaged_embeddings_are_refused_naming_the_chunk_and_the_repair(stores, 
     from medsam_lib.embeddings import build_store, open_store
 
     emb = copy_store(stores[1], tmp_path / "emb")
-    marker = json.loads((emb / "chunks" / "chunk_00000.json").read_text())
+    marker = json.loads((emb / "chunks" / "chunk_00000.json").read_text(encoding="utf-8"))
     chunk = emb / "chunks" / marker["file"]
     with open(chunk, "r+b") as handle:
         handle.truncate(marker["bytes"] // 2)

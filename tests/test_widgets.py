@@ -92,7 +92,7 @@ def test_drag_gives_mask_overlay_and_autosave(us_case, predictor, tmp_path):
     assert len(tag) and (tag.min(0) >= np.array([box[1], box[0]]) * 2).all()
     assert (tag.max(0) - tag.min(0) < [30, 80]).all()
     # autosave: what the kernel received and the mask
-    state = json.loads((tmp_path / "boxes.json").read_text())
+    state = json.loads((tmp_path / "boxes.json").read_text(encoding="utf-8"))
     assert state["annotations"][0]["box"] == [float(v) for v in box]
     assert state["last_boxes_received"][0]["width"] == (box[2] - box[0] + 1) * 2  # edges: one pixel wider
     assert "integer pixel indices" in state["box_convention"] and "x1/y1 inclusive" in state["box_convention"]
@@ -190,7 +190,7 @@ def test_export_png_and_bad_folders(us_case, predictor, tmp_path):
     written = np.array(Image.open(png))
     assert set(np.unique(written)) == {0, 255}
     assert np.array_equal(written > 0, session.current[0].mask)
-    boxes = json.loads((tmp_path / "synthetic_us_breast_boxes.json").read_text())
+    boxes = json.loads((tmp_path / "synthetic_us_breast_boxes.json").read_text(encoding="utf-8"))
     assert boxes["annotations"][0]["label"] == "lesion"
     assert not list(tmp_path.glob("*.part*"))
 
@@ -359,7 +359,7 @@ def test_annotation_state_without_widgets(tmp_path):
     assert state.undo(None).label == "organ" and state.undo(None) is None
     state.set_boxes(None, [((2, 3, 20, 15), "organ")])
     state.autosave(tmp_path, source="x")
-    assert json.loads((tmp_path / "boxes.json").read_text())["annotations"][0]["box"] == [2, 3, 20, 15]
+    assert json.loads((tmp_path / "boxes.json").read_text(encoding="utf-8"))["annotations"][0]["box"] == [2, 3, 20, 15]
     with pytest.raises(MedSAMError, match="not one of"):
         state.annotate(None, (1, 1, 4, 4), "bone")
     assert state.clear(None) == 1 and state.all() == []
@@ -487,7 +487,7 @@ def test_slider_embeds_only_the_slice_it_rests_on_and_boxes_wait_visibly(small_v
     _drag_raw = session.display.to_widget((10, 8, 30, 25), "target")
     session.widget.bboxes = [_drag_raw]  # a box drawn before slice 9 is ready
     assert session.current == [] and "1 box waiting for slice 9" in session.message.value
-    saved = json.loads((session.autosave_dir / "boxes.json").read_text())
+    saved = json.loads((session.autosave_dir / "boxes.json").read_text(encoding="utf-8"))
     assert saved["boxes_waiting"] == [{"box": [10, 8, 30, 25], "label": "target", "slice_index": 9}]  # never lost
     fake.gate.set()
     assert session.wait(30)
@@ -495,7 +495,7 @@ def test_slider_embeds_only_the_slice_it_rests_on_and_boxes_wait_visibly(small_v
     assert not any("slice 1: ready" in m for m in session.messages)  # the superseded result is not shown
     assert "slice 9: ready" in session.message.value and "box 1 (target)" in session.message.value
     assert [a.box for a in session.current] == [(10.0, 8.0, 30.0, 25.0)] and session.current[0].slice_index == 9
-    assert json.loads((session.autosave_dir / "boxes.json").read_text())["boxes_waiting"] == []
+    assert json.loads((session.autosave_dir / "boxes.json").read_text(encoding="utf-8"))["boxes_waiting"] == []
     # back to a slice embedded before: its boxes are shown at once, then it is embedded again (cached)
     session.slider.value = 1
     assert session.wait(30) and "slice 1: ready" in session.message.value
@@ -523,7 +523,7 @@ def test_a_second_session_on_the_same_image_restores_the_boxes(small_volume, tmp
     assert {(a.slice_index, a.box, a.label) for a in second.all_annotations()} == drawn
     assert "boxes.json" in second.autosave_summary() and "restored 3 boxes" in second.autosave_summary()
     assert len(second.widget.bboxes) == 1 and second.widget.bboxes[0]["label"] == "kidney"
-    assert len(json.loads((second.autosave_dir / "boxes.json").read_text())["annotations"]) == 3
+    assert len(json.loads((second.autosave_dir / "boxes.json").read_text(encoding="utf-8"))["annotations"]) == 3
     # the same file name elsewhere is another image: its autosave is kept aside, not restored or replaced
     import SimpleITK as sitk
 
@@ -533,7 +533,7 @@ def test_a_second_session_on_the_same_image_restores_the_boxes(small_volume, tmp
     third = _ready(other, model=fake)
     assert third.restored == 0 and third.all_annotations() == [] and "another image" in third.messages[0]
     kept = sorted(third.autosave_dir.glob("boxes.*.json"))
-    assert len(kept) == 1 and len(json.loads(kept[0].read_text())["annotations"]) == 3
+    assert len(kept) == 1 and len(json.loads(kept[0].read_text(encoding="utf-8"))["annotations"]) == 3
     assert len(list(third.autosave_dir.glob("masks.*.npz"))) == 1
     fourth = _ready(small_volume, model=fake)  # and back: the volume's boxes are in the kept file, not here
     assert fourth.restored == 0 and len(list(fourth.autosave_dir.glob("boxes.*.json"))) == 2
@@ -567,7 +567,7 @@ def test_exported_boxes_are_integer_pixel_indices(tmp_path):
     assert session.current[0].box == (18.0, 30.0, 37.0, 44.0)  # edges to the nearest boundary, x1/y1 inclusive
     assert session.predictor.decoded[-1] == [[18.0, 30.0, 37.0, 44.0]]  # the box segmented is the box exported
     written = session.export(tmp_path)
-    exported = json.loads(written[-1].read_text())
+    exported = json.loads(written[-1].read_text(encoding="utf-8"))
     box = exported["annotations"][0]["box"]
     assert box == [18, 30, 37, 44] and all(isinstance(v, int) for v in box)
     assert "integer pixel indices" in exported["box_convention"] and "inclusive" in exported["box_convention"]

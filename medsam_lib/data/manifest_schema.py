@@ -42,7 +42,7 @@ def safe_name(volume: str) -> str:
 
 
 def _schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 def _short(message: str, limit: int = 300) -> str:

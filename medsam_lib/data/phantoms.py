@@ -224,7 +224,7 @@ def write_synthetic_set(out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
     if index_path.is_file():
-        info = json.loads(index_path.read_text())
+        info = json.loads(index_path.read_text(encoding="utf-8"))
         if info.get("seed") == seed and info.get("generator_version") == GENERATOR_VERSION and all(
                 (out / c.image).is_file() and (out / c.mask).is_file() for c in CASES):
             return out

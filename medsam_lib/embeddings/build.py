@@ -115,7 +115,7 @@ class _Builder:
         found = {}
         for marker_path in sorted((self.path / "chunks").glob("chunk_*.json")):
             try:
-                marker = json.loads(marker_path.read_text())
+                marker = json.loads(marker_path.read_text(encoding="utf-8"))
                 if marker.get("key") != self.key or chunk_problem(self.path, marker, full=True) is not None:
                     continue
             except (ValueError, KeyError, OSError):

@@ -9,7 +9,7 @@ from pathlib import Path
 @contextlib.contextmanager
 def flock(path: Path, mode: int, blocking: bool = True):
     """An advisory lock on ``path`` (created); yields False when non-blocking and held elsewhere."""
-    handle = open(path, "a+")
+    handle = open(path, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle, mode | (0 if blocking else fcntl.LOCK_NB))

@@ -71,7 +71,7 @@ def read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedSAMError(f"{path}: unreadable JSON ({exc}); delete it and rerun `python -m medsam_lib embed` "
                           "(only what it describes is recomputed)") from exc

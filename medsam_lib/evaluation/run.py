@@ -197,7 +197,7 @@ def check_out_dir(out_dir: Path, identity: dict, overwrite: bool) -> None:
                               "evaluation.json); choose another --out or pass --overwrite")
         return
     try:
-        previous = json.loads(record.read_text())
+        previous = json.loads(record.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise MedSAMError(f"{record}: unreadable ({exc}); choose another --out or pass --overwrite") from exc
     if previous.get("checkpoint_sha256") != identity["checkpoint_sha256"]:

@@ -45,7 +45,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     cache_path = cache_dir() / CACHE_FILE
     text_key = json.dumps(list(key))
     try:
-        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+        cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
     except (OSError, ValueError):
         cache = {}
     digest = cache.get(text_key) if isinstance(cache, dict) else None

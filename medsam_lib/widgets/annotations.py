@@ -215,7 +215,7 @@ def read_autosave(folder: Path, identity: dict) -> tuple[dict[int | None, list[t
     if not path.is_file():
         return {}, []
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         same = isinstance(saved, dict) and saved.get("image_identity") == identity
         by_slice = _grouped(saved.get("annotations", [])) if same else {}
         by_slice.update(_grouped(saved.get("boxes_waiting", [])) if same else {})  # a slice's newest boxes
