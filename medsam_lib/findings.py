@@ -93,7 +93,7 @@ def quickstart_findings(table, label: str = "example", noun: str = "example(s)")
     row's target, and the model's own estimate beside it."""
     scored = table.dropna(subset=["Dice vs reference"])
     if not len(table):
-        return as_markdown([f"No box was drawn in this run: nothing to score (draw one in the widget, or set "
+        return as_markdown(["No box was drawn in this run: nothing to score (draw one in the widget, or set "
                             "`box` in the parameters cell)."])
     bullets = [f"{len(table)} {noun} segmented with one box each; {len(scored)} with a reference mask."]
     if len(scored):

@@ -228,7 +228,7 @@ def init_manifest(images: str | os.PathLike, masks: str | os.PathLike, modality:
             "license": {"name": "your own", "terms": "state the terms under which the data may be used"},
             "images": [{"key": "image", "modality": modality}], "masks": [mask_spec], "targets": targets,
             "cases": cases,
-            "notes": [f"target names label_<value> are placeholders: rename them (--labels 1=liver,...)"]
+            "notes": ["target names label_<value> are placeholders: rename them (--labels 1=liver,...)"]
             if any(t["name"].startswith("label_") for t in targets) else []}],
     }
     manifest_from_dict(manifest, out)  # validate before writing

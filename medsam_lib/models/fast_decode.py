@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 _SAM_MODULES = ("segment_anything.modeling.",)
