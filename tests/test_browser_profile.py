@@ -1,0 +1,129 @@
+"""Changing only the profile, in a real browser (JupyterLab + Debian's Chromium via Playwright).
+
+A reader opens notebook 00, replaces ``profile = "demo"`` in its parameters cell with
+``profile = "shared-real"`` by typing, and runs all cells: the real cases are segmented and the
+outputs go to the ``shared-real`` results folder, not ``demo``. Then notebook 05 is run with the
+``demo`` profile on a ``demo`` results folder that an earlier run wrote with other settings: it stops
+in its first code cell with the refusal (which names the commands to use instead), and nothing is
+written. Results go to a temporary ``MEDSAM_RESULTS_ROOT``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from test_browser_box_prompting import (ACTION_S, CHROMIUM, CHROMIUM_ARGS, KERNEL_READY_S, RUN_ALL_S, SERVER_START_S,
+                                        _api, _free_port, _lab_settings, _require_chromium, _stop, _wait_for)
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+pytestmark = [pytest.mark.browser, pytest.mark.shared, pytest.mark.slow]
+
+
+def _copy_without_outputs(name: str, folder: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, str(folder / name))
+
+
+def test_changing_only_the_profile_in_00_and_a_refusal_in_05(shared_data, artifacts_dir, tmp_path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    from medsam_lib.profile import load_profile
+
+    root, results = tmp_path / "root", tmp_path / "results"
+    root.mkdir()
+    for name in ("00_quickstart.ipynb", "05_tables.ipynb"):
+        _copy_without_outputs(name, root)
+    # results/demo as a run with other settings left it (its record says data_source 'shared')
+    (results / "demo").mkdir(parents=True)
+    (results / "demo" / "profile.json").write_text(json.dumps({**load_profile("demo").identity(),
+                                                               "data_source": "shared"}))
+    env = dict(os.environ)
+    for name in ("config", "settings", "workspaces", "runtime", "data", "ipython", "user"):
+        (tmp_path / name).mkdir()
+    _lab_settings(tmp_path / "settings")
+    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+                "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
+                "MEDSAM_USER_DIR": str(tmp_path / "user"), "MEDSAM_RESULTS_ROOT": str(results)})
+    port, token = _free_port(), uuid.uuid4().hex
+    base = f"http://127.0.0.1:{port}"
+    log = open(artifacts_dir / "browser_profile_jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: _api(base, token, "/api/status") is not None, SERVER_START_S, "JupyterLab to answer")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.set_default_timeout(ACTION_S * 1000)
+
+                def open_and_run_all(name: str, new_profile: str | None = None) -> str:
+                    page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="domcontentloaded")
+
+                    def kernel_ready():
+                        for s in _api(base, token, "/api/sessions"):
+                            kernel = s.get("kernel") or {}
+                            if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
+                                    and kernel.get("connections", 0) >= 1:
+                                return kernel["id"]
+                        return None
+
+                    kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, f"{name}'s kernel to be idle and connected")
+                    notebook = page.locator(".jp-NotebookPanel:visible .jp-Notebook").first
+                    notebook.wait_for(state="visible")
+                    if new_profile is not None:  # the reader's one edit: the profile line of the parameters cell
+                        line = notebook.locator(".cm-line", has_text='profile = "demo"').first
+                        line.click()
+                        page.keyboard.press("Home")
+                        page.keyboard.press("Shift+End")
+                        page.keyboard.type(f'profile = "{new_profile}"')
+                    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+                    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+                    _wait_for(lambda: notebook.locator(".jp-OutputArea-output").count() > 0, RUN_ALL_S,
+                              f"{name}'s first output")
+                    _wait_for(lambda: notebook.locator(".jp-InputPrompt", has_text="[*]").count() == 0
+                              and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
+                              RUN_ALL_S, f"Run All of {name} to finish")
+                    notebook.locator(".jp-OutputArea-output").first.scroll_into_view_if_needed()  # the first cell's
+                    page.screenshot(path=str(artifacts_dir / f"browser_profile_{Path(name).stem}.png"))
+                    return "\n".join(notebook.locator(".jp-OutputArea-output").all_inner_texts())
+
+                text = open_and_run_all("00_quickstart.ipynb", "shared-real")
+                assert "profile 'shared-real': real cases of ../shared/data" in text, text[:2000]
+                assert "BUSI breast ultrasound" in text and "Traceback" not in text
+                assert (results / "shared-real" / "profile.json").is_file()
+                assert (results / "shared-real" / "tables").is_dir()
+                assert sorted(p.name for p in (results / "demo").iterdir()) == ["profile.json"]
+
+                text = open_and_run_all("05_tables.ipynb")
+                assert "holds results written with data_source='shared'" in text, text[:2000]
+                assert "medsam_lib/profiles/NEW.json" in text and "python -m medsam_lib run --profile NEW" in text
+                assert sorted(p.name for p in (results / "demo").iterdir()) == ["profile.json"]  # nothing written
+            finally:
+                browser.close()
+    finally:
+        _stop(server)
+        log.close()
+        shutil.rmtree(tmp_path / "runtime", ignore_errors=True)
