@@ -118,6 +118,16 @@ def score_and_write(store, models: Models, predictions: dict, options: EvalOptio
     return frames
 
 
+DATA_WORDS = {"shared_data": "real cases of ../shared/data", "cohorts": "real cohorts of ../shared/cohorts"}
+
+
+def _data_words(store, synthetic: bool) -> str:
+    if synthetic:
+        return "SYNTHETIC phantoms"
+    manifests = sorted(store.info.get("manifests", {}))
+    return "; ".join(DATA_WORDS.get(m, f"real cases (manifest {m})") for m in manifests) or "real cases"
+
+
 def caption(table: int, profile: str, store, models: Models, options: EvalOptions, split_note: str) -> str:
     index = store.index
     synthetic = index["synthetic"].astype(str).eq("True").any()
@@ -130,7 +140,7 @@ def caption(table: int, profile: str, store, models: Models, options: EvalOption
     parts = [f"Table {table} ({kind} tasks of the paper), profile '{profile}': DSC and NSD (%), mean over "
              f"{options.split} cases [bootstrap 95% CI], paired Wilcoxon p base vs fine-tuned (>= 5 cases).",
              f"Models: base {base}; fine-tuned {ft}.",
-             f"Data: {'SYNTHETIC phantoms' if synthetic else 'real cases of ../shared/data'} curated with preset "
+             f"Data: {_data_words(store, synthetic)} curated with preset "
              f"'{store.preset}'; † = stand-in data (not the paper's data set for that task); * = a target that is "
              "no paper task (listed only where it has test cases).",
              f"Boxes: protocol '{options.protocol}', margin {options.box_margin:g} px, jitter 0-{options.box_jitter} px "
