@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data.splits import SPLITS
 from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case
 
 HEADING = "### What this run shows"
 EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
 MIN_PAIRS_CI = MIN_CASES_TEST  # a bootstrap CI of 2-4 pairs only spans the values themselves: none is claimed
 FILTERED = "masks passing SAM's filters"
-NO_FIT_DICE = 0.5  # a multimask candidate under this Dice does not segment the target  # a column of teardown.modes_table
+NO_FIT_DICE = 0.5  # a multimask candidate under this Dice does not segment the target
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def curation_findings(index, comparison=None) -> str:
     cases = index[["dataset", "case"]].drop_duplicates()
     split = index.drop_duplicates(["dataset", "case"])["split"].value_counts()
     bullets = [f"{len(cases)} cases, {index['image_id'].nunique()} curated slices, {len(index)} targets; "
-               + ", ".join(f"{int(split.get(s, 0))} cases in {s}" for s in ("train", "test")) + "."]
+               + ", ".join(f"{int(split.get(s, 0))} cases in {s}" for s in SPLITS
+                           if s != "validation" or s in split.index) + "."]  # validation where the manifest has one
     if comparison is not None and len(comparison.columns) == 2:
         first, second = comparison.columns
         diff = comparison[second] - comparison[first]

@@ -123,6 +123,8 @@ def test_curation_findings():
     text = findings.curation_findings(index, comparison)
     assert "3 cases, 3 curated slices, 3 targets; 2 cases in train, 1 cases in test" in text
     assert "paper -> official_code preset: ct 10 -> 8; 1 data set(s) unchanged" in text
+    with_validation = index.assign(split=["train", "test", "validation"])
+    assert "1 cases in train, 1 cases in validation, 1 cases in test" in findings.curation_findings(with_validation)
 
 
 def test_tables_findings_pairs_cases_and_names_the_2d_nsd_definition():
