@@ -129,6 +129,35 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
+def start_jupyterlab(root: Path, tmp_path: Path, extra_env: dict, log_path: Path):
+    """JupyterLab on 127.0.0.1 (a free port, a token) serving ``root``, with throw-away config, settings,
+    workspace, runtime, data and IPython folders under ``tmp_path``; returns (process, base URL, token,
+    log file) once it answers."""
+    env = dict(os.environ)
+    for name in ("config", "settings", "workspaces", "runtime", "data", "ipython"):
+        (tmp_path / name).mkdir()
+    _lab_settings(tmp_path / "settings")
+    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+                "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **extra_env})
+    port, token = _free_port(), uuid.uuid4().hex
+    base = f"http://127.0.0.1:{port}"
+    log = open(log_path, "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: _api(base, token, "/api/status") is not None, SERVER_START_S, "JupyterLab to answer")
+    except BaseException:
+        _stop(server)
+        log.close()
+        raise
+    return server, base, token, log
+
+
 def _shown_image(page, img) -> np.ndarray:
     """The pixels of the widget's <img> as the page decoded them: (H, W, 3) uint8 at natural size."""
     data_url = img.evaluate("""(el) => {
@@ -169,27 +198,10 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
     _write_notebook_copy(root, {"box": None}, VOLUME_NOTEBOOK)
     user = tmp_path / "user"
     autosave = user / Path(CASE_NAME).stem / "boxes.json"
-    env = dict(os.environ)
-    for name in ("config", "settings", "workspaces", "runtime", "data", "ipython"):
-        (tmp_path / name).mkdir()
-    _lab_settings(tmp_path / "settings")
-    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-                "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1",
-                "MPLBACKEND": "Agg", "MEDSAM_USER_DIR": str(user),
-                "MEDSAM_RESULTS_ROOT": str(tmp_path / "results")})  # the demo profile's results in tmp
-    port, token = _free_port(), uuid.uuid4().hex
-    base = f"http://127.0.0.1:{port}"
-    log_path = artifacts_dir / "browser_box_prompting_jupyterlab.log"
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server, base, token, log = start_jupyterlab(
+        root, tmp_path, {"MEDSAM_USER_DIR": str(user), "MEDSAM_RESULTS_ROOT": str(tmp_path / "results")},
+        artifacts_dir / "browser_box_prompting_jupyterlab.log")  # the demo profile's results in tmp
     try:
-        _wait_for(lambda: _api(base, token, "/api/status") is not None, SERVER_START_S, "JupyterLab to answer")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             try:

@@ -10,18 +10,14 @@ written. Results go to a temporary ``MEDSAM_RESULTS_ROOT``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from test_browser_box_prompting import (ACTION_S, CHROMIUM, CHROMIUM_ARGS, KERNEL_READY_S, RUN_ALL_S, SERVER_START_S,
-                                        _api, _free_port, _lab_settings, _require_chromium, _stop, _wait_for)
+from test_browser_box_prompting import (ACTION_S, CHROMIUM, CHROMIUM_ARGS, KERNEL_READY_S, RUN_ALL_S, _api,
+                                        _require_chromium, _stop, _wait_for, start_jupyterlab)
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -54,25 +50,11 @@ def test_changing_only_the_profile_in_00_and_a_refusal_in_05(shared_data, artifa
     (results / "demo").mkdir(parents=True)
     (results / "demo" / "profile.json").write_text(json.dumps({**load_profile("demo").identity(),
                                                                "data_source": "shared"}))
-    env = dict(os.environ)
-    for name in ("config", "settings", "workspaces", "runtime", "data", "ipython", "user"):
-        (tmp_path / name).mkdir()
-    _lab_settings(tmp_path / "settings")
-    env.update({"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-                "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-                "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-                "IPYTHONDIR": str(tmp_path / "ipython"), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
-                "MEDSAM_USER_DIR": str(tmp_path / "user"), "MEDSAM_RESULTS_ROOT": str(results)})
-    port, token = _free_port(), uuid.uuid4().hex
-    base = f"http://127.0.0.1:{port}"
-    log = open(artifacts_dir / "browser_profile_jupyterlab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (tmp_path / "user").mkdir()
+    server, base, token, log = start_jupyterlab(
+        root, tmp_path, {"MEDSAM_USER_DIR": str(tmp_path / "user"), "MEDSAM_RESULTS_ROOT": str(results)},
+        artifacts_dir / "browser_profile_jupyterlab.log")
     try:
-        _wait_for(lambda: _api(base, token, "/api/status") is not None, SERVER_START_S, "JupyterLab to answer")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             try:
