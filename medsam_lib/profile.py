@@ -163,12 +163,12 @@ def fill_options(args, command: str, from_profile, defaults: dict, writes_result
     results folder claims it (``Profile.claim``). Returns the profile, or None."""
     name = getattr(args, "profile", None)
     profile = None if name is None else open_profile(name) if writes_results else load_profile(name)
-    values = {**defaults, **(from_profile(profile) if profile is not None else {})}
-    for option, value in values.items():
+    decided = from_profile(profile) if profile is not None else {}
+    for option, value in {**defaults, **decided}.items():
         given = getattr(args, option, None)
         if given is None:
             setattr(args, option, value)
-        elif profile is not None and option in from_profile(profile) and str(given) != str(value):
+        elif option in decided and str(given) != str(value):
             flag = "--" + option.replace("_", "-")
             raise MedSAMError(f"{command} {flag} {quote(str(given))} contradicts --profile {name}, whose {flag} is "
                               f"{quote(str(value))}: drop {flag}, or give the setting its own profile")

@@ -20,6 +20,7 @@ Never ``playwright install``: Debian's /usr/bin/chromium is used (``make browser
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -129,6 +130,21 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def chromium_page(width: int, height: int):
+    """A page of Debian's Chromium (headless, via Playwright), ``width`` x ``height``, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(ACTION_S * 1000)
+            yield page
+        finally:
+            browser.close()
+
+
 def start_jupyterlab(root: Path, tmp_path: Path, extra_env: dict, log_path: Path):
     """JupyterLab on 127.0.0.1 (a free port, a token) serving ``root``, with throw-away config, settings,
     workspace, runtime, data and IPython folders under ``tmp_path``; returns (process, base URL, token,
@@ -174,7 +190,6 @@ def _shown_image(page, img) -> np.ndarray:
 
 def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path):
     _require_chromium()
-    from playwright.sync_api import sync_playwright
 
     from medsam_lib.data.readers import read_image
     from medsam_lib.geometry import box_from_mask
@@ -202,165 +217,159 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
         root, tmp_path, {"MEDSAM_USER_DIR": str(user), "MEDSAM_RESULTS_ROOT": str(tmp_path / "results")},
         artifacts_dir / "browser_box_prompting_jupyterlab.log")  # the demo profile's results in tmp
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1200})
-                page.set_default_timeout(ACTION_S * 1000)
-                page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
+        with chromium_page(1500, 1200) as page:
+            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
 
-                def kernel_ready(name=NOTEBOOK.name):
-                    sessions = _api(base, token, "/api/sessions")
-                    for s in sessions:
-                        kernel = s.get("kernel") or {}
-                        if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
-                                and kernel.get("connections", 0) >= 1:
-                            return kernel["id"]
-                    return None
+            def kernel_ready(name=NOTEBOOK.name):
+                sessions = _api(base, token, "/api/sessions")
+                for s in sessions:
+                    kernel = s.get("kernel") or {}
+                    if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
+                            and kernel.get("connections", 0) >= 1:
+                        return kernel["id"]
+                return None
 
-                def run_all():
-                    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-                    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+            def run_all():
+                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
 
-                def run_all_finished(kernel_id):
-                    _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
-                              and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
-                              RUN_ALL_S, "Run All to finish")
+            def run_all_finished(kernel_id):
+                _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
+                          and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
+                          RUN_ALL_S, "Run All to finish")
 
-                kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, "the notebook's kernel to be idle and connected")
-                page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
-                run_all()
+            kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, "the notebook's kernel to be idle and connected")
+            page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
+            run_all()
 
-                # the widget's drawing surface: the svg beside its <img> (it exists once the image loaded)
-                svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
-                svg.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
-                # every cell has run: no busy prompt left and the kernel is idle again
-                run_all_finished(kernel_id)
-                _wait_for(autosave.is_file, RUN_ALL_S, "the widget's first autosave")
-                img = page.locator(".jp-OutputArea-output img[alt='annotate me']").first
-                _wait_for(lambda: img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
-                          "the widget's image to load")
-                svg.evaluate("el => el.scrollIntoView({block: 'center', inline: 'center'})")
-                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_before.png"), full_page=False)
-                shown_before = _shown_image(page, img)
-                src_before = img.get_attribute("src")
+            # the widget's drawing surface: the svg beside its <img> (it exists once the image loaded)
+            svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
+            svg.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
+            # every cell has run: no busy prompt left and the kernel is idle again
+            run_all_finished(kernel_id)
+            _wait_for(autosave.is_file, RUN_ALL_S, "the widget's first autosave")
+            img = page.locator(".jp-OutputArea-output img[alt='annotate me']").first
+            _wait_for(lambda: img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
+                      "the widget's image to load")
+            svg.evaluate("el => el.scrollIntoView({block: 'center', inline: 'center'})")
+            page.screenshot(path=str(artifacts_dir / "browser_box_prompting_before.png"), full_page=False)
+            shown_before = _shown_image(page, img)
+            src_before = img.get_attribute("src")
 
-                box = svg.bounding_box()
-                natural = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
-                shown_width = img.evaluate("el => el.getBoundingClientRect().width")
-                sx, sy = box["width"] / natural[0], box["height"] / natural[1]
+            box = svg.bounding_box()
+            natural = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+            shown_width = img.evaluate("el => el.getBoundingClientRect().width")
+            sx, sy = box["width"] / natural[0], box["height"] / natural[1]
 
-                def screen(image_box):  # a box's pixels (x1/y1 inclusive) -> its rectangle's corners on screen
-                    return ((box["x"] + image_box[0] * sx, box["y"] + image_box[1] * sy),
-                            (box["x"] + (image_box[2] + 1) * sx, box["y"] + (image_box[3] + 1) * sy))
+            def screen(image_box):  # a box's pixels (x1/y1 inclusive) -> its rectangle's corners on screen
+                return ((box["x"] + image_box[0] * sx, box["y"] + image_box[1] * sy),
+                        (box["x"] + (image_box[2] + 1) * sx, box["y"] + (image_box[3] + 1) * sy))
 
-                def on_svg(point):  # on screen, on the widget's svg, nothing in front
-                    return page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y);"
-                                         " return !!e && !!e.closest('svg') && e.closest('svg') === "
-                                         "document.querySelector(\"img[alt='annotate me']\")"
-                                         ".parentElement.parentElement.querySelector(':scope > svg'); }",
-                                         list(point))
+            def on_svg(point):  # on screen, on the widget's svg, nothing in front
+                return page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y);"
+                                     " return !!e && !!e.closest('svg') && e.closest('svg') === "
+                                     "document.querySelector(\"img[alt='annotate me']\")"
+                                     ".parentElement.parentElement.querySelector(':scope > svg'); }",
+                                     list(point))
 
-                def drag(a, b):
-                    page.mouse.move(*a)
-                    page.mouse.down()
-                    page.mouse.move(*b, steps=12)
-                    page.mouse.up()
+            def drag(a, b):
+                page.mouse.move(*a)
+                page.mouse.down()
+                page.mouse.move(*b, steps=12)
+                page.mouse.up()
 
-                start, end = screen(target_box)
-                for point in (start, end):
-                    assert on_svg(point), f"point {point} is not on the widget's svg"
-                # time stamps in the page: the mouse release, and the new picture loaded in the <img>
-                img.evaluate("""(el) => {
-                    window.__medsam = {released: null, shown: null};
-                    document.addEventListener('mouseup', () => { window.__medsam.released = performance.now(); },
-                                              {capture: true, once: true});
-                    el.addEventListener('load', () => { window.__medsam.shown = performance.now(); }, {once: true});
-                }""")
-                drag(start, end)
+            start, end = screen(target_box)
+            for point in (start, end):
+                assert on_svg(point), f"point {point} is not on the widget's svg"
+            # time stamps in the page: the mouse release, and the new picture loaded in the <img>
+            img.evaluate("""(el) => {
+                window.__medsam = {released: null, shown: null};
+                document.addEventListener('mouseup', () => { window.__medsam.released = performance.now(); },
+                                          {capture: true, once: true});
+                el.addEventListener('load', () => { window.__medsam.shown = performance.now(); }, {once: true});
+            }""")
+            drag(start, end)
 
-                def kernel_has(n):
-                    def check():
-                        state = json.loads(autosave.read_text(encoding="utf-8"))
-                        return state if len(state["annotations"]) >= n else None
-                    return check
-
-                state = _wait_for(kernel_has(1), MASK_S, "the kernel to receive the box")
-                _wait_for(lambda: img.get_attribute("src") != src_before
-                          and img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
-                          "the widget to show the mask")
-                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_after.png"), full_page=False)
-                shown_after = _shown_image(page, img)
-                stamps = _wait_for(lambda: page.evaluate("window.__medsam.shown && window.__medsam"), MASK_S,
-                                   "the page's time stamps")
-                # a second box, drawn inside the first: a new box, the first stays where it is
-                inner_start, inner_end = screen(inner_box)
-                drag(inner_start, inner_end)
-                two = _wait_for(kernel_has(2), MASK_S, "the kernel to receive the inner box")
-                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_inner.png"), full_page=False)
-                # move mode: dragging inside the inner box moves it
-                page.locator("button", has_text="Move boxes").first.click()
-                _wait_for(lambda: page.locator(".medsam-bbox:not(.medsam-draw)").count() > 0, MASK_S,
-                          "the widget to switch to move mode")
-                middle = ((inner_start[0] + inner_end[0]) / 2, (inner_start[1] + inner_end[1]) / 2)
-                shift = 12
-                drag(middle, (middle[0] + shift * sx, middle[1] + shift * sy))
-
-                def inner_moved():
+            def kernel_has(n):
+                def check():
                     state = json.loads(autosave.read_text(encoding="utf-8"))
-                    boxes = [a["box"] for a in state["annotations"]]
-                    return state if len(boxes) == 2 and boxes[1] != two["annotations"][1]["box"] else None
+                    return state if len(state["annotations"]) >= n else None
+                return check
 
-                moved = _wait_for(inner_moved, MASK_S, "the kernel to receive the moved box")
+            state = _wait_for(kernel_has(1), MASK_S, "the kernel to receive the box")
+            _wait_for(lambda: img.get_attribute("src") != src_before
+                      and img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
+                      "the widget to show the mask")
+            page.screenshot(path=str(artifacts_dir / "browser_box_prompting_after.png"), full_page=False)
+            shown_after = _shown_image(page, img)
+            stamps = _wait_for(lambda: page.evaluate("window.__medsam.shown && window.__medsam"), MASK_S,
+                               "the page's time stamps")
+            # a second box, drawn inside the first: a new box, the first stays where it is
+            inner_start, inner_end = screen(inner_box)
+            drag(inner_start, inner_end)
+            two = _wait_for(kernel_has(2), MASK_S, "the kernel to receive the inner box")
+            page.screenshot(path=str(artifacts_dir / "browser_box_prompting_inner.png"), full_page=False)
+            # move mode: dragging inside the inner box moves it
+            page.locator("button", has_text="Move boxes").first.click()
+            _wait_for(lambda: page.locator(".medsam-bbox:not(.medsam-draw)").count() > 0, MASK_S,
+                      "the widget to switch to move mode")
+            middle = ((inner_start[0] + inner_end[0]) / 2, (inner_start[1] + inner_end[1]) / 2)
+            shift = 12
+            drag(middle, (middle[0] + shift * sx, middle[1] + shift * sy))
 
-                # Run All again: the new session restores both boxes from the autosave and shows them
-                shown_rects = svg.locator("rect.movable").count()  # the two boxes' rectangles, as drawn
-                assert shown_rects >= 2
-                run_all()
-                run_all_finished(kernel_id)
+            def inner_moved():
+                state = json.loads(autosave.read_text(encoding="utf-8"))
+                boxes = [a["box"] for a in state["annotations"]]
+                return state if len(boxes) == 2 and boxes[1] != two["annotations"][1]["box"] else None
 
-                def restored():
-                    state = json.loads(autosave.read_text(encoding="utf-8"))
-                    return state if any("restored 2 box(es)" in m for m in state["messages"]) \
-                        and len(state["annotations"]) == 2 else None
+            moved = _wait_for(inner_moved, MASK_S, "the kernel to receive the moved box")
 
-                rerun = _wait_for(restored, MASK_S, "the second Run All to restore the two boxes")
-                _wait_for(lambda: page.get_by_text("restored 2 boxes of the last session on this image").count() > 0,
-                          MASK_S, "the widget cell to say the boxes were restored")
-                svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
-                _wait_for(lambda: svg.locator("rect.movable").count() == shown_rects, MASK_S,
-                          "the new widget to show both boxes")
-                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_rerun.png"), full_page=False)
+            # Run All again: the new session restores both boxes from the autosave and shows them
+            shown_rects = svg.locator("rect.movable").count()  # the two boxes' rectangles, as drawn
+            assert shown_rects >= 2
+            run_all()
+            run_all_finished(kernel_id)
 
-                # a volume in a second notebook: moving the slider shows "embedding slice k…" until it is ready
-                page.goto(f"{base}/lab/tree/{VOLUME_NOTEBOOK}?token={token}", wait_until="domcontentloaded")
-                volume_kernel = _wait_for(lambda: kernel_ready(VOLUME_NOTEBOOK), KERNEL_READY_S,
-                                          "the volume notebook's kernel to be idle and connected")
-                page.locator(".jp-Notebook:visible").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
-                run_all()
-                run_all_finished(volume_kernel)
-                readout = page.locator(".widget-slider .widget-readout").first
-                readout.wait_for(state="visible", timeout=RUN_ALL_S * 1000)
-                start_slice = int(readout.inner_text().strip())
-                target_slice = 0 if start_slice != 0 else 1
-                page.evaluate("""() => {
-                    window.__medsamTexts = [];
-                    const record = () => document.querySelectorAll('.widget-html-content pre').forEach((p) => {
-                        const t = p.textContent, seen = window.__medsamTexts;
-                        if (seen[seen.length - 1] !== t) seen.push(t);
-                    });
-                    new MutationObserver(record).observe(document.body,
-                                                         {subtree: true, childList: true, characterData: true});
-                }""")
-                readout.click()
-                page.keyboard.press("Control+A")
-                page.keyboard.type(str(target_slice))
-                page.keyboard.press("Enter")
-                texts = _wait_for(lambda: (lambda t: t if any(f"slice {target_slice}: ready" in x for x in t) else None)(
-                    page.evaluate("window.__medsamTexts")), MASK_S, f"slice {target_slice} to be ready")
-                page.screenshot(path=str(artifacts_dir / "browser_box_prompting_volume.png"), full_page=False)
-            finally:
-                browser.close()
+            def restored():
+                state = json.loads(autosave.read_text(encoding="utf-8"))
+                return state if any("restored 2 box(es)" in m for m in state["messages"]) \
+                    and len(state["annotations"]) == 2 else None
+
+            rerun = _wait_for(restored, MASK_S, "the second Run All to restore the two boxes")
+            _wait_for(lambda: page.get_by_text("restored 2 boxes of the last session on this image").count() > 0,
+                      MASK_S, "the widget cell to say the boxes were restored")
+            svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
+            _wait_for(lambda: svg.locator("rect.movable").count() == shown_rects, MASK_S,
+                      "the new widget to show both boxes")
+            page.screenshot(path=str(artifacts_dir / "browser_box_prompting_rerun.png"), full_page=False)
+
+            # a volume in a second notebook: moving the slider shows "embedding slice k…" until it is ready
+            page.goto(f"{base}/lab/tree/{VOLUME_NOTEBOOK}?token={token}", wait_until="domcontentloaded")
+            volume_kernel = _wait_for(lambda: kernel_ready(VOLUME_NOTEBOOK), KERNEL_READY_S,
+                                      "the volume notebook's kernel to be idle and connected")
+            page.locator(".jp-Notebook:visible").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
+            run_all()
+            run_all_finished(volume_kernel)
+            readout = page.locator(".widget-slider .widget-readout").first
+            readout.wait_for(state="visible", timeout=RUN_ALL_S * 1000)
+            start_slice = int(readout.inner_text().strip())
+            target_slice = 0 if start_slice != 0 else 1
+            page.evaluate("""() => {
+                window.__medsamTexts = [];
+                const record = () => document.querySelectorAll('.widget-html-content pre').forEach((p) => {
+                    const t = p.textContent, seen = window.__medsamTexts;
+                    if (seen[seen.length - 1] !== t) seen.push(t);
+                });
+                new MutationObserver(record).observe(document.body,
+                                                     {subtree: true, childList: true, characterData: true});
+            }""")
+            readout.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type(str(target_slice))
+            page.keyboard.press("Enter")
+            texts = _wait_for(lambda: (lambda t: t if any(f"slice {target_slice}: ready" in x for x in t) else None)(
+                page.evaluate("window.__medsamTexts")), MASK_S, f"slice {target_slice} to be ready")
+            page.screenshot(path=str(artifacts_dir / "browser_box_prompting_volume.png"), full_page=False)
     finally:
         _stop(server)
         log.close()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from test_browser_box_prompting import (ACTION_S, CHROMIUM, CHROMIUM_ARGS, KERNEL_READY_S, RUN_ALL_S, _api,
-                                        _require_chromium, _stop, _wait_for, start_jupyterlab)
+from test_browser_box_prompting import (KERNEL_READY_S, RUN_ALL_S, _api, _require_chromium, _stop, _wait_for,
+                                        chromium_page, start_jupyterlab)
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -38,7 +38,6 @@ def _copy_without_outputs(name: str, folder: Path) -> None:
 
 def test_changing_only_the_profile_in_00_and_a_refusal_in_05(shared_data, artifacts_dir, tmp_path):
     _require_chromium()
-    from playwright.sync_api import sync_playwright
 
     from medsam_lib.profile import load_profile
 
@@ -55,56 +54,50 @@ def test_changing_only_the_profile_in_00_and_a_refusal_in_05(shared_data, artifa
         root, tmp_path, {"MEDSAM_USER_DIR": str(tmp_path / "user"), "MEDSAM_RESULTS_ROOT": str(results)},
         artifacts_dir / "browser_profile_jupyterlab.log")
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1100})
-                page.set_default_timeout(ACTION_S * 1000)
+        with chromium_page(1400, 1100) as page:
 
-                def open_and_run_all(name: str, new_profile: str | None = None) -> str:
-                    page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="domcontentloaded")
+            def open_and_run_all(name: str, new_profile: str | None = None) -> str:
+                page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="domcontentloaded")
 
-                    def kernel_ready():
-                        for s in _api(base, token, "/api/sessions"):
-                            kernel = s.get("kernel") or {}
-                            if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
-                                    and kernel.get("connections", 0) >= 1:
-                                return kernel["id"]
-                        return None
+                def kernel_ready():
+                    for s in _api(base, token, "/api/sessions"):
+                        kernel = s.get("kernel") or {}
+                        if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
+                                and kernel.get("connections", 0) >= 1:
+                            return kernel["id"]
+                    return None
 
-                    kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, f"{name}'s kernel to be idle and connected")
-                    notebook = page.locator(".jp-NotebookPanel:visible .jp-Notebook").first
-                    notebook.wait_for(state="visible")
-                    if new_profile is not None:  # the reader's one edit: the profile line of the parameters cell
-                        line = notebook.locator(".cm-line", has_text='profile = "demo"').first
-                        line.click()
-                        page.keyboard.press("Home")
-                        page.keyboard.press("Shift+End")
-                        page.keyboard.type(f'profile = "{new_profile}"')
-                    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-                    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
-                    _wait_for(lambda: notebook.locator(".jp-OutputArea-output").count() > 0, RUN_ALL_S,
-                              f"{name}'s first output")
-                    _wait_for(lambda: notebook.locator(".jp-InputPrompt", has_text="[*]").count() == 0
-                              and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
-                              RUN_ALL_S, f"Run All of {name} to finish")
-                    notebook.locator(".jp-OutputArea-output").first.scroll_into_view_if_needed()  # the first cell's
-                    page.screenshot(path=str(artifacts_dir / f"browser_profile_{Path(name).stem}.png"))
-                    return "\n".join(notebook.locator(".jp-OutputArea-output").all_inner_texts())
+                kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, f"{name}'s kernel to be idle and connected")
+                notebook = page.locator(".jp-NotebookPanel:visible .jp-Notebook").first
+                notebook.wait_for(state="visible")
+                if new_profile is not None:  # the reader's one edit: the profile line of the parameters cell
+                    line = notebook.locator(".cm-line", has_text='profile = "demo"').first
+                    line.click()
+                    page.keyboard.press("Home")
+                    page.keyboard.press("Shift+End")
+                    page.keyboard.type(f'profile = "{new_profile}"')
+                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+                _wait_for(lambda: notebook.locator(".jp-OutputArea-output").count() > 0, RUN_ALL_S,
+                          f"{name}'s first output")
+                _wait_for(lambda: notebook.locator(".jp-InputPrompt", has_text="[*]").count() == 0
+                          and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
+                          RUN_ALL_S, f"Run All of {name} to finish")
+                notebook.locator(".jp-OutputArea-output").first.scroll_into_view_if_needed()  # the first cell's
+                page.screenshot(path=str(artifacts_dir / f"browser_profile_{Path(name).stem}.png"))
+                return "\n".join(notebook.locator(".jp-OutputArea-output").all_inner_texts())
 
-                text = open_and_run_all("00_quickstart.ipynb", "shared-real")
-                assert "profile 'shared-real': real cases of ../shared/data" in text, text[:2000]
-                assert "BUSI breast ultrasound" in text and "Traceback" not in text
-                assert (results / "shared-real" / "profile.json").is_file()
-                assert (results / "shared-real" / "tables").is_dir()
-                assert sorted(p.name for p in (results / "demo").iterdir()) == ["profile.json"]
+            text = open_and_run_all("00_quickstart.ipynb", "shared-real")
+            assert "profile 'shared-real': real cases of ../shared/data" in text, text[:2000]
+            assert "BUSI breast ultrasound" in text and "Traceback" not in text
+            assert (results / "shared-real" / "profile.json").is_file()
+            assert (results / "shared-real" / "tables").is_dir()
+            assert sorted(p.name for p in (results / "demo").iterdir()) == ["profile.json"]
 
-                text = open_and_run_all("05_tables.ipynb")
-                assert "holds results written with data_source='shared'" in text, text[:2000]
-                assert "medsam_lib/profiles/NEW.json" in text and "python -m medsam_lib run --profile NEW" in text
-                assert sorted(p.name for p in (results / "demo").iterdir()) == ["profile.json"]  # nothing written
-            finally:
-                browser.close()
+            text = open_and_run_all("05_tables.ipynb")
+            assert "holds results written with data_source='shared'" in text, text[:2000]
+            assert "medsam_lib/profiles/NEW.json" in text and "python -m medsam_lib run --profile NEW" in text
+            assert sorted(p.name for p in (results / "demo").iterdir()) == ["profile.json"]  # nothing written
     finally:
         _stop(server)
         log.close()
