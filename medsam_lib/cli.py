@@ -141,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute the numbered notebooks of a profile with papermill")
     run.add_argument("--profile", default="demo")
     run.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (default: all)")
-    run.add_argument("--resume", action="store_true",
-                     help="skip notebooks that already ran successfully with the same inputs")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", dest="resume", action="store_true", default=True,
+                       help="the default: skip notebooks that already ran successfully with the same inputs "
+                            "(after a crash or kill -9, the rest run again)")
+    again.add_argument("--fresh", dest="resume", action="store_false", help="run every notebook again")
     run.set_defaults(func=cmd_run)
 
     nbs = sub.add_parser("notebooks", help="execute notebooks in place so their committed outputs are current")

