@@ -11,7 +11,8 @@
   ``running`` until the run ends (``ok``, ``failed`` or ``interrupted``).
 Resuming (the CLI's default; ``--fresh`` reruns everything) skips notebooks whose source, parameters,
 settings, library code, input data (names, sizes, times) and predecessors are unchanged since their last successful run, and reruns the
-rest; a notebook interrupted by ``kill -9`` simply runs again (its long steps, curation, embedding
+rest (with ``--only``, the other notebooks' entries are kept unless one before them ran again); a
+notebook interrupted by ``kill -9`` simply runs again (its long steps, curation, embedding
 stores and training, resume from their own caches). Temporary files a killed run left beside the
 executed notebooks are removed, and the folder's lock (``locks.output_folder``) dies with its holder.
 ``python -m medsam_lib notebooks refresh [NN ...]`` executes notebooks in place with their default
@@ -190,18 +191,27 @@ def _remove_stale_parts(out_dir: Path, names: list[str]) -> list[str]:
 
 class _Record:
     """The run record, written atomically after every cell and notebook so that a killed run leaves
-    a record that says what finished, how long each step took, and where it stopped."""
+    a record that says what finished, how long each step took, and where it stopped.
 
-    def __init__(self, path: Path, record: dict):
-        self.path, self.data = path, record
+    ``kept``: the last record's finished notebooks outside this run's selection (``--only``), carried
+    over (as skipped) while they stay valid: those after a notebook this run executes are dropped."""
+
+    def __init__(self, path: Path, record: dict, kept: list[dict]):
+        self.path, self.data, self.kept, self.entries = path, record, kept, []
 
     def save(self) -> None:
+        executed = [nb["name"] for nb in self.entries if not nb.get("skipped")]
+        kept = [nb for nb in self.kept if not executed or nb["name"] < executed[0]]
+        self.data["notebooks"] = sorted(self.entries + kept, key=lambda nb: nb["name"])
         atomic_write_text(self.path, json.dumps(self.data, indent=2))
 
-    def start(self, entry: dict) -> "_CellClock":
-        self.data["notebooks"].append(entry)
-        self.data["running"] = entry["name"]
+    def add(self, entry: dict) -> None:
+        self.entries.append(entry)
         self.save()
+
+    def start(self, entry: dict) -> "_CellClock":
+        self.data["running"] = entry["name"]
+        self.add(entry)
         return _CellClock(self, entry)
 
 
@@ -229,10 +239,12 @@ class _CellClock:
         return round(time.perf_counter() - self.started, 2)
 
 
-def _can_skip(prev: dict | None, previous: dict, record: dict, source_hash: str, executed: Path) -> bool:
-    return bool(prev and prev["status"] == "ok" and prev["sha256"] == source_hash and executed.is_file()
-                and all(previous.get(k) == record[k] for k in ("parameters", "settings", "library_sha256",
-                                                                      "data_fingerprint")))
+RUN_INPUTS = ("parameters", "settings", "library_sha256", "data_fingerprint")  # the same for every notebook
+
+
+def _can_skip(prev: dict | None, same_inputs: bool, source_hash: str, executed: Path) -> bool:
+    return bool(same_inputs and prev and prev["status"] == "ok" and prev["sha256"] == source_hash
+                and executed.is_file())
 
 
 def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path], resume: bool) -> dict:
@@ -241,11 +253,11 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
     record_path = out_dir / "run_record.json"
     previous = _previous_record(record_path) if resume else {}
     previous_nbs = {nb["name"]: nb for nb in previous.get("notebooks", [])}
-    if previous.get("state") == "running":
+    if previous.get("state") in ("running", "interrupted"):
         print(f"resuming: the last run of {profile.name!r} stopped without finishing (during "
               f"{previous.get('running')}); finished notebooks with unchanged inputs are skipped")
     stale = _remove_stale_parts(out_dir, [p.name for p in paths] + [record_path.name])
-    record = _Record(record_path, {
+    data = {
         "profile": profile.name, "description": profile.description,
         "settings": {**profile.identity(), "device": profile.device},
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "state": "running", "running": None,
@@ -254,7 +266,12 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
         "python": sys.version.split()[0], "platform": platform.platform(),
         "packages": _package_versions(), "parameters": params, "seeds": {"seed": profile.seed},
         "removed_stale_files": stale, "notebooks": [],
-    })
+    }
+    same_inputs = all(previous.get(k) == data[k] for k in RUN_INPUTS)
+    selected = {p.name for p in paths}
+    record = _Record(record_path, data, kept=[
+        {**nb, "skipped": True} for nb in previous.get("notebooks", [])
+        if same_inputs and nb["name"] not in selected and nb["status"] == "ok"])
     chain_unchanged = True
     bar = tqdm(paths, desc=f"notebooks ({profile.name})", unit="nb")
     entry: dict | None = None
@@ -263,9 +280,8 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
             bar.set_postfix_str(path.stem)
             source_hash = sha256_file(path)
             prev = previous_nbs.get(path.name)
-            if chain_unchanged and _can_skip(prev, previous, record.data, source_hash, out_dir / path.name):
-                record.data["notebooks"].append({**prev, "skipped": True})
-                record.save()
+            if chain_unchanged and _can_skip(prev, same_inputs, source_hash, out_dir / path.name):
+                record.add({**prev, "skipped": True})
                 continue
             chain_unchanged = False
             entry = {"name": path.name, "sha256": source_hash, "status": "running",
@@ -285,9 +301,9 @@ def _run_locked(profile: Profile, params: dict, out_dir: Path, paths: list[Path]
         raise
     record.data["inputs"] = _input_hashes(profile)
     record.data["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record.data["state"] = "ok" if all(nb["status"] == "ok" for nb in record.data["notebooks"]) else "failed"
+    record.data["state"] = "ok" if all(nb["status"] == "ok" for nb in record.entries) else "failed"
     record.save()
-    _print_summary(record.data, out_dir, len(paths))
+    _print_summary(record.entries, out_dir, len(paths))
     return record.data
 
 
@@ -323,10 +339,10 @@ def _execute(path: Path, out_dir: Path, params: dict, clock: _CellClock, entry: 
         bar.write(f"error: {path.name} failed: {entry['error']} (see {failed_copy})", file=sys.stderr)
 
 
-def time_table(record: dict) -> str:
+def time_table(notebooks: list[dict]) -> str:
     """Per notebook: status, wall time and its slowest cell (the table ``run`` prints at the end)."""
     rows = [("notebook", "status", "wall", "slowest cell")]
-    for nb in record["notebooks"]:
+    for nb in notebooks:
         status = "skipped" if nb.get("skipped") else nb["status"]
         wall = f"{nb.get('wall_s', 0):.1f} s" + (" (earlier)" if nb.get("skipped") else "")
         cells = nb.get("cells") or []
@@ -336,11 +352,11 @@ def time_table(record: dict) -> str:
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows).rstrip()
 
 
-def _print_summary(record: dict, out_dir: Path, total: int) -> None:
-    ok = sum(nb["status"] == "ok" for nb in record["notebooks"])
-    seconds = sum(nb.get("wall_s", 0) for nb in record["notebooks"] if not nb.get("skipped"))
+def _print_summary(notebooks: list[dict], out_dir: Path, total: int) -> None:
+    ok = sum(nb["status"] == "ok" for nb in notebooks)
+    seconds = sum(nb.get("wall_s", 0) for nb in notebooks if not nb.get("skipped"))
     shown = os.path.relpath(out_dir)
-    print(time_table(record))
+    print(time_table(notebooks))
     print(f"{ok}/{total} notebooks ok in {seconds / 60:.1f} min; executed notebooks, tables/ and figures/ in "
           f"{shown}; run record (time of every cell): {os.path.join(shown, 'run_record.json')}")
 

@@ -83,6 +83,21 @@ def test_run_record_and_resume(tmp_path, monkeypatch, capfd):
     assert all(nb.get("skipped") for nb in again["notebooks"]) and not stale.exists()
     assert again["removed_stale_files"] == [stale.name] and again["notebooks"][0]["cells"] == first["cells"]
 
+    # --only: the other notebooks' entries are kept, unless a notebook before them ran again
+    second = runner.NOTEBOOKS_DIR / "01_second.ipynb"
+    nb = nbformat.read(second, as_version=4)
+    nb.cells[-1].source = "print('second, edited', profile)"
+    nbformat.write(nb, second)
+    only = runner.run_profile("demo", only=["01"], resume=True)
+    assert [(n["name"], n.get("skipped")) for n in only["notebooks"]] == [("00_first.ipynb", True),
+                                                                            ("01_second.ipynb", None)]
+    first_nb = runner.NOTEBOOKS_DIR / "00_first.ipynb"
+    first_nb.write_text(first_nb.read_text(encoding="utf-8").replace("seed * 2", "seed * 3"), encoding="utf-8")
+    only = runner.run_profile("demo", only=["00"], resume=True)
+    assert [n["name"] for n in only["notebooks"]] == ["00_first.ipynb"]  # 01's entry is stale now: dropped
+    chain = runner.run_profile("demo", resume=True)
+    assert [n.get("skipped") for n in chain["notebooks"]] == [True, None]
+
     monkeypatch.setattr(runner, "_library_sha256", lambda: "other code")  # the library changed: run again
     rerun = runner.run_profile("demo", resume=True)
     assert not any(nb.get("skipped") for nb in rerun["notebooks"])
@@ -100,11 +115,11 @@ def test_cell_labels_and_time_table():
     assert runner.cell_label("# only a comment") == "(comments only)"
     assert runner.cell_label("a" * 80) == "a" * 57 + "..." and len(runner.cell_label("a" * 80)) == 60
     assert runner.cell_label('profile = "x"', tags=["parameters"]) == "(parameters)"
-    record = {"notebooks": [
+    notebooks = [
         {"name": "00_a.ipynb", "status": "ok", "skipped": True, "wall_s": 12.0,
          "cells": [{"label": "fast()", "wall_s": 1.0}, {"label": "slow()", "wall_s": 10.5}]},
-        {"name": "01_b.ipynb", "status": "failed", "wall_s": 3.25, "cells": []}]}
-    lines = runner.time_table(record).splitlines()
+        {"name": "01_b.ipynb", "status": "failed", "wall_s": 3.25, "cells": []}]
+    lines = runner.time_table(notebooks).splitlines()
     assert lines[0].split() == ["notebook", "status", "wall", "slowest", "cell"]
     assert lines[1].split() == ["00_a.ipynb", "skipped", "12.0", "s", "(earlier)", "10.5", "s", "slow()"]
     assert lines[2].split() == ["01_b.ipynb", "failed", "3.2", "s"]

@@ -88,7 +88,9 @@ def test_kill_9_mid_chain_then_resume(tmp_path):
     assert runner.returncode == -signal.SIGKILL
     # the kernels run in sessions of their own (jupyter_client), so the group kill misses them: they must
     # notice their parent is gone (ipykernel's parent poller) and exit, releasing any lock they held
+    killed_at = time.monotonic()
     _wait(lambda: not any(_alive(k) for k in kernels), 15, f"the orphaned kernels {kernels} to exit")
+    print(f"orphaned kernels exited {time.monotonic() - killed_at:.1f} s after the kill")  # shown with -s
 
     # what a killed run leaves: a whole record that says where it stopped, with times so far
     assert killed_record["state"] == "running" and killed_record["running"] == "02_data_curation.ipynb"
