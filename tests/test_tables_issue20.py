@@ -302,3 +302,39 @@ def test_committed_readme_section_matches_the_committed_tables():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert readme.section(text, "cohorts", "README.md") == \
         readme.render(readme.read_longs(tables_dir), "cohorts").rstrip()
+
+
+def test_real_cohorts_resample_whole_acquisitions_and_children(shared_cohorts, monkeypatch, tmp_path):
+    """On the real cohorts' cases (manifest ``cohorts``, no curation): the tables' cases and groups are
+    the README's (50 carotid frames in 13 acquisitions, 24 CHASE_DB1 eyes of 12 children), and the CI
+    equals a hand-written bootstrap over the groups the README names, taken from the file names."""
+    import re
+    import zlib
+
+    from medsam_lib.data.manifests import load_manifest, resolve_cases
+
+    monkeypatch.setenv("MEDSAM_SHARED_DIR", str(tmp_path / "absent"))
+    manifest = load_manifest("cohorts")
+    readme_group = {"us_carotid_artery_cca": lambda stem: stem.split("_slice_")[0],
+                    "fundus_retinal_vessel_chasedb1": lambda stem: re.fullmatch(r"(Image_\d+)[LR]", stem).group(1)}
+    expected = {"us_carotid_artery_cca": (50, 13), "fundus_retinal_vessel_chasedb1": (24, 12)}
+    for folder, rule in readme_group.items():
+        ds = manifest.dataset(folder)
+        target = ds.targets[0]
+        task = next(iter(target.paper_tasks.values()))
+        rows, files = [], []
+        for case in resolve_cases(ds, shared_cohorts):
+            name = case.images[ds.images[0].key].rsplit("/", 1)[1]
+            value = (zlib.crc32(name.encode()) % 1000) / 1000
+            rows.append({"dataset": folder, "case": case.case, "volume": case.volume, "image_key": ds.images[0].key,
+                         "task": task, "target": target.name, "modality": ds.modality, "stand_in": True,
+                         "synthetic": False, "n_slices": 1, "instance": 0, "split": "test", "dsc": value,
+                         "nsd": value})
+            files.append((name.rsplit(".", 1)[0], value))
+        frame = pd.DataFrame(rows)
+        row = tables.task_rows(frame, frame, None, "test", 11).iloc[0]
+        assert (row["n_cases"], row["n_groups"]) == expected[folder], folder
+        values = [v * 100 for _, v in sorted(files)]
+        groups = [rule(stem) for stem, _ in sorted(files)]
+        assert row["dsc_base"] == pytest.approx(np.mean(values))
+        assert (row["dsc_base_lo"], row["dsc_base_hi"]) == pytest.approx(_hand_group_bootstrap(values, groups, 11))
