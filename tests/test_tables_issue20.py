@@ -338,3 +338,23 @@ def test_real_cohorts_resample_whole_acquisitions_and_children(shared_cohorts, m
         groups = [rule(stem) for stem, _ in sorted(files)]
         assert row["dsc_base"] == pytest.approx(np.mean(values))
         assert (row["dsc_base_lo"], row["dsc_base_hi"]) == pytest.approx(_hand_group_bootstrap(values, groups, 11))
+
+
+def test_slab_frames_rescore_only_2d_targets_with_the_unit_axis_slab():
+    from medsam_lib.evaluation import chain, metrics
+    from medsam_lib.evaluation.run import PredictedTarget
+
+    meta = {"dataset": "d", "case": "c", "volume": "c", "image_key": "k", "target": "t", "instance": 0, "task": "",
+            "modality": "X-Ray", "stand_in": False, "synthetic": False, "split": "test", "spacing_z": 1.0,
+            "curated_spacing_y": 1.0, "curated_spacing_x": 1.0, "spacing_known": False, "pixels": 1, "model": "m"}
+    gt = np.zeros((1, 256, 256), bool)
+    gt[0, 50:100, 50:100] = True
+    pred = np.roll(gt, 3, axis=2)
+    flat = PredictedTarget({**meta, "n_slices": 1}, gt, pred, 0)
+    vol = PredictedTarget({**meta, "case": "v", "n_slices": 2}, np.repeat(gt, 2, 0), np.repeat(pred, 2, 0), 0)
+    out = chain.slab_frames({"base": [flat, vol]}, EvalOptions())
+    frame = out["base"]
+    assert list(frame["case"]) == ["c"] and list(frame["nsd_2d"]) == ["unit_axis"]
+    want = metrics.score(pred[0], gt[0], (1.0, 1.0), 1.0, "unit_axis")["nsd"]
+    assert frame["nsd"].iloc[0] == pytest.approx(want)
+    assert want != pytest.approx(metrics.score(pred[0], gt[0], (1.0, 1.0), 1.0, "true")["nsd"])
