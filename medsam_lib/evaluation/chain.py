@@ -14,8 +14,9 @@ from pathlib import Path
 from ..layout import ResultsLayout, shown
 from .inference import EmbeddingCache, same_encoder
 from .metrics import dice
-from .options import OFFICIAL_CODE, EvalOptions
+from .options import OFFICIAL_CODE, TEST_BOX_WORDS, TEST_BOXES, EvalOptions
 from .run import PredictedTarget, predict_store, score_predictions, write_metrics
+from .tables import MIN_CASES_TEST
 
 
 @dataclass
@@ -107,15 +108,25 @@ def predict_both(store, models: Models, options: EvalOptions, progress: bool = T
 
 def score_and_write(store, models: Models, predictions: dict, options: EvalOptions, results_dir,
                     source_root=None) -> dict:
-    """Score each model's predictions; write each ``metrics.csv`` under ``layout.evaluation(model)``."""
+    """Score each model's predictions; write each ``metrics.csv`` under
+    ``layout.evaluation(<model>[_finetuned]<options.tag>)`` (one folder per test-box protocol)."""
     layout = ResultsLayout(results_dir)
     frames = {}
     for name, predictor in models.pairs:
         frame = score_predictions(predictions[name], options, store, source_root)
         slug = models.base.loaded.name if name == "base" else f"{models.base.loaded.name}_finetuned"
-        write_metrics(frame, layout.evaluation(slug), predictor, options, store, overwrite=True)
+        write_metrics(frame, layout.evaluation(slug + options.tag), predictor, options, store, overwrite=True)
         frames[name] = frame
     return frames
+
+
+def slab_frames(predictions: dict, options: EvalOptions, store=None) -> dict:
+    """Each model's 2D targets scored again with ``nsd_2d="unit_axis"`` (the one-slice slab of the
+    released LiteMedSAM evaluation, the way the paper's 2D NSD was most likely computed): the same
+    predictions, only the NSD definition changes. {model name: metrics frame}."""
+    slab = options.with_(nsd_2d="unit_axis")
+    return {name: score_predictions([t for t in preds if not t.is_3d], slab, store)
+            for name, preds in predictions.items()}
 
 
 DATA_WORDS = {"shared_data": "real cases of ../shared/data", "cohorts": "real cohorts of ../shared/cohorts"}
@@ -128,29 +139,52 @@ def _data_words(store, synthetic: bool) -> str:
     return "; ".join(DATA_WORDS.get(m, f"real cases (manifest {m})") for m in manifests) or "real cases"
 
 
-def caption(table: int, profile: str, store, models: Models, options: EvalOptions, split_note: str) -> str:
+def caption(table: int, profile: str, store, models: Models, options: EvalOptions, split_note: str,
+            slab_nsd: bool = True) -> str:
+    """Table 1's or 2's caption. ``slab_nsd``: Table 2 shows the slab NSD columns (``task_rows(slab=...)``)."""
     index = store.index
     synthetic = index["synthetic"].astype(str).eq("True").any()
     base = models.base.loaded.name
     ft = models.finetuned.loaded.name if models.finetuned is not None else "not available"
     kind = "3D" if table == 1 else "2D"
+    paper_here = _paper_tasks_in(index, table)
     spacing = (f"NSD at {options.tolerance_mm:g} mm on the curated 256 x 256 grid's physical spacing "
                "(1 curated pixel where the file carried no spacing: 2D PNG/JPEG)"
                if options.nsd_spacing == "physical" else f"NSD at {options.tolerance_mm:g} voxel (spacing 1,1,1)")
-    parts = [f"Table {table} ({kind} tasks of the paper), profile '{profile}': DSC and NSD (%), mean over "
-             f"{options.split} cases [bootstrap 95% CI], paired Wilcoxon p base vs fine-tuned (>= 5 cases).",
+    what = (f"{kind} tasks of the paper" if paper_here else
+            f"no {kind} task of the paper in this profile's data: only its other {kind} targets, marked *")
+    parts = [f"Table {table} ({what}), profile '{profile}', test boxes '{options.test_boxes}': DSC and NSD (%), "
+             f"mean over {options.split} cases (images or volumes) [95% CI, bootstrap resampling whole groups: "
+             "the split unit, e.g. a patient, an acquisition's frames, a child's two eyes], paired Wilcoxon p base vs "
+             f"fine-tuned over group means (>= {MIN_CASES_TEST} groups).",
              f"Models: base {base}; fine-tuned {ft}.",
              f"Data: {_data_words(store, synthetic)} curated with preset "
              f"'{store.preset}'; † = stand-in data (not the paper's data set for that task); * = a target that is "
              "no paper task (listed only where it has test cases).",
-             f"Boxes: protocol '{options.protocol}', margin {options.box_margin:g} px, jitter 0-{options.box_jitter} px "
-             f"(seed {options.seed}) at 256 x 256. {spacing}; GT slices counted: {options.slices}; "
-             f"2D NSD: {options.nsd_2d}.",
+             f"Boxes: protocol '{options.protocol}', test boxes '{options.test_boxes}' "
+             f"({TEST_BOX_WORDS.get(options.test_boxes, 'a custom margin / jitter')}): margin {options.box_margin:g} px, "
+             f"jitter 0-{options.box_jitter} px per side (both ends included; seed {options.seed}, per target) at "
+             f"256 x 256. {spacing}; GT slices counted: {options.slices}; 2D NSD: {options.nsd_2d}.",
              "Paper columns: published SAM / MedSAM values (ViT-B, the paper's test sets), not recomputed here; "
-             "ours-MedSAM = fine-tuned (base where no fine-tuned model) minus published MedSAM."]
+             "ours-MedSAM = fine-tuned (base where no fine-tuned model) minus published MedSAM"
+             + ("; for NSD the slab reading (NSD slab ours-MedSAM)." if table == 2 and slab_nsd else "."),
+             "Cases (groups): test images or volumes, and the groups they come from."]
+    if table == 2 and slab_nsd:
+        parts.append("2D NSD, two readings: 'NSD' is the true 2D contour NSD; 'NSD slab' scores each 2D mask as a "
+                     "one-slice 3D slab (nsd_2d='unit_axis', the released LiteMedSAM evaluation), whose faces count as "
+                     "surface; the paper's published 2D NSD was most likely computed that way, so compare the paper's "
+                     "NSD with 'NSD slab', not with 'NSD'.")
     if split_note:
         parts.append(f"Note: {split_note}.")
     return " ".join(parts)
+
+
+def _paper_tasks_in(index, table: int) -> bool:
+    """Whether the store holds a paper task of ``table`` (1: 3D, 2: 2D)."""
+    from .tables import paper_table_of
+
+    tasks = {t for t in index["task"].astype(str) if t}
+    return any(paper_table_of(t) == table for t in tasks)
 
 
 def _averages(frame, table_of) -> dict:
@@ -266,26 +300,62 @@ def prepare(profile, finetuned_model=None, split: str = "test", protocol: str = 
 
 
 def predictions(ctx: Context, progress: bool = True, store=None, tag: str = "",
-                modalities: tuple[str, ...] | None = None) -> dict:
-    """Each model's predictions on the split (of ``store``, default the paper-preset store), reused
-    from ``layout.evaluation(<model>[_finetuned]<tag>)/predictions.npz`` when the same model
-    (checksum), store index and options made them."""
+                modalities: tuple[str, ...] | None = None, options: EvalOptions | None = None) -> dict:
+    """Each model's predictions on the split (of ``store``, default the paper-preset store) under
+    ``options`` (default ``ctx.options``), reused from
+    ``layout.evaluation(<model>[_finetuned]<options.tag><tag>)/predictions.npz`` when the same model
+    (checksum), store index and options made them. Images are encoded once per session and model
+    (``ctx.models``' embedding caches), whatever the options."""
     from .run import load_predictions, model_identity, save_predictions
 
     store = store if store is not None else ctx.store
+    options = options if options is not None else ctx.options
     layout = ResultsLayout(ctx.results_dir)
     out = {}
     for name, predictor in ctx.models.pairs:
-        record = {**model_identity(predictor), "options": ctx.options.record(), "index_sha256": _index_hash(store),
+        record = {**model_identity(predictor), "options": options.record(), "index_sha256": _index_hash(store),
                   "modalities": list(modalities) if modalities else None}
-        where = layout.evaluation(_slug(ctx, name) + tag) / "predictions.npz"
+        where = layout.evaluation(_slug(ctx, name) + options.tag + tag) / "predictions.npz"
         found = load_predictions(where, record)
         if found is None:
             cache = ctx.models.cache_for(predictor) if store is ctx.store else EmbeddingCache(predictor)
-            found = predict_store(store, predictor, ctx.options, progress=progress, cache=cache, modalities=modalities)
+            found = predict_store(store, predictor, options, progress=progress, cache=cache, modalities=modalities)
             where.parent.mkdir(parents=True, exist_ok=True)
             save_predictions(found, where, record)
         out[name] = found
+    return out
+
+
+@dataclass
+class BoxRun:
+    """One test-box protocol's results: its options, predictions, metrics frames (``score_and_write``),
+    the 2D targets rescored as slabs (``slab_frames``) and the long table (``tables.task_rows``)."""
+
+    options: EvalOptions
+    predictions: dict
+    frames: dict
+    slab: dict
+    long: object  # pandas DataFrame
+    captions: dict
+
+
+def run_test_boxes(ctx: Context, names=tuple(TEST_BOXES), progress: bool = True) -> dict:
+    """Predict, score and tabulate under each named test-box protocol (``options.TEST_BOXES``), the
+    other options as ``ctx.options``; each image is encoded once for all of them (shared embedding
+    cache), predictions are reused from disk per protocol. {name: BoxRun}; nothing written but
+    each model's metrics.csv / predictions.npz (``tables.write_tables`` writes the tables)."""
+    from .tables import task_rows
+
+    out = {}
+    for name in names:
+        options = ctx.options.with_(test_boxes=name)
+        preds = predictions(ctx, progress=progress, options=options)
+        frames = score_and_write(ctx.store, ctx.models, preds, options, ctx.results_dir, ctx.source_root)
+        slab = slab_frames(preds, options, ctx.store)
+        long = task_rows(ctx.store.index, frames["base"], frames.get("finetuned"), options.split, ctx.profile.seed,
+                         slab=slab, test_boxes=name)
+        captions = {t: caption(t, ctx.profile.name, ctx.store, ctx.models, options, ctx.split_note) for t in (1, 2)}
+        out[name] = BoxRun(options, preds, frames, slab, long, captions)
     return out
 
 

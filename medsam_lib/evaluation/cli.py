@@ -5,10 +5,15 @@
         (NIfTI, NRRD, DICOM, ...; 2D images count 1 mm per pixel unless their format says otherwise);
         ``--spacing`` is in x, y[, z] order, as file headers and SimpleITK give it, and overrides.
     evaluate --curated DIR --model NAME --out DIR [--split test|train|all] [--embeddings DIR]
-             [--protocol gt|propagate] [--box-margin PX] [--box-jitter PX --seed S]
+             [--protocol gt|propagate] [--test-boxes tight|jittered | --box-margin PX --box-jitter PX]
+             [--seed S]
              [--nsd-spacing physical|unit] [--slices curated|volume --source-root DIR]
              [--nsd-2d true|unit_axis] [--tolerance-mm 1] [--overwrite]
         writes DIR/metrics.csv (one row per case and target) and DIR/evaluation.json.
+    tables --profile NAME --readme README.md [--tables DIR]
+        renders the profile's Tables 1-2 (results/NAME/tables/tables_1_2*.csv, both test-box protocols)
+        into README.md between <!-- results:NAME:begin --> and <!-- results:NAME:end -->
+        (``medsam_lib.evaluation.readme``).
 Defaults are the paper's reading; the released code's are the named alternatives (see
 ``medsam_lib.evaluation.options``).
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from ..fileio import MedSAMError, quote
 from ..paper import NSD_TOLERANCE_MM
+from .options import TEST_BOXES
 
 
 def _parse_spacing(text: str) -> tuple[float, ...]:
@@ -106,7 +112,7 @@ def cmd_curated(args: argparse.Namespace) -> int:
     if args.slices == "volume" and not args.source_root:
         raise MedSAMError("--slices volume needs --source-root DIR (the data the store was curated from)")
     options = EvalOptions(protocol=args.protocol, box_margin=args.box_margin, box_jitter=args.box_jitter,
-                          seed=args.seed, nsd_spacing=args.nsd_spacing, slices=args.slices, nsd_2d=args.nsd_2d,
+                          test_boxes=args.test_boxes or "", seed=args.seed, nsd_spacing=args.nsd_spacing, slices=args.slices, nsd_2d=args.nsd_2d,
                           tolerance_mm=args.tolerance_mm, split=args.split)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -153,7 +159,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return cmd_pair(args)
 
 
+def cmd_tables(args: argparse.Namespace) -> int:
+    from ..profile import load_profile
+    from .readme import update_readme
+
+    profile = load_profile(args.profile)  # only read: nothing is written into its results folder
+    tables_dir = Path(args.tables) if args.tables else profile.layout.tables
+    path = update_readme(args.readme, tables_dir, profile.name)
+    print(f"{path}: results:{profile.name} section rendered from {tables_dir}")
+    return 0
+
+
 def register(subparsers) -> None:
+    t = subparsers.add_parser("tables", help="render a profile's Tables 1-2 into a README's results section")
+    t.add_argument("--profile", required=True, help="profile whose tables (results/NAME/tables) are rendered")
+    t.add_argument("--readme", required=True, help="the Markdown file with <!-- results:NAME:begin/end --> markers")
+    t.add_argument("--tables", default=None, help="folder of tables_1_2*.csv (default: the profile's tables folder)")
+    t.set_defaults(func=cmd_tables)
+
     p = subparsers.add_parser("evaluate", help="DSC and NSD of a mask pair, or of a model on a curated store")
     p.add_argument("--pred", help="predicted mask (2D image or 3D volume, 0/1)")
     p.add_argument("--gt", help="ground-truth mask, same shape")
@@ -172,6 +195,8 @@ def register(subparsers) -> None:
                    help="gt: a GT box on every slice (paper); propagate: GT box on the middle slice only")
     p.add_argument("--box-margin", type=float, default=0.0, help="px added to each side of the box (256 scale)")
     p.add_argument("--box-jitter", type=int, default=0, help="random 0..PX added to each side (seeded)")
+    p.add_argument("--test-boxes", choices=list(TEST_BOXES), default=None,
+                   help="named test boxes: tight (paper) or jittered (v1 tutorial: each side out by 0-19 px, seeded)")
     p.add_argument("--seed", type=int, default=None, help="seed of the box jitter (default 0)")
     p.add_argument("--nsd-spacing", choices=["physical", "unit"], default="physical",
                    help="physical: mm on the curated grid (paper); unit: 1 voxel per axis (released code)")

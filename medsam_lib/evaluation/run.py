@@ -32,7 +32,7 @@ TARGET_KEY = ["dataset", "case", "volume", "image_key", "target", "instance"]
 METRICS_COLUMNS = [
     "dataset", "case", "volume", "image_key", "target", "instance", "task", "modality", "stand_in", "synthetic",
     "dimensionality", "n_slices", "n_slices_volume", "pixels", "split", "dsc", "nsd", "protocol", "box_margin",
-    "box_jitter", "seed", "nsd_spacing", "slices", "nsd_2d", "tolerance_mm", "spacing_z", "spacing_y", "spacing_x",
+    "box_jitter", "test_boxes", "seed", "nsd_spacing", "slices", "nsd_2d", "tolerance_mm", "spacing_z", "spacing_y", "spacing_x",
     "spacing_known", "model"]
 
 
