@@ -6,6 +6,7 @@ Each ``*_findings`` function takes a notebook's tables and returns Markdown (a h
 
     paired_difference(a, b)     # b - a per pair: n, mean, 95% CI, direction, CI excludes 0
     tables_findings(long, frames, effects)   # notebook 05
+    protocol_findings(runs)   # notebook 05: tight vs jittered test boxes
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data.splits import SPLITS
-from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case
+from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case, per_group
 
 HEADING = "### What this run shows"
 EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
@@ -185,28 +186,43 @@ def finetuning_findings(before_after, seed: int = 0) -> str:
     return as_markdown(bullets)
 
 
+def group_difference(base, finetuned, labels, metric: str, seed: int = 0) -> Difference:
+    """Fine-tuned minus base in % over the groups (the split unit: a subject or an acquisition) of the task
+    ``labels``: each model's cases averaged per group first (``tables.per_group``), so frames of one
+    acquisition or eyes of one child are one pair, and the bootstrap resamples groups."""
+    a, b = per_group(per_case(base)).reset_index(), per_group(per_case(finetuned)).reset_index()
+    a = a[a["task_label"].isin(list(labels))]
+    paired = a.merge(b, on=["task_label", "group"], suffixes=("_b", "_f"))
+    return paired_difference(paired[f"{metric}_b"] * 100, paired[f"{metric}_f"] * 100, seed)
+
+
+def _scored(long, table: int):
+    """A table's rows with test cases: the paper tasks, and targets that are no paper task (marked *)."""
+    return long[(long["table"] == table) & (long["n_cases"] > 0)]
+
+
 def tables_findings(long, frames: dict, effects=None, seed: int = 0) -> str:
-    """Notebook 05: per table, the averages, fine-tuned minus base over paired test cases, the best
+    """Notebook 05: per table, the averages, fine-tuned minus base over paired test groups, the best
     and worst task, and the largest gap to the published MedSAM (with the 2D NSD definition beside it)."""
     bullets = []
     for table in (1, 2):
-        part = long[(long["table"] == table) & long["paper_task"] & (long["n_cases"] > 0)]
+        part = _scored(long, table)
         if not len(part):
-            bullets.append(f"Table {table}: no paper task with test cases in this profile.")
+            bullets.append(f"Table {table}: no task with test cases in this profile.")
             continue
+        paper = part[part["paper_task"]]
         ours = "dsc_finetuned" if part["dsc_finetuned"].notna().any() else "dsc_base"
-        line = (f"Table {table}: {len(part)} paper task(s), {int(part['n_cases'].sum())} test case(s); average DSC "
-                f"base {part['dsc_base'].mean():.2f}")
+        extra = len(part) - len(paper)
+        line = (f"Table {table}: {len(paper)} paper task(s)" + (f" and {extra} target(s) that are no paper task (*)"
+                                                                 if extra else "")
+                + f", {int(part['n_cases'].sum())} test case(s); average DSC base {part['dsc_base'].mean():.2f}")
         if ours == "dsc_finetuned":
             line += f", fine-tuned {part['dsc_finetuned'].mean():.2f} ({part['dsc_improve'].mean():+.2f} points)"
         bullets.append(line + ".")
         if "finetuned" in frames:
-            cases = {name: per_case(frames[name]).reset_index() for name in ("base", "finetuned")}
-            keep = cases["base"]["task_label"].isin(part["task"])
-            paired = cases["base"][keep].merge(cases["finetuned"], on=["task_label", "case"], suffixes=("_b", "_f"))
             for metric in ("dsc", "nsd"):
-                d = paired_difference(paired[f"{metric}_b"] * 100, paired[f"{metric}_f"] * 100, seed)
-                bullets.append(_compare("fine-tuned", "base", d, f"Table {table} {metric.upper()} per test case",
+                d = group_difference(frames["base"], frames["finetuned"], part["task"], metric, seed)
+                bullets.append(_compare("fine-tuned", "base", d, f"Table {table} {metric.upper()} per test group",
                                         digits=2, unit=" points"))
         (best, b), (worst, w) = best_and_worst(part, ours, "task")
         bullets.append(f"Table {table} best task {best} ({b:.2f} DSC), worst {worst} ({w:.2f}).")
@@ -218,6 +234,30 @@ def tables_findings(long, frames: dict, effects=None, seed: int = 0) -> str:
     note = nsd_2d_note(effects)
     if note:
         bullets.append(note)
+    return as_markdown(bullets)
+
+
+def protocol_findings(runs: dict, seed: int = 0) -> str:
+    """Notebook 05, both test-box protocols (``chain.run_test_boxes``): per protocol, fine-tuned minus base
+    DSC over every scored task's test groups, and the tasks where the paired Wilcoxon test finds a change
+    (p < 0.05) in each direction; the same models and cases, only the boxes differ."""
+    import pandas as pd
+
+    bullets = []
+    for name, run in runs.items():
+        if "finetuned" not in run.frames:
+            bullets.append(f"Test boxes {name}: no fine-tuned model, nothing to compare.")
+            continue
+        rows = pd.concat([_scored(run.long, 1), _scored(run.long, 2)], ignore_index=True)
+        d = group_difference(run.frames["base"], run.frames["finetuned"], rows["task"], "dsc", seed)
+        bullets.append(_compare("fine-tuned", "base", d, f"Test boxes {name}, DSC per test group over "
+                                                          f"{len(rows)} task(s)", digits=2, unit=" points"))
+        tested = rows.dropna(subset=["dsc_p"])
+        up = tested[(tested["dsc_p"] < 0.05) & (tested["dsc_improve"] > 0)]["task"].tolist()
+        down = tested[(tested["dsc_p"] < 0.05) & (tested["dsc_improve"] < 0)]["task"].tolist()
+        bullets.append(f"Test boxes {name}: of {len(tested)} task(s) with >= {MIN_CASES_TEST} groups, Wilcoxon "
+                       f"p < 0.05 for a higher fine-tuned DSC in {len(up)} ({', '.join(up) or 'none'}) and a lower "
+                       f"one in {len(down)} ({', '.join(down) or 'none'}).")
     return as_markdown(bullets)
 
 

@@ -142,13 +142,53 @@ def test_tables_findings_pairs_cases_and_names_the_2d_nsd_definition():
                             "model": ["base", "base"], "T2 NSD": [64.5, 95.1]})
     text = findings.tables_findings(long, frames, effects)
     assert "Table 1: 2 paper task(s), 3 test case(s); average DSC base 77.50, fine-tuned 73.00 (-4.50 points)" in text
-    assert "Table 1 DSC per test case: fine-tuned is lower than base by -4.00 points (n = 3: too few" in text
-    assert "Table 1 NSD per test case: fine-tuned and base are equal (n = 3)" in text
+    assert "Table 1 DSC per test group: fine-tuned is lower than base by -4.00 points (n = 3: too few" in text
+    assert "Table 1 NSD per test group: fine-tuned and base are equal (n = 3)" in text
     assert "best task Liver (CT) (82.00 DSC), worst Pancreas (CT) (64.00)" in text
     assert "largest NSD gap to the published MedSAM: Pancreas (CT) -12.00 points" in text
-    assert "Table 2: no paper task with test cases" in text
+    assert "Table 2: no task with test cases" in text
     assert "base average 64.50" in text and "it reads 95.10" in text
     assert findings.nsd_2d_note(None) == ""
+
+
+def test_group_difference_pairs_groups_not_frames():
+    # Vessel (US): acquisition a1 has 3 frames (each 10 points lower fine-tuned), a2..a5 one frame each (2
+    # points higher). Per group: -10, +2, +2, +2, +2 -> mean -0.4 over 5 groups (per frame it would be -4.75).
+    cases = ["a1", "a1", "a1", "a2", "a3", "a4", "a5"]
+    volumes = ["f1", "f2", "f3", "f1", "f1", "f1", "f1"]
+
+    def frame(dsc):
+        return pd.DataFrame({"task": ["Vessel (Ultrasound)"] * 7, "target": ["vessel"] * 7,
+                             "modality": ["US"] * 7, "dataset": ["cca"] * 7, "case": cases, "volume": volumes,
+                             "dsc": dsc, "nsd": [0.5] * 7})
+
+    base = np.array([0.8, 0.8, 0.8, 0.5, 0.6, 0.7, 0.9])
+    ft = base + np.array([-0.1, -0.1, -0.1, 0.02, 0.02, 0.02, 0.02])
+    d = findings.group_difference(frame(base), frame(ft), ["Vessel (Ultrasound)"], "dsc", seed=0)
+    assert d.n == 5
+    assert d.mean == pytest.approx(-0.4)
+    diffs = np.array([-10.0, 2.0, 2.0, 2.0, 2.0])
+    assert (d.lo, d.hi) == pytest.approx(findings.bootstrap_ci(diffs, 0))
+
+
+def test_protocol_findings_counts_tasks_by_wilcoxon_direction():
+    from types import SimpleNamespace
+
+    def frame(dsc, task):
+        n = len(dsc)
+        return pd.DataFrame({"task": [task] * n, "target": ["t"] * n, "modality": ["US"] * n, "dataset": ["d"] * n,
+                             "case": [f"c{i}" for i in range(n)], "dsc": dsc, "nsd": [0.5] * n})
+
+    base = frame([0.5, 0.6, 0.7, 0.8, 0.9, 0.55], "Breast Tumor (Ultrasound)")
+    up = frame([0.6, 0.7, 0.8, 0.9, 0.95, 0.6], "Breast Tumor (Ultrasound)")
+    long = pd.DataFrame({"task": ["Breast Tumor (Ultrasound)"], "table": [2], "paper_task": [True], "n_cases": [6],
+                         "dsc_base": [67.5], "dsc_finetuned": [75.8], "dsc_improve": [8.3], "dsc_p": [0.03]})
+    runs = {"tight": SimpleNamespace(long=long, frames={"base": base, "finetuned": up}),
+            "jittered": SimpleNamespace(long=long.assign(dsc_p=[0.2]), frames={"base": base})}
+    text = findings.protocol_findings(runs)
+    assert "Test boxes tight, DSC per test group over 1 task(s): fine-tuned is higher than base by +8.33 points" in text
+    assert "higher fine-tuned DSC in 1 (Breast Tumor (Ultrasound)) and a lower one in 0 (none)" in text
+    assert "Test boxes jittered: no fine-tuned model" in text
 
 
 def test_teardown_findings():
