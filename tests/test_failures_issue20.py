@@ -47,6 +47,8 @@ def test_group_bootstrap_matches_a_written_out_cluster_bootstrap():
     got = failures.group_bootstrap_ci(values, groups, seed=3, n=300)
     assert got == pytest.approx(_loop_group_ci(values, groups, 3, n=300), abs=1e-12)
     assert math.isnan(failures.group_bootstrap_ci([0.1, 0.9], ["x", "x"], 0)[0])  # one group: no CI
+    with pytest.raises(MedSAMError, match="3 values but 2 group names"):
+        failures.group_bootstrap_ci([0.1, 0.2, 0.3], ["x", "y"], 0)
 
 
 def test_group_bootstrap_is_wider_than_resampling_targets_of_two_groups():

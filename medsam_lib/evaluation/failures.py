@@ -443,7 +443,11 @@ def box_sweep(store, models, margins, split: str, seed: int = 0, progress: bool 
 def group_bootstrap_ci(values, groups, seed: int, n: int = BOOTSTRAP, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over values, resampling whole groups (the split's unit: a
     case's targets move together); (nan, nan) under 2 groups."""
+    from ..fileio import MedSAMError
+
     values = np.asarray(values, dtype=np.float64)
+    if len(values) != len(groups):
+        raise MedSAMError(f"group bootstrap: {len(values)} values but {len(groups)} group names")
     _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     k = int(codes.max()) + 1 if codes.size else 0
     if k < 2:
