@@ -121,8 +121,8 @@ def _target_case(store, t) -> dict:
     image = store.load_image(_image_row(store, t.meta, t.z0 + z))
     box = t.boxes.get(z, prompt_box(t.gt[z]) if t.gt[z].any() else (0, 0, 1, 1))
     rules = failure_rules(image, t.gt[z], box, _same_label(store, t.meta, t.z0 + z))
-    return {"slice": z, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box, "meta": t.meta,
-            "rules": rules}
+    return {"slice": z, "curated_slice": t.z0 + z, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box,
+            "meta": t.meta, "rules": rules}
 
 
 def modes_of(rules: list[str]) -> list[str]:
@@ -278,7 +278,7 @@ def plot_mode_examples(examples: dict, path, title: str):
     plt = _pyplot()
     models = list(dict.fromkeys(m for case in examples.values() if case for m in case["preds"])) or ["base"]
     cols = 1 + len(models)
-    fig, axes = plt.subplots(len(examples), cols, figsize=(3.2 * cols, 3.6 * len(examples) + 1.2), squeeze=False)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(3.6 * cols, 4.6 * len(examples) + 1.2), squeeze=False)
     for r, (mode, case) in enumerate(examples.items()):
         if case is None:
             for ax in axes[r]:
@@ -288,9 +288,9 @@ def plot_mode_examples(examples: dict, path, title: str):
             continue
         meta = case["meta"]
         near = box_from_mask(case["gt"]) if case["gt"].any() else None
-        rules = "\n".join(textwrap.fill(rule, 44) for rule in case["rules"])
+        rules = "\n".join(textwrap.fill(rule, 52) for rule in case["rules"])
         _panel(axes[r, 0], case["image"], box=case["box"], contour=case["gt"], zoom=near,
-               title=f"{mode}: {task_label(meta)}\n{meta['volume']} z={case['slice']}\n{rules}")
+               title=f"{mode}: {task_label(meta)}\n{meta['volume']} z={case['curated_slice']}\n{rules}")
         for c, name in enumerate(models, start=1):
             whole, at = case["dscs"][name]
             _panel(axes[r, c], case["image"], case["preds"][name], case["boxes"][name],
