@@ -276,8 +276,44 @@ def nsd_2d_note(effects) -> str:
             "(../shared/paper/README.md), so compare its Table 2 NSD with the slab value, not with ours.")
 
 
-def failures_findings(cases: dict, sweep, strata, seed: int = 0, tight: int = 0, compare_at: int = 20) -> str:
-    """Notebook 06: how many targets fail, what the box sweep shows, and how size matters."""
+def _mode_sentences(modes) -> list[str]:
+    """Per model and Fig. 5 mode, from ``failures.failure_modes_table``: how many of the failures meet it,
+    in which tasks, and the mean DSC of the targets meeting it against the rest."""
+    from .evaluation.failures import FAILURE_DSC, MODES
+
+    out = []
+    for name, part in modes.groupby("model", sort=False):
+        first = part.drop_duplicates(["dataset", "target"])
+        failed, scored = int(first["n_failed"].sum()), int(first["n_targets"].sum())
+        if not failed:
+            out.append(f"{name}: no target of {scored} under DSC {FAILURE_DSC:g}, so none of Fig. 5's modes to "
+                       "look for among failures.")
+            continue
+        for mode in MODES:
+            rows = part[part["mode"] == mode]
+            k = int(rows["failed_meeting"].sum())
+            flagged = int(rows["flagged"].sum())
+            if not k:
+                out.append(f"{name}, {mode}: 0 of {failed} failures (looked for, not found in this split; "
+                           f"{flagged} of {scored} targets meet it).")
+                continue
+            where = ", ".join(f"{r.dataset} / {r.target} {int(r.failed_meeting)}"
+                              for r in rows[rows["failed_meeting"] > 0].itertuples())
+            meets = (rows["dsc_meeting"] * rows["flagged"]).sum() / flagged
+            rest = rows["n_targets"] - rows["flagged"]
+            text = f"{name}, {mode}: {k} of {failed} failures (task {where})"
+            if rest.sum():
+                other = (rows["dsc_not"].fillna(0) * rest).sum() / rest.sum()
+                text += (f"; mean DSC {meets:.3f} over the {flagged} targets meeting it against {other:.3f} over "
+                         f"the other {int(rest.sum())}")
+            out.append(text + ".")
+    return out
+
+
+def failures_findings(cases: dict, sweep, strata, seed: int = 0, tight: int = 0, compare_at: int = 20,
+                      modes=None) -> str:
+    """Notebook 06: how many targets fail, which of Fig. 5's modes they meet (``modes``: the
+    ``failures.failure_modes_table``, optional), what the box sweep shows, and how size matters."""
     from .evaluation.failures import FAILURE_DSC
 
     bullets = []
@@ -288,6 +324,8 @@ def failures_findings(cases: dict, sweep, strata, seed: int = 0, tight: int = 0,
         rules = sorted({r.split(":")[0] for c in found for r in c["rules"]})
         bullets.append(f"{name}: {found[0]['failed']} of {found[0]['of']} targets under DSC {FAILURE_DSC:g} "
                        f"(the lowest {len(found)} shown); rules they meet: {', '.join(rules)}.")
+    if modes is not None:
+        bullets += _mode_sentences(modes)
     means = sweep.groupby(["model", "margin"])["dsc"].mean()
     for name in dict.fromkeys(sweep["model"]):
         curve = means.loc[name]

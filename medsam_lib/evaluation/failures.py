@@ -1,16 +1,24 @@
 """Notebook 06's figures: a Fig. 4-style grid per task, the failure modes of Fig. 5 picked by rules
 from the worst cases, a box-looseness sweep and DSC by target size.
 
-Failure rules (paper Fig. 5), each evaluated on the worst ground-truth slice of the failed targets
-(DSC under ``FAILURE_DSC`` for the model under study, lowest first); a case is labelled with every
-rule it meets, in this order:
+Failure rules (paper Fig. 5), each evaluated on the worst ground-truth slice of a target (the slice
+with the lowest DSC for the model under study); a case is labelled with every rule it meets, in this order:
 - ``tiny object``: the ground truth covers < 1% of the 256 x 256 slice (655 px);
 - ``low contrast``: |mean inside - mean in a 5 px ring around it| / sd of the ring < 0.5;
 - ``missing boundaries``: on over half the ground-truth contour the grey-level gradient is under
   10 grey levels (Sobel magnitude / 4: a step of h levels reads h), i.e. no visible edge;
 - ``loose box over similar instances``: other instances of the same target (or other pixels of
-  its labels) cover >= 10% of the box, or the box is more than 4 times the object's area.
+  its labels) cover >= 10% of the box, or the box holds 2 or more separate objects of the target
+  (8-connected parts of >= 0.1% of the slice: glands, two lungs in one box), or the box is more than
+  4 times the object's area.
 A failed case meeting none is shown as ``other``.
+
+Fig. 5's three failure modes (``MODES``) are read from those rules: ``missing boundaries``;
+``low contrast + tiny object`` (both rules, as the paper's small low-contrast liver tumour); ``loose box
+over similar instances``. ``failure_modes_table`` counts, per model and task, the targets under
+``FAILURE_DSC`` meeting each mode (0 where looked for and not found) and ``mode_examples`` picks the
+lowest-DSC failure of each mode for a Fig. 5-style figure. The box sweep's CIs resample the split's
+groups (``dataset/case``: a patient, an acquisition's frames, a child's eyes), not targets.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ from ..geometry import box_from_mask
 from ..paper import BOX_JITTER_PX
 from .inference import EmbeddingCache, SliceSource, prompt_box, segment
 from .metrics import dice
-from .tables import bootstrap_ci
+from .tables import BOOTSTRAP, bootstrap_ci
 
 TINY_FRACTION = 0.01
 LOW_CONTRAST = 0.5
@@ -35,6 +43,9 @@ LOOSE_AREA_RATIO = 4.0
 SIZE_BINS = (0.0, 0.005, 0.02, 0.08, 1.0)  # fraction of the 256 x 256 slice
 SIZE_LABELS = ("< 0.5%", "0.5-2%", "2-8%", "> 8%")
 FAILURE_DSC = 0.9  # a target scoring under this DSC counts as a failure case
+MIN_OBJECT_PX = 66  # a separate object of the target counts from 0.1% of the 256 x 256 slice
+MODES = ("missing boundaries", "low contrast + tiny object", "loose box over similar instances")  # Fig. 5
+NO_MODE = "none of the three"
 MODEL_COLOURS = {"base": PALETTE[1], "finetuned": PALETTE[0]}  # orange, blue: in every figure of notebook 06
 MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}  # as figures say them
 GROUND_TRUTH_COLOUR = PALETTE[2]  # green (filled); its contour is REFERENCE_COLOUR
@@ -75,6 +86,10 @@ def failure_rules(image: np.ndarray, gt: np.ndarray, box, same_label: np.ndarray
         others = float((same_label & ~gt & inside).sum() / box_area)
         if others >= LOOSE_OTHER_FRACTION:
             found.append(f"loose box over similar instances: other pixels of the target cover {others:.0%} of the box")
+    labelled, _ = ndimage.label(gt & inside, structure=np.ones((3, 3), bool))
+    objects = int((np.bincount(labelled.ravel())[1:] >= MIN_OBJECT_PX).sum())
+    if objects >= 2 and not any(f.startswith("loose") for f in found):
+        found.append(f"loose box over similar instances: the box holds {objects} separate objects of the target")
     ratio = box_area / max(1, int(gt.sum()))
     if ratio > LOOSE_AREA_RATIO and not any(f.startswith("loose") for f in found):
         found.append(f"loose box over similar instances: the box is {ratio:.1f} x the object's area")
@@ -88,32 +103,204 @@ def _image_row(store, meta: dict, slice_index: int):
                  & (index["image_key"] == meta["image_key"]) & (index["slice"] == slice_index)].iloc[0]
 
 
+def _same_label(store, meta: dict, slice_index: int):
+    """The pixels of every instance of an instance target's label at one slice (None for a semantic target)."""
+    if int(meta["instance"]) <= 0:
+        return None
+    index = store.index
+    match = index[(index["dataset"] == meta["dataset"]) & (index["volume"] == meta["volume"])
+                  & (index["slice"] == slice_index) & (index["target"] == meta["target"])]
+    return store.load_label_map(match.iloc[0]) > 0 if len(match) else None
+
+
+def _target_case(store, t) -> dict:
+    """One target at its worst slice (``chain.worst_slice``): image, ground truth, prediction, box and rules."""
+    from .chain import worst_slice
+
+    z = worst_slice(t)
+    image = store.load_image(_image_row(store, t.meta, t.z0 + z))
+    box = t.boxes.get(z, prompt_box(t.gt[z]) if t.gt[z].any() else (0, 0, 1, 1))
+    rules = failure_rules(image, t.gt[z], box, _same_label(store, t.meta, t.z0 + z))
+    return {"slice": z, "curated_slice": t.z0 + z, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box,
+            "meta": t.meta, "rules": rules}
+
+
+def modes_of(rules: list[str]) -> list[str]:
+    """Which of Fig. 5's ``MODES`` a target's rules (``failure_rules``) make: low contrast + tiny object
+    needs both rules."""
+    names = {r.partition(":")[0] for r in rules}
+    met = {"missing boundaries": "missing boundaries" in names,
+           "low contrast + tiny object": {"low contrast", "tiny object"} <= names,
+           "loose box over similar instances": "loose box over similar instances" in names}
+    return [m for m in MODES if met[m]]
+
+
 def worst_cases(store, predictions, n: int = 6, below: float = FAILURE_DSC) -> list[dict]:
     """Up to ``n`` targets with DSC under ``below``, lowest first, each at its worst slice, with the
     rules it meets. Each case records how many targets were under ``below`` (``failed``) of how many
     the model was scored on (``of``)."""
-    from .chain import worst_slice
-
     scored = sorted((dice(t.pred, t.gt), i) for i, t in enumerate(predictions))
     failed = [(d, i) for d, i in scored if d < below]
     out = []
     for dsc, i in failed[:n]:
         t = predictions[i]
-        z = worst_slice(t)
-        image = store.load_image(_image_row(store, t.meta, t.z0 + z))
-        box = t.boxes.get(z, prompt_box(t.gt[z]) if t.gt[z].any() else (0, 0, 1, 1))
-        same = None
-        if int(t.meta["instance"]) > 0:
-            index = store.index
-            match = index[(index["dataset"] == t.meta["dataset"]) & (index["volume"] == t.meta["volume"])
-                          & (index["slice"] == t.z0 + z) & (index["target"] == t.meta["target"])]
-            if len(match):
-                same = store.load_label_map(match.iloc[0]) > 0
-        rules = failure_rules(image, t.gt[z], box, same) or ["other: none of the rules"]
-        out.append({"position": i, "slice": z, "dsc": dsc, "slice_dsc": dice(t.pred[z], t.gt[z]),
-                    "rules": rules, "image": image, "gt": t.gt[z], "pred": t.pred[z], "box": box, "meta": t.meta,
-                    "failed": len(failed), "of": len(predictions)})
+        case = _target_case(store, t)
+        case["rules"] = case["rules"] or ["other: none of the rules"]
+        out.append({"position": i, "dsc": dsc, "slice_dsc": dice(t.pred[case["slice"]], t.gt[case["slice"]]),
+                    **case, "failed": len(failed), "of": len(predictions)})
     return out
+
+
+def task_label(meta: dict) -> str:
+    """A target's task as the figures name it: the paper task, or "target (modality) *" when none."""
+    return meta["task"] or f"{meta['target']} ({meta['modality']}) *"
+
+
+def target_modes(store, predictions, below: float = FAILURE_DSC, progress: bool = True):
+    """One row per target: its DSC, whether it fails (DSC under ``below``), the rules at its worst
+    slice and one bool column per Fig. 5 mode (``MODES``)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows = []
+    for i, t in enumerate(tqdm(predictions, desc="failure rules", unit="target", disable=not progress)):
+        case = _target_case(store, t)
+        dsc = dice(t.pred, t.gt)
+        met = modes_of(case["rules"])
+        rows.append({"position": i, "task": task_label(t.meta), "dataset": t.meta["dataset"],
+                     "target": t.meta["target"], "case": t.meta.get("case", ""), "volume": t.meta["volume"],
+                     "dsc": dsc, "failed": dsc < below, "slice": case["slice"], "rules": "; ".join(case["rules"]),
+                     **{m: m in met for m in MODES}})
+    columns = ["position", "task", "dataset", "target", "case", "volume", "dsc", "failed", "slice", "rules", *MODES]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def failure_modes_table(store, predictions_by_model: dict, below: float = FAILURE_DSC, targets: dict | None = None,
+                        progress: bool = True):
+    """Per model, task (dataset / target) and Fig. 5 mode (plus ``NO_MODE``): ``n_targets`` scored,
+    ``n_failed`` under ``below``, ``failed_meeting`` (failures meeting the mode; 0 where looked for and
+    not found), ``flagged`` (all targets meeting it) and the mean DSC of the targets meeting it
+    (``dsc_meeting``) and not (``dsc_not``; nan where no target). ``targets``: ``target_modes`` frames
+    per model already made (computed here otherwise)."""
+    import pandas as pd
+
+    rows = []
+    for name, predictions in predictions_by_model.items():
+        frame = targets[name] if targets is not None else target_modes(store, predictions, below, progress)
+        frame = frame.assign(**{NO_MODE: ~frame[list(MODES)].any(axis=1)})
+        for (task, dataset, target), part in frame.groupby(["task", "dataset", "target"], sort=True):
+            for mode in (*MODES, NO_MODE):
+                meets = part[mode].to_numpy(bool)
+                dsc = part["dsc"].to_numpy(float)
+                rows.append({"model": name, "task": task, "dataset": dataset, "target": target, "mode": mode,
+                             "n_targets": len(part), "n_failed": int(part["failed"].sum()),
+                             "failed_meeting": int((meets & part["failed"].to_numpy(bool)).sum()),
+                             "flagged": int(meets.sum()),
+                             "dsc_meeting": float(dsc[meets].mean()) if meets.any() else math.nan,
+                             "dsc_not": float(dsc[~meets].mean()) if (~meets).any() else math.nan})
+    return pd.DataFrame(rows, columns=["model", "task", "dataset", "target", "mode", "n_targets", "n_failed",
+                                       "failed_meeting", "flagged", "dsc_meeting", "dsc_not"])
+
+
+def plot_failure_modes(table, path, title: str):
+    """Bars: per task, the failures meeting each Fig. 5 mode (and none), one panel per model; the
+    tick labels give n failed / n targets."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(table["model"]))
+    modes = [*MODES, NO_MODE]
+    tasks = list(dict.fromkeys(zip(table["dataset"], table["target"])))
+    fig, axes = plt.subplots(len(names), 1, figsize=(max(7.0, 0.9 * len(tasks) + 3), 3.6 * len(names) + 1.4),
+                             squeeze=False)
+    width = 0.8 / len(modes)
+    for ax, name in zip(axes[:, 0], names):
+        part = table[table["model"] == name]
+        x = np.arange(len(tasks))
+        ticks = []
+        for dataset, target in tasks:
+            row = part[(part["dataset"] == dataset) & (part["target"] == target)]
+            ticks.append(f"{dataset}\n{target}\n{int(row['n_failed'].iloc[0])} of {int(row['n_targets'].iloc[0])} "
+                         "failed" if len(row) else f"{dataset}\n{target}")
+        top = 1
+        for k, mode in enumerate(modes):
+            counts = [int(part[(part["dataset"] == d) & (part["target"] == t) & (part["mode"] == mode)]
+                          ["failed_meeting"].sum()) for d, t in tasks]
+            top = max(top, *counts)
+            colour = "lightgrey" if mode == NO_MODE else PALETTE[(k + 2) % len(PALETTE)]
+            ax.bar(x + k * width, counts, width, color=colour, label=mode)
+            for xi, count in zip(x + k * width, counts):  # every count written, 0 included: looked for
+                ax.text(xi, count, str(count), ha="center", va="bottom", fontsize=6)
+        ax.set_xticks(x + width * (len(modes) - 1) / 2)
+        ax.set_xticklabels(ticks, fontsize=6)
+        ax.set_ylabel(f"failures (DSC < {FAILURE_DSC:g}), count")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylim(0, top * 1.15 + 0.5)
+        ax.set_title(f"{MODEL_NAMES.get(name, name)} model", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(modes), fontsize=8, frameon=False,
+               title="Fig. 5 failure mode (a failure may meet several; 0 = looked for, none found)", title_fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.55 / height, 1, 1))
+    return save_figure(fig, path, close=True)
+
+
+def mode_examples(store, predictions_by_model: dict, model: str = "base", below: float = FAILURE_DSC,
+                  targets=None) -> dict:
+    """Fig. 5 mode -> the lowest-DSC failure of ``model`` meeting it (at its worst slice, with every
+    model's prediction of that slice), or None where this split has none. ``targets``: ``model``'s
+    ``target_modes`` frame already made."""
+    predictions = predictions_by_model[model]
+    frame = targets if targets is not None else target_modes(store, predictions, below, progress=False)
+    out = {}
+    for mode in MODES:
+        found = frame[frame["failed"] & frame[mode]].sort_values(["dsc", "position"])
+        if not len(found):
+            out[mode] = None
+            continue
+        i = int(found["position"].iloc[0])
+        case = _target_case(store, predictions[i])
+        z = case["slice"]
+        case.update(position=i, mode=mode, model=model, dsc=float(found["dsc"].iloc[0]),
+                    preds={name: p[i].pred[z] for name, p in predictions_by_model.items()},
+                    boxes={name: p[i].boxes.get(z, case["box"]) for name, p in predictions_by_model.items()},
+                    dscs={name: (dice(p[i].pred, p[i].gt), dice(p[i].pred[z], p[i].gt[z]))
+                          for name, p in predictions_by_model.items()})
+        out[mode] = case
+    return out
+
+
+def plot_mode_examples(examples: dict, path, title: str):
+    """Fig. 5: one row per failure mode (image with the ground-truth contour and the box, then each
+    model's prediction), or a "not found in this split" row."""
+    import textwrap
+
+    plt = _pyplot()
+    models = list(dict.fromkeys(m for case in examples.values() if case for m in case["preds"])) or ["base"]
+    cols = 1 + len(models)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(3.6 * cols, 4.6 * len(examples) + 1.2), squeeze=False)
+    for r, (mode, case) in enumerate(examples.items()):
+        if case is None:
+            for ax in axes[r]:
+                ax.axis("off")
+            axes[r, 0].text(0.0, 0.5, f"{mode}:\nnot found in this split", ha="left", va="center", fontsize=9,
+                            transform=axes[r, 0].transAxes)
+            continue
+        meta = case["meta"]
+        near = box_from_mask(case["gt"]) if case["gt"].any() else None
+        rules = "\n".join(textwrap.fill(rule, 52) for rule in case["rules"])
+        _panel(axes[r, 0], case["image"], box=case["box"], contour=case["gt"], zoom=near,
+               title=f"{mode}: {task_label(meta)}\n{meta['volume']} z={case['curated_slice']}\n{rules}")
+        for c, name in enumerate(models, start=1):
+            whole, at = case["dscs"][name]
+            _panel(axes[r, c], case["image"], case["preds"][name], case["boxes"][name],
+                   f"{MODEL_NAMES.get(name, name)}: DSC {whole:.2f} (this slice {at:.2f})",
+                   colour=MODEL_COLOURS.get(name, PALETTE[3]), contour=case["gt"], zoom=near, say_zoomed=False)
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
+    _overlay_legend(fig, models)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.45 / height))
+    return save_figure(fig, path, close=True)
 
 
 def failure_table(cases: dict):
@@ -248,13 +435,39 @@ def box_sweep(store, models, margins, split: str, seed: int = 0, progress: bool 
                 box = prompt_box(gt, margin)
                 pred = segment(predictor, source, box, row["image_id"])
                 rows.append({"model": name, "margin": margin, "modality": row["modality"], "target": row["target"],
+                             "dataset": row["dataset"], "group": f"{row['dataset']}/{row['case']}",
                              "image_id": row["image_id"], "dsc": dice(pred, gt)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "margin", "modality", "target", "dataset", "group", "image_id", "dsc"])
+
+
+def group_bootstrap_ci(values, groups, seed: int, n: int = BOOTSTRAP, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over values, resampling whole groups (the split's unit: a
+    case's targets move together); (nan, nan) under 2 groups."""
+    from ..fileio import MedSAMError
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) != len(groups):
+        raise MedSAMError(f"group bootstrap: {len(values)} values but {len(groups)} group names")
+    _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    k = int(codes.max()) + 1 if codes.size else 0
+    if k < 2:
+        return math.nan, math.nan
+    sums = np.bincount(codes, weights=values, minlength=k)
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, k, size=(n, k))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return tuple(float(q) for q in np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
 
 
 def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int = BOX_JITTER_PX[1]):
-    """Mean DSC per modality against the margin, one panel per model; a bootstrap 95% CI band only
-    where a modality has 2 or more targets (n is in the legend); the paper's training jitter range shaded."""
+    """Mean DSC per modality against the margin, one panel per model; a bootstrap 95% CI band that
+    resamples groups (``group_bootstrap_ci`` over ``box_sweep``'s ``group``: a case's targets move
+    together) where a modality has 2 or more groups (targets and groups in the legend); the paper's
+    training jitter as a dashed line."""
+    from ..fileio import MedSAMError
+
+    if "group" not in sweep:
+        raise MedSAMError("box sweep frame: no 'group' column (dataset/case); make it with failures.box_sweep")
     plt = _pyplot()
     names = list(dict.fromkeys(sweep["model"]))
     modalities = sorted(sweep["modality"].unique())
@@ -265,11 +478,13 @@ def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int 
         for k, modality in enumerate(modalities):
             m = part[part["modality"] == modality]
             n_targets = int((m["margin"] == m["margin"].min()).sum())
-            stats = [(margin, g["dsc"].mean(), *bootstrap_ci(g["dsc"], seed)) for margin, g in m.groupby("margin")]
+            n_groups = int(m["group"].nunique())
+            stats = [(margin, g["dsc"].mean(), *group_bootstrap_ci(g["dsc"], g["group"], seed))
+                     for margin, g in m.groupby("margin")]
             x, mean, lo, hi = (np.array(v, dtype=float) for v in zip(*stats))
             colour = PALETTE[k % len(PALETTE)]
-            ax.plot(x, mean, marker="o", color=colour, label=f"{modality} (n={n_targets})")
-            if n_targets >= 2:
+            ax.plot(x, mean, marker="o", color=colour, label=f"{modality} ({n_targets} targets, {n_groups} groups)")
+            if n_groups >= 2:
                 ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
         ax.set_title(f"{MODEL_NAMES.get(name, name)} model", fontsize=9)
         ax.set_xlabel("box enlarged by (px per side, at 256 x 256)")
@@ -281,7 +496,8 @@ def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int 
     handles += [plt.Line2D([], [], color="grey", ls="--", lw=1)]
     labels += [jitter]
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False,
-               title="modality (n = targets); band: bootstrap 95% CI where n >= 2", title_fontsize=8)
+               title="modality; band: bootstrap 95% CI resampling groups (cases), where >= 2 groups",
+               title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return save_figure(fig, path, close=True)
