@@ -44,17 +44,17 @@ def _loop_group_ci(values, groups, seed, n=tables.BOOTSTRAP, level=0.95):
 def test_group_bootstrap_matches_a_written_out_cluster_bootstrap():
     values = [0.9, 0.8, 0.85, 0.3, 0.4, 0.95, 0.7, 0.6, 0.65, 0.2]
     groups = ["a", "a", "a", "b", "b", "c", "d", "d", "e", "e"]
-    got = failures.group_bootstrap_ci(values, groups, seed=3, n=300)
+    got = tables.group_bootstrap_ci(values, groups, seed=3, n=300)
     assert got == pytest.approx(_loop_group_ci(values, groups, 3, n=300), abs=1e-12)
-    assert math.isnan(failures.group_bootstrap_ci([0.1, 0.9], ["x", "x"], 0)[0])  # one group: no CI
-    with pytest.raises(MedSAMError, match="3 values but 2 group names"):
-        failures.group_bootstrap_ci([0.1, 0.2, 0.3], ["x", "y"], 0)
+    assert math.isnan(tables.group_bootstrap_ci([0.1, 0.9], ["x", "x"], 0)[0])  # one group: no CI
+    with pytest.raises(MedSAMError, match="3 values but 2 group"):
+        tables.group_bootstrap_ci([0.1, 0.2, 0.3], ["x", "y"], 0)
 
 
 def test_group_bootstrap_is_wider_than_resampling_targets_of_two_groups():
     values = [0.2] * 10 + [0.8] * 10
     groups = ["frames of acquisition 1"] * 10 + ["frames of acquisition 2"] * 10
-    lo, hi = failures.group_bootstrap_ci(values, groups, seed=0)
+    lo, hi = tables.group_bootstrap_ci(values, groups, seed=0)
     # drawing 2 groups: a quarter of draws are A+A (0.2), a quarter B+B (0.8): the 2.5% / 97.5% quantiles
     assert (lo, hi) == pytest.approx((0.2, 0.8))
     t_lo, t_hi = tables.bootstrap_ci(values, 0)  # the targets as if independent: far narrower

@@ -33,7 +33,7 @@ from ..geometry import box_from_mask
 from ..paper import BOX_JITTER_PX
 from .inference import EmbeddingCache, SliceSource, prompt_box, segment
 from .metrics import dice
-from .tables import BOOTSTRAP, bootstrap_ci
+from .tables import bootstrap_ci, group_bootstrap_ci
 
 TINY_FRACTION = 0.01
 LOW_CONTRAST = 0.5
@@ -438,25 +438,6 @@ def box_sweep(store, models, margins, split: str, seed: int = 0, progress: bool 
                              "dataset": row["dataset"], "group": f"{row['dataset']}/{row['case']}",
                              "image_id": row["image_id"], "dsc": dice(pred, gt)})
     return pd.DataFrame(rows, columns=["model", "margin", "modality", "target", "dataset", "group", "image_id", "dsc"])
-
-
-def group_bootstrap_ci(values, groups, seed: int, n: int = BOOTSTRAP, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean over values, resampling whole groups (the split's unit: a
-    case's targets move together); (nan, nan) under 2 groups."""
-    from ..fileio import MedSAMError
-
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) != len(groups):
-        raise MedSAMError(f"group bootstrap: {len(values)} values but {len(groups)} group names")
-    _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    k = int(codes.max()) + 1 if codes.size else 0
-    if k < 2:
-        return math.nan, math.nan
-    sums = np.bincount(codes, weights=values, minlength=k)
-    counts = np.bincount(codes, minlength=k).astype(np.float64)
-    draws = np.random.default_rng(seed).integers(0, k, size=(n, k))
-    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    return tuple(float(q) for q in np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
 
 
 def plot_box_sweep(sweep, path, title: str, seed: int = 0, training_jitter: int = BOX_JITTER_PX[1]):
