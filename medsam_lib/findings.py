@@ -258,7 +258,7 @@ def protocol_findings(runs: dict, seed: int = 0) -> str:
         bullets.append(f"Test boxes {name}: of {len(tested)} task(s) with >= {MIN_CASES_TEST} groups, Wilcoxon "
                        f"p < 0.05 for a higher fine-tuned DSC in {len(up)} ({', '.join(up) or 'none'}) and a lower "
                        f"one in {len(down)} ({', '.join(down) or 'none'}).")
-    return as_markdown(bullets)
+    return "\n".join(["#### Both test-box protocols", ""] + [f"- {b}" for b in bullets]) + "\n"
 
 
 def nsd_2d_note(effects) -> str:
