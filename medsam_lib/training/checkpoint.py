@@ -1,14 +1,16 @@
 """Training checkpoints: written atomically, holding everything an exact resume needs.
 
 ``last.pt`` is a fine-tuned checkpoint (``models.finetuned``: loadable as a model by path) plus
-``training``: the optimiser state, step, epoch, sampler position, the metrics so far, the best
-validation Dice and the step it came from, the config's identity, and every RNG state (torch CPU,
-CUDA per device, numpy's global RNG, Python's ``random``). ``best.pt`` is the same without
-``training``; its record also names the validation (``val_average``, ``val_boxes``) and holds the
-per-data-set validation Dice of its step (``val_per_dataset``). ``resume_record`` finds the ``last.pt`` a ``--resume`` continues from (and refuses
-one of another config, or a run folder that would be overwritten). Each file is written to a temporary file beside it and renamed, so a kill at any
-moment leaves the previous file whole. Everything is plain tensors, numbers, strings, lists and
-dicts: ``torch.load(weights_only=True)`` reads it.
+``training``: the optimiser state, step, epoch, sampler position, the metrics and per-data-set
+validation rows so far, the best validation Dice and the step it came from, the config's identity,
+and every RNG state (torch CPU, CUDA per device, numpy's global RNG, Python's ``random``).
+``best.pt`` is the same without ``training``; its record also names the validation (``val_average``,
+``val_boxes``) and holds the per-data-set validation Dice of its step (``val_per_dataset``).
+``resume_record`` finds the ``last.pt`` a ``--resume`` continues from (and refuses one of another
+config, or a run folder that would be overwritten; a field its identity lacks counts as the value
+``config.IDENTITY_BEFORE`` gives). Each file is written to a temporary file beside it and renamed, so
+a kill at any moment leaves the previous file whole. Everything is plain tensors, numbers, strings,
+lists and dicts: ``torch.load(weights_only=True)`` reads it.
 
 (micro-sam's trainer saves no RNG state, and its resume adds the requested iterations on top of
 those done; here ``steps`` is the total and a resumed run replays the same stream.)

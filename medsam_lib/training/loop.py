@@ -11,12 +11,13 @@ the step and the batch's image ids; nothing is written, the last good checkpoint
 ``val_every`` steps (and at step 0: the base model) rank 0 computes the validation Dice with the
 validation boxes (``val_boxes``: tight by default), averaged as ``val_average`` says (by default the
 mean of the data sets' means; each data set's mean goes to ``val_per_dataset.csv``); a better one
-writes ``best.pt`` (its record holds the per-data-set Dice of its step). (The released code kept the lowest
-*training* loss as its best model; we select on validation Dice. Without a validation split,
-``best.pt`` is the last step's weights.) The IoU head gets no gradient (its score is not in the
-loss) and is marked frozen. Every ``checkpoint_every`` steps and at the end: ``last.pt``,
+writes ``best.pt`` (its record holds the per-data-set Dice of its step). (The released code kept
+the lowest *training* loss as its best model; we select on validation Dice. Without a validation
+split, ``best.pt`` is the last step's weights.) The IoU head gets no gradient (its score is not in
+the loss) and is marked frozen. Every ``checkpoint_every`` steps and at the end: ``last.pt``,
 ``metrics.csv`` and ``val_per_dataset.csv``. At the start: ``unfit_targets.csv`` (training targets
-unfit for a box prompt, per data set, and how many ``exclude_unfit`` left out). bfloat16 autocast on CUDA, float32 on CPU (``run.autocast``).
+unfit for a box prompt, per data set, and how many ``exclude_unfit`` left out). bfloat16 autocast
+on CUDA, float32 on CPU (``run.autocast``).
 
 Pieces, one job each: ``run.prepare`` builds the run (model, pairs, inputs); ``checkpoint.resume_record``
 finds what ``--resume`` continues from; ``Trainer.restore`` applies it (or seeds a fresh run);
@@ -185,8 +186,9 @@ class Trainer:
         return float(ctx.mean(loss.detach()).item())
 
     def validation(self, step: int) -> float:
-        """The mean validation Dice at ``step`` (rank 0; NaN on the others and without a validation
-        split), ``best.pt`` kept up to date (``keep_best``); every rank waits for it."""
+        """The validation Dice at ``step`` (``run.summarize``; rank 0; NaN on the others and without a
+        validation split), its data sets' rows kept for val_per_dataset.csv, ``best.pt`` kept up to date
+        (``keep_best``); every rank waits for it."""
         val, per = math.nan, {}
         if self.ctx.is_main and len(self.run.val):
             scores = validate(self.run, self.net, self.ctx.device)

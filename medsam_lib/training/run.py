@@ -145,7 +145,8 @@ def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run
     train_rows, val_rows, val_source = split_rows(index, cfg.validation, cfg.val_fraction, cfg.seed,
                                                   f"{cfg.source}: key 'validation'")
     val_rows = stratified_sample(val_rows, cfg.val_max_targets, cfg.seed)
-    train, val = load_pairs(curated, train_rows, progress, "train"), load_pairs(curated, val_rows, progress, "validation")
+    train = load_pairs(curated, train_rows, progress, "train")
+    val = load_pairs(curated, val_rows, progress, "validation")
     unfit = unfit_table(train, cfg.exclude_unfit)
     if cfg.exclude_unfit:
         train = train.subset(unfit_reasons(train) == "")
