@@ -6,6 +6,8 @@ sampler, batches with ``geometry.jitter_box``'s boxes), ``loss`` (Dice + BCE), `
 with RNG states; what ``--resume`` continues from), ``run`` (what a run is built from: ``prepare``,
 ``validate``, ``autocast``), ``loop`` (``train``; torchrun ranks and DDP through ``medsam_lib.devices``:
 each rank takes a contiguous part of every global batch, so batch_size must divide by the world size;
-only rank 0 writes files and validates), ``cli`` (``python -m medsam_lib train``). The weights it writes
+only rank 0 writes files and validates), ``cli`` (``python -m medsam_lib train``), ``report`` (notebook
+04's config, curves and before/after table), ``experiments`` (named variants, one decoder per data set,
+decoders scored on the test split with tight and jittered boxes; issue 20). The weights it writes
 (``best.pt``) load by path wherever a model name is accepted (``models.finetuned``).
 """

@@ -1,13 +1,16 @@
 """Training checkpoints: written atomically, holding everything an exact resume needs.
 
 ``last.pt`` is a fine-tuned checkpoint (``models.finetuned``: loadable as a model by path) plus
-``training``: the optimiser state, step, epoch, sampler position, the metrics so far, the best
-validation Dice and the step it came from, the config's identity, and every RNG state (torch CPU,
-CUDA per device, numpy's global RNG, Python's ``random``). ``best.pt`` is the same without
-``training``. ``resume_record`` finds the ``last.pt`` a ``--resume`` continues from (and refuses
-one of another config, or a run folder that would be overwritten). Each file is written to a temporary file beside it and renamed, so a kill at any
-moment leaves the previous file whole. Everything is plain tensors, numbers, strings, lists and
-dicts: ``torch.load(weights_only=True)`` reads it.
+``training``: the optimiser state, step, epoch, sampler position, the metrics and per-data-set
+validation rows so far, the best validation Dice and the step it came from, the config's identity,
+and every RNG state (torch CPU, CUDA per device, numpy's global RNG, Python's ``random``).
+``best.pt`` is the same without ``training``; its record also names the validation (``val_average``,
+``val_boxes``) and holds the per-data-set validation Dice of its step (``val_per_dataset``).
+``resume_record`` finds the ``last.pt`` a ``--resume`` continues from (and refuses one of another
+config, or a run folder that would be overwritten; a field its identity lacks counts as the value
+``config.IDENTITY_BEFORE`` gives). Each file is written to a temporary file beside it and renamed, so
+a kill at any moment leaves the previous file whole. Everything is plain tensors, numbers, strings,
+lists and dicts: ``torch.load(weights_only=True)`` reads it.
 
 (micro-sam's trainer saves no RNG state, and its resume adds the requested iterations on top of
 those done; here ``steps`` is the total and a resumed run replays the same stream.)
@@ -22,6 +25,7 @@ import torch
 
 from ..fileio import MedSAMError, atomic_path
 from ..models.finetuned import FORMAT, FORMAT_VERSION, read_checkpoint
+from .config import IDENTITY_BEFORE
 
 
 def rng_state() -> dict:
@@ -59,10 +63,12 @@ def trained_weights(model: torch.nn.Module, modules: list[str]) -> dict:
     return out
 
 
-def model_record(model, modules: list[str], base: dict, recipe: str, step: int, val_dice) -> dict:
+def model_record(model, modules: list[str], base: dict, recipe: str, step: int, val_dice, **extra) -> dict:
+    """A fine-tuned checkpoint record; ``extra``: more plain keys (best.pt: ``val_average``, ``val_boxes``
+    and ``val_per_dataset``, {data set: mean target Dice} at ``step``), which readers ignore or use."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "base": dict(base), "recipe": recipe,
             "trained_modules": list(modules), "weights": trained_weights(model, modules), "step": int(step),
-            "val_dice": None if val_dice is None else float(val_dice)}
+            "val_dice": None if val_dice is None else float(val_dice), **extra}
 
 
 def save(path: str | Path, record: dict) -> Path:
@@ -100,10 +106,11 @@ def resume_record(cfg, resume: bool) -> dict | None:
         return None
     record = load_training(last)
     training = record["training"]
-    differ = [k for k, v in cfg.identity().items() if training["identity"].get(k) != v]
+    saved = dict(IDENTITY_BEFORE, **training["identity"])  # a run saved before a field existed did its old thing
+    differ = [k for k, v in cfg.identity().items() if saved.get(k) != v]
     if differ:
         k = differ[0]
-        raise MedSAMError(f"{last}: --resume from a run with {k} = {training['identity'].get(k)!r}, but {cfg.source} "
+        raise MedSAMError(f"{last}: --resume from a run with {k} = {saved.get(k)!r}, but {cfg.source} "
                           f"has {k} = {getattr(cfg, k)!r}" + (f" (and {differ[1:]} differ)" if differ[1:] else "")
                           + "; resume with the config it was made with, or train into another out folder")
     if training["step"] > cfg.steps:

@@ -25,6 +25,10 @@ from ..data.splits import SEED_MAX
 from ..fileio import MedSAMError, atomic_write_text, check_input_path, quote
 
 RECIPES = ("paper", "full")
+VALIDATION_SOURCES = ("auto", "index", "carve")
+VAL_AVERAGES = ("dataset", "target")
+VAL_BOXES = ("tight", "jittered")
+BOX_JITTERS = ("paper", "official_code", "none")
 RECIPE_DEFAULTS = {  # (optimiser, lr, weight decay)
     "paper": ("adam", paper.LEARNING_RATE, paper.WEIGHT_DECAY),  # 3.2: Adam 1e-5, no weight decay
     "full": ("adamw", 1e-4, 0.01),  # released train_one_gpu.py: AdamW 1e-4, weight decay 0.01
@@ -48,12 +52,13 @@ class Field:
 
 FIELDS = (
     Field("curated", str, _REQUIRED, "curated store folder (`python -m medsam_lib data curate`); training uses "
-          "its train split only", is_path=True),
+          "its train split (and validation split: key validation), never its test split", is_path=True),
     Field("embeddings", str, "", "embedding store of `model` on `curated` (`python -m medsam_lib embed`); needed "
           "by recipe paper, unused by full", is_path=True),
     Field("model", str, "litemedsam", "base model: a zoo name (litemedsam, sam_vit_b, medsam_vit_b) or a "
           "checkpoint path"),
-    Field("out", str, _REQUIRED, "run folder: receives last.pt, best.pt, metrics.csv and config.toml",
+    Field("out", str, _REQUIRED, "run folder: receives last.pt, best.pt, metrics.csv, val_per_dataset.csv, "
+          "unfit_targets.csv and config.toml",
           is_path=True),
     Field("recipe", str, "paper", "paper: mask decoder only, from stored embeddings, Adam (paper 2.3/3.2); "
           "full: image encoder + mask decoder from curated images, prompt encoder frozen, AdamW (the released "
@@ -66,19 +71,37 @@ FIELDS = (
           maximum=1.0),
     Field("weight_decay", float, -1.0, "weight decay; -1: the recipe's (paper 0, full 0.01)", minimum=-1.0,
           maximum=1.0),
-    Field("seed", int, 0, "seeds the validation split, the sampler order and the box jitter",
+    Field("seed", int, 0, "seeds the validation carve and sample, the sampler order, the box jitter "
+          "and the jittered validation boxes",
           minimum=0, maximum=SEED_MAX),
     Field("checkpoint_every", int, 100, "write last.pt every this many steps (and at the end)", minimum=1,
           maximum=MAX_COUNT),
     Field("val_every", int, 0, "validate (and maybe write best.pt) every this many steps; 0: with each "
           "checkpoint", minimum=0, maximum=MAX_COUNT),
-    Field("val_fraction", float, 0.2, "fraction of each data set's train cases held out for validation "
-          "(by case, seeded; at least one case when a data set has two or more)", minimum=0.0, maximum=0.9),
-    Field("val_max_targets", int, 0, "validate on at most this many targets (a seeded sample); 0: all",
+    Field("validation", str, "auto", "where validation targets come from: index: the curated index's "
+          "`validation` split (every `train` row trains; `test` is never read); carve: held out of the train "
+          "split by case (val_fraction); auto: index when the curated store has validation rows, else carve",
+          choices=VALIDATION_SOURCES),
+    Field("val_fraction", float, 0.2, "validation carve: fraction of each data set's train cases held out for "
+          "validation (by case, seeded; at least one case when a data set has two or more)", minimum=0.0,
+          maximum=0.9),
+    Field("val_max_targets", int, 0, "validate on at most this many targets, sampled per data set (seeded; at "
+          "most ceil(val_max_targets / data sets) from each, so no data set dominates); 0: all",
           minimum=0, maximum=MAX_COUNT),
-    Field("box_jitter", str, "paper", "paper: each box side moved outwards by a random 0-20 px at 256 (paper "
-          "3.2); official_code: 0-19 px (v1 train.py, np.random.randint(0, 20))",
-          choices=("paper", "official_code")),
+    Field("val_average", str, "dataset", "validation Dice (and best.pt's choice): dataset: the mean over data sets "
+          "of each data set's mean target Dice; target: the mean over all targets (one large data set "
+          "dominates)", choices=VAL_AVERAGES),
+    Field("val_boxes", str, "tight", "validation boxes: tight: the ground-truth box (the paper's test "
+          "protocol); jittered: each side moved outwards by a seeded 0-19 px at 256 (the v1 tutorial's test "
+          "boxes), fixed per target by (seed, index row)", choices=VAL_BOXES),
+    Field("box_jitter", str, "paper", "training boxes: paper: each box side moved outwards by a random 0-20 px "
+          "at 256 (paper 3.2); official_code: 0-19 px (v1 train.py, np.random.randint(0, 20)); none: the "
+          "ground-truth box (0 px)", choices=BOX_JITTERS),
+    Field("exclude_unfit", bool, False, "leave out training targets unfit for a box prompt: a box covering >= "
+          "95% of the image, or a target filling < 20% of its box (training.data.unfit_reasons); the counts "
+          "go to unfit_targets.csv. false: the paper's (every target trains)"),
+    Field("datasets", str, "", "comma-separated data set names to train and validate on (e.g. one decoder per "
+          "task); empty: every data set of the curated store"),
     Field("device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N; under torchrun each rank "
           "takes cuda:LOCAL_RANK"),
     Field("precision", str, "auto", "auto: bfloat16 autocast on CUDA, float32 on CPU; bf16; fp32",
@@ -89,7 +112,11 @@ FIELDS = (
 _BY_NAME = {f.name: f for f in FIELDS}
 # Fields that make a run what it is: --resume refuses a checkpoint whose values differ.
 IDENTITY = ("curated", "embeddings", "model", "recipe", "batch_size", "lr", "weight_decay", "seed",
-            "val_fraction", "val_max_targets", "box_jitter", "precision", "activation_checkpointing")
+            "validation", "val_fraction", "val_max_targets", "val_average", "val_boxes", "box_jitter",
+            "exclude_unfit", "datasets", "precision", "activation_checkpointing")
+# What a run saved before a field existed did: a last.pt without the key is compared with this value.
+IDENTITY_BEFORE = {"validation": "carve", "val_average": "target", "val_boxes": "tight", "exclude_unfit": False,
+                   "datasets": ""}
 
 
 @dataclass(frozen=True)
@@ -106,9 +133,14 @@ class TrainConfig:
     seed: int
     checkpoint_every: int
     val_every: int
+    validation: str
     val_fraction: float
     val_max_targets: int
+    val_average: str
+    val_boxes: str
     box_jitter: str
+    exclude_unfit: bool
+    datasets: str
     device: str
     precision: str
     activation_checkpointing: bool
@@ -124,8 +156,18 @@ class TrainConfig:
     def identity(self) -> dict:
         return {k: getattr(self, k) for k in IDENTITY}
 
+    @property
+    def dataset_names(self) -> list[str]:
+        """``datasets`` as a list (empty: every data set)."""
+        return parse_datasets(self.datasets)
+
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def parse_datasets(text: str) -> list[str]:
+    """The names of a ``datasets`` value: comma-separated, blanks around names ignored, order kept."""
+    return list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
 
 
 def _number(bound) -> str:
@@ -202,6 +244,10 @@ def config_from_dict(values: dict, source: str = "<dict>", base_dir: str | os.Pa
                           "embedding store of `model` on `curated` (`python -m medsam_lib embed`)")
     if out["activation_checkpointing"] and out["recipe"] != "full":
         raise MedSAMError(f"{source}: key 'activation_checkpointing' applies to recipe 'full' only")
+    if out["datasets"].strip() and not parse_datasets(out["datasets"]):
+        raise MedSAMError(f"{source}: key 'datasets' must name data sets separated by commas, got "
+                          f"{quote(out['datasets'])}")
+    out["datasets"] = ",".join(parse_datasets(out["datasets"]))
     if out["val_every"] == 0:
         out["val_every"] = out["checkpoint_every"]
     return TrainConfig(**out, source=source)

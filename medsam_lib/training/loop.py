@@ -8,12 +8,16 @@ frozen, AdamW; optional activation checkpointing of ViT-B's blocks.
 Each step: the sampler's next global batch (this rank's part), boxes jittered (paper 3.2) and scaled
 to the model input, loss = Dice + BCE (``loss``), a non-finite loss stops the run (MedSAMError with
 the step and the batch's image ids; nothing is written, the last good checkpoint stays). Every
-``val_every`` steps (and at step 0: the base model) rank 0 computes the mean validation Dice with
-the unjittered boxes; a better one writes ``best.pt``. (The released code kept the lowest
-*training* loss as its best model; we select on validation Dice. Without a validation split,
-``best.pt`` is the last step's weights.) The IoU head gets no gradient (its score is not in the
-loss) and is marked frozen. Every ``checkpoint_every`` steps and at the end: ``last.pt`` and
-``metrics.csv``. bfloat16 autocast on CUDA, float32 on CPU (``run.autocast``).
+``val_every`` steps (and at step 0: the base model) rank 0 computes the validation Dice with the
+validation boxes (``val_boxes``: tight by default), averaged as ``val_average`` says (by default the
+mean of the data sets' means; each data set's mean goes to ``val_per_dataset.csv``); a better one
+writes ``best.pt`` (its record holds the per-data-set Dice of its step). (The released code kept
+the lowest *training* loss as its best model; we select on validation Dice. Without a validation
+split, ``best.pt`` is the last step's weights.) The IoU head gets no gradient (its score is not in
+the loss) and is marked frozen. Every ``checkpoint_every`` steps and at the end: ``last.pt``,
+``metrics.csv`` and ``val_per_dataset.csv``. At the start: ``unfit_targets.csv`` (training targets
+unfit for a box prompt, per data set, and how many ``exclude_unfit`` left out). bfloat16 autocast
+on CUDA, float32 on CPU (``run.autocast``).
 
 Pieces, one job each: ``run.prepare`` builds the run (model, pairs, inputs); ``checkpoint.resume_record``
 finds what ``--resume`` continues from; ``Trainer.restore`` applies it (or seeds a fresh run);
@@ -40,9 +44,10 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, write_config
 from .data import StreamSampler, sampler_batch
 from .loss import dice_bce_loss
-from .run import Run, StepModel, autocast, prepare, validate
+from .run import Run, StepModel, autocast, prepare, summarize, validate
 
 METRIC_COLUMNS = ("step", "epoch", "train_loss", "val_dice")
+PER_DATASET_COLUMNS = ("step", "dataset", "n_targets", "dice")
 
 
 @dataclass
@@ -53,6 +58,8 @@ class RunResult:
     best_val_dice: float
     metrics: object  # DataFrame
     reused: bool  # a finished run found and returned as it was
+    val_per_dataset: object = None  # DataFrame (PER_DATASET_COLUMNS): each validation's Dice per data set
+    unfit: object = None  # DataFrame: per data set, unfit training targets and how many were left out
 
 
 @dataclass
@@ -61,19 +68,20 @@ class Progress:
     best validation Dice and its step, the last step done and the last step written to last.pt."""
 
     metrics: list = field(default_factory=list)
+    per_dataset: list = field(default_factory=list)  # one row per (validation step, data set)
     best: dict = field(default_factory=lambda: {"val_dice": -math.inf, "step": -1})
     step: int = 0
     saved: int = 0
 
 
-def metrics_frame(metrics: list[dict]):
+def metrics_frame(metrics: list[dict], columns=METRIC_COLUMNS):
     import pandas as pd
 
-    return pd.DataFrame(metrics, columns=list(METRIC_COLUMNS))
+    return pd.DataFrame(metrics, columns=list(columns))
 
 
-def write_metrics(path: Path, metrics: list[dict]):
-    frame = metrics_frame(metrics)
+def write_metrics(path: Path, metrics: list[dict], columns=METRIC_COLUMNS):
+    frame = metrics_frame(metrics, columns)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return frame
@@ -142,7 +150,8 @@ class Trainer:
         self.optimizer.load_state_dict(training["optimizer"])
         self.sampler.load_state_dict(training["sampler"])
         step = int(training["step"])
-        self.progress = Progress(list(training["metrics"]), dict(training["best"]), step, step)
+        self.progress = Progress(list(training["metrics"]), list(training.get("val_per_dataset", [])),
+                                 dict(training["best"]), step, step)
         ckpt.set_rng_state(training["rng"])
 
     def start(self) -> None:
@@ -177,17 +186,21 @@ class Trainer:
         return float(ctx.mean(loss.detach()).item())
 
     def validation(self, step: int) -> float:
-        """The mean validation Dice at ``step`` (rank 0; NaN on the others and without a validation
-        split), ``best.pt`` kept up to date (``keep_best``); every rank waits for it."""
-        val = math.nan
+        """The validation Dice at ``step`` (``run.summarize``; rank 0; NaN on the others and without a
+        validation split), its data sets' rows kept for val_per_dataset.csv, ``best.pt`` kept up to date
+        (``keep_best``); every rank waits for it."""
+        val, per = math.nan, {}
         if self.ctx.is_main and len(self.run.val):
-            val = float(validate(self.run, self.net, self.ctx.device).mean())
+            scores = validate(self.run, self.net, self.ctx.device)
+            val, per = summarize(self.run.val.rows, scores, self.cfg.val_average)
+            self.progress.per_dataset += [{"step": step, "dataset": d, "n_targets": n, "dice": dice}
+                                          for d, (n, dice) in per.items()]
             self.training_modes()
-        self.keep_best(step, None if math.isnan(val) else val)
+        self.keep_best(step, None if math.isnan(val) else val, {d: dice for d, (_, dice) in per.items()})
         self.ctx.barrier()
         return val
 
-    def keep_best(self, step: int, val_dice: float | None) -> None:
+    def keep_best(self, step: int, val_dice: float | None, per_dataset: dict | None = None) -> None:
         """best.pt (rank 0): the weights of the best validation Dice so far; without a validation split,
         the last step's weights."""
         cfg, run, best = self.cfg, self.run, self.progress.best
@@ -198,11 +211,13 @@ class Trainer:
             ckpt.save(self.out / "best.pt", self.weights(step, None))
         elif val_dice is not None and len(run.val) and val_dice > best["val_dice"]:
             best.update(val_dice=val_dice, step=step)
-            ckpt.save(self.out / "best.pt", self.weights(step, val_dice))
+            ckpt.save(self.out / "best.pt", self.weights(step, val_dice, val_per_dataset=dict(per_dataset or {}),
+                                                         val_average=cfg.val_average, val_boxes=cfg.val_boxes))
 
-    def weights(self, step: int, val_dice: float | None) -> dict:
+    def weights(self, step: int, val_dice: float | None, **extra) -> dict:
         """The trained modules' weights at ``step`` as a fine-tuned checkpoint record."""
-        return ckpt.model_record(self.model, self.run.modules, self.run.base, self.cfg.recipe, step, val_dice)
+        return ckpt.model_record(self.model, self.run.modules, self.run.base, self.cfg.recipe, step, val_dice,
+                                 **extra)
 
     def save_last(self, step: int, consumed: int) -> None:
         """last.pt (weights, optimiser, the sampler at ``consumed`` samples, progress, RNG states) and
@@ -214,10 +229,12 @@ class Trainer:
             state = dict(self.sampler.state_dict(), position=consumed)  # the prefetched batch is not consumed yet
             record["training"] = {"optimizer": self.optimizer.state_dict(), "step": step, "steps": cfg.steps,
                                   "epoch": consumed // self.sampler.n, "sampler": state, "rng": ckpt.rng_state(),
-                                  "metrics": progress.metrics, "best": progress.best, "identity": cfg.identity(),
+                                  "metrics": progress.metrics, "val_per_dataset": progress.per_dataset,
+                                  "best": progress.best, "identity": cfg.identity(),
                                   "world": self.ctx.world}
             ckpt.save(self.out / "last.pt", record)
             write_metrics(self.out / "metrics.csv", progress.metrics)
+            write_metrics(self.out / "val_per_dataset.csv", progress.per_dataset, PER_DATASET_COLUMNS)
         self.ctx.barrier()
 
     def run_steps(self, show: bool) -> None:
@@ -252,7 +269,8 @@ class Trainer:
     def result(self, reused: bool) -> RunResult:
         progress = self.progress
         return RunResult(self.out, progress.step, progress.best["step"], progress.best["val_dice"],
-                         metrics_frame(progress.metrics), reused)
+                         metrics_frame(progress.metrics), reused,
+                         metrics_frame(progress.per_dataset, PER_DATASET_COLUMNS), self.run.unfit)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, store=None) -> RunResult:
@@ -281,6 +299,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool, store, ctx) -> RunRes
     if ctx.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         write_config(cfg, Path(cfg.out) / "config.toml")
+        with atomic_path(Path(cfg.out) / "unfit_targets.csv") as tmp:
+            trainer.run.unfit.to_csv(tmp, index=False)
     trainer.start()
     trainer.run_steps(progress and ctx.is_main)
     return trainer.result(reused=False)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..figures import save_figure
 from .config import TrainConfig, config_from_dict
 
@@ -45,7 +43,7 @@ def plot_curves(metrics, path: str | os.PathLike, title: str) -> Path:
     sns.lineplot(data=val, x="step", y="val_dice", ax=right, color="tab:orange", marker="o", label="validation")
     if len(val):
         right.axhline(val["val_dice"].iloc[0], color="grey", linestyle="--", linewidth=1, label="base model (step 0)")
-    right.set(title="validation Dice (unjittered boxes)", xlabel="optimiser step", ylabel="mean Dice (0-1)")
+    right.set(title="validation Dice", xlabel="optimiser step", ylabel="validation Dice (0-1)")
     right.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
@@ -54,12 +52,13 @@ def plot_curves(metrics, path: str | os.PathLike, title: str) -> Path:
 
 def before_after(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, device=None):
     """Per data set and target: validation Dice of the base model and of ``checkpoint`` (default
-    ``out/best.pt``), the same pairs, boxes and embeddings; plus an ``all`` row."""
+    ``out/best.pt``), the same pairs, boxes and embeddings; plus an ``all`` row averaged as the run's
+    validation Dice is (``val_average``: the mean of the data sets' means, or over targets)."""
     import pandas as pd
 
     from ..models.finetuned import apply_weights, read_checkpoint
     from ..devices import resolve_device
-    from .run import StepModel, prepare, validate
+    from .run import StepModel, prepare, summarize, validate
 
     device = resolve_device(cfg.device, f"{cfg.source}: key 'device'") if device is None else resolve_device(device)
     run = prepare(cfg, device)
@@ -72,8 +71,9 @@ def before_after(cfg: TrainConfig, checkpoint: str | os.PathLike | None = None, 
     rows = run.val.rows.assign(base=before, finetuned=after)
     table = rows.groupby(["dataset", "target"]).agg(targets=("base", "size"), base_dsc=("base", "mean"),
                                                     finetuned_dsc=("finetuned", "mean")).reset_index()
-    total = pd.DataFrame([{"dataset": "all", "target": "all", "targets": len(rows), "base_dsc": float(np.mean(before)),
-                           "finetuned_dsc": float(np.mean(after))}])
+    total = pd.DataFrame([{"dataset": "all", "target": "all", "targets": len(rows),
+                           "base_dsc": summarize(rows, before, cfg.val_average)[0],
+                           "finetuned_dsc": summarize(rows, after, cfg.val_average)[0]}])
     table = pd.concat([table, total], ignore_index=True)
     table["change"] = table["finetuned_dsc"] - table["base_dsc"]
     table.attrs["best_step"] = record["step"]

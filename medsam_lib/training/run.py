@@ -1,10 +1,14 @@
 """What a training run is built from (``prepare``) and how it is scored (``validate``); the loop is ``loop.py``.
 
 - ``prepare(cfg, device)``: the base model (only the recipe's modules trainable), the curated train and
-  validation pairs, and the input source: the embedding store bound to the base model and the curated
-  store (recipe ``paper``; ``EmbeddingStore.bind``, read-only), or curated images (recipe ``full``).
+  validation pairs (config ``datasets``, ``validation``, ``val_max_targets`` stratified per data set,
+  ``exclude_unfit``) with the validation boxes (``val_boxes``), and the input source: the embedding
+  store bound to the base model and the curated store (recipe ``paper``; ``EmbeddingStore.bind``,
+  read-only), or curated images (recipe ``full``). ``open_base`` is its first half (model and inputs),
+  also what ``experiments.score_decoders`` scores with.
 - ``StepModel``: (inputs, boxes) -> low-resolution mask logits; what DDP wraps.
-- ``validate``: per-target Dice on the validation pairs with their unjittered boxes.
+- ``validate``: per-target Dice at 256 on the validation pairs with the validation boxes;
+  ``summarize``: those as the run's one number (``val_average``) and per data set.
 - ``autocast``: the one precision rule (bfloat16 autocast on CUDA unless ``fp32``, or with ``bf16``).
 Notebook 04's before/after table (``report.before_after``) reuses all four.
 """
@@ -19,7 +23,8 @@ from torch import nn
 
 from ..fileio import MedSAMError
 from .config import TrainConfig
-from .data import Pairs, embedding_source, image_source, load_pairs, make_batch, train_val_split
+from .data import (Pairs, embedding_source, image_source, load_pairs, make_batch, select_datasets, split_rows,
+                   stratified_sample, unfit_reasons, unfit_table, validation_boxes)
 from .loss import dice_score
 
 VAL_BATCH = 16
@@ -76,6 +81,9 @@ class Run:
     val: Pairs
     source: object  # image_ids -> inputs
     modules: list[str]  # trained top-level modules
+    val_boxes: np.ndarray | None = None  # (N, 4) the validation boxes at 256 (None: val.boxes)
+    unfit: object = None  # DataFrame: per data set, unfit training targets and how many were left out
+    val_source: str = ""  # where the validation rows came from: "index" or "carve"
 
     @property
     def box_scale(self) -> torch.Tensor:
@@ -106,30 +114,45 @@ def open_embeddings(cfg: TrainConfig, loaded, curated, store=None):
         raise MedSAMError(f"{cfg.source}: key 'embeddings': {exc}") from None
 
 
-def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run:
-    """Load the base model, the curated pairs and the input source; freeze what the recipe freezes."""
+def open_base(cfg: TrainConfig, device, store=None):
+    """(curated store, loaded base model, its zoo.base_reference, its transform, the input source,
+    the trained modules) for ``cfg``: the stores checked before the model is loaded."""
     from ..data.store import CuratedDataset
-    from ..models.zoo import base_reference
     from ..models.transforms import for_model
-    from ..models.zoo import load_model
+    from ..models.zoo import base_reference, load_model
 
     if not (Path(cfg.curated) / "curation.json").is_file():
         raise MedSAMError(f"{cfg.source}: key 'curated': {cfg.curated} is not a curated store (no curation.json); "
                           "run `python -m medsam_lib data curate` first")
     curated = CuratedDataset(cfg.curated)
+    select_datasets(curated.index, cfg.dataset_names, f"{cfg.source}: key 'datasets'")  # refused before the model
     if cfg.recipe == "paper" and store is None:
         check_embeddings_path(cfg)
     loaded = load_model(cfg.model, device=device)
     base = base_reference(cfg.model, loaded.arch)
     transform = for_model(loaded)
-    train_rows, val_rows = train_val_split(curated.index, cfg.val_fraction, cfg.seed)
-    if cfg.val_max_targets and len(val_rows) > cfg.val_max_targets:
-        val_rows = val_rows.sample(cfg.val_max_targets, random_state=cfg.seed).sort_index()
-    train, val = load_pairs(curated, train_rows, progress, "train"), load_pairs(curated, val_rows, progress, "validation")
     if cfg.recipe == "paper":
         source, modules = embedding_source(open_embeddings(cfg, loaded, curated, store)), ["mask_decoder"]
     else:
         source, modules = image_source(curated, curated.index, transform), ["image_encoder", "mask_decoder"]
+    return curated, loaded, base, transform, source, modules
+
+
+def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run:
+    """Load the base model, the curated pairs and the input source; freeze what the recipe freezes."""
+    curated, loaded, base, transform, source, modules = open_base(cfg, device, store)
+    index = select_datasets(curated.index, cfg.dataset_names, f"{cfg.source}: key 'datasets'")
+    train_rows, val_rows, val_source = split_rows(index, cfg.validation, cfg.val_fraction, cfg.seed,
+                                                  f"{cfg.source}: key 'validation'")
+    val_rows = stratified_sample(val_rows, cfg.val_max_targets, cfg.seed)
+    train = load_pairs(curated, train_rows, progress, "train")
+    val = load_pairs(curated, val_rows, progress, "validation")
+    unfit = unfit_table(train, cfg.exclude_unfit)
+    if cfg.exclude_unfit:
+        train = train.subset(unfit_reasons(train) == "")
+        if not len(train):
+            raise MedSAMError(f"{cfg.source}: key 'exclude_unfit': every training target is unfit for a box "
+                              "prompt; nothing is left to train on")
     model = loaded.model
     for p in model.parameters():
         p.requires_grad_(False)
@@ -142,20 +165,40 @@ def prepare(cfg: TrainConfig, device, store=None, progress: bool = False) -> Run
         p.requires_grad_(False)
     if cfg.activation_checkpointing and hasattr(model.image_encoder, "blocks"):
         checkpoint_blocks(model.image_encoder.blocks)
-    return Run(cfg, loaded, base, transform, curated, train, val, source, modules)
+    return Run(cfg, loaded, base, transform, curated, train, val, source, modules,
+               validation_boxes(val, cfg.val_boxes, cfg.seed), unfit, val_source)
 
 
-def validate(run: Run, net: StepModel, device, pairs: Pairs | None = None) -> np.ndarray:
-    """Per-target Dice on the validation pairs with their unjittered boxes (eval mode, no grad;
-    the caller puts the modules back in training mode)."""
-    pairs = run.val if pairs is None else pairs
+def validate(run: Run, net: StepModel, device, pairs: Pairs | None = None, boxes: np.ndarray | None = None,
+             progress: bool = False) -> np.ndarray:
+    """Per-target Dice at 256 of ``pairs`` (default: the validation pairs) with ``boxes`` (default: the
+    run's validation boxes for its own pairs, the ground-truth boxes for others); eval mode, no grad;
+    the caller puts the modules back in training mode."""
+    from tqdm.auto import tqdm
+
+    if pairs is None:
+        pairs, boxes = run.val, run.val_boxes if boxes is None else boxes
+    boxes = pairs.boxes if boxes is None else boxes
     scores = np.empty(len(pairs), dtype=np.float64)
     net.eval()
     with torch.no_grad():
-        for start in range(0, len(pairs), VAL_BATCH):
+        for start in tqdm(range(0, len(pairs), VAL_BATCH), desc="validating", unit="batch", disable=not progress):
             idx = list(range(start, min(start + VAL_BATCH, len(pairs))))
-            batch = make_batch(pairs, idx, pairs.boxes[idx], run.source)
+            batch = make_batch(pairs, idx, boxes[idx], run.source)
             with autocast(device, run.cfg.precision):
                 logits = net(batch.inputs.to(device), (batch.boxes * run.box_scale).to(device))
             scores[idx] = dice_score(logits, batch.targets.to(device)).cpu().numpy()
     return scores
+
+
+def summarize(rows, scores: np.ndarray, average: str) -> tuple[float, dict]:
+    """(the validation Dice, {data set: (targets, mean target Dice)}) of per-target ``scores`` of ``rows``:
+    ``average`` ``dataset``: the mean over data sets of their means; ``target``: the mean over targets."""
+    per = {}
+    datasets = rows["dataset"].to_numpy()
+    for name in sorted(set(datasets)):
+        mine = scores[datasets == name]
+        per[name] = (int(len(mine)), float(mine.mean()))
+    if average == "dataset":
+        return float(np.mean([dice for _, dice in per.values()])), per
+    return float(np.mean(scores)), per
