@@ -346,3 +346,25 @@ def failures_findings(cases: dict, sweep, strata, seed: int = 0, tight: int = 0,
         bullets.append(f"{name}: highest mean DSC in the {big} size stratum ({b:.3f}), lowest in {small} "
                        f"({s:.3f}); strata hold {', '.join(str(int(n)) for n in part['n'])} targets.")
     return as_markdown(bullets)
+
+
+def experiment_findings(versus) -> str:
+    """Notebook 04's experiments (``training.experiments.versus_base``): per box kind, each decoder minus the
+    base over all test groups, and what happens on the data set the base does worst on and best on."""
+    bullets = []
+    if versus is None or not len(versus):
+        return as_markdown(["No comparison decoder was trained (compare_decoders = False)."])
+    for kind, part in versus.groupby("boxes", sort=False):
+        for _, r in part[part["dataset"] == "all"].iterrows():
+            d = Difference(int(r["groups"]), float(r["change"]), float(r["lo"]), float(r["hi"]))
+            bullets.append(_compare(r["variant"], "base", d, f"Test boxes {kind}, Dice over all test groups",
+                                    digits=3))
+        per = part[part["dataset"] != "all"]
+        if len(per):
+            base = per.groupby("dataset")["base"].first()
+            for word, dataset in (("worst", base.idxmin()), ("best", base.idxmax())):
+                sel = per[per["dataset"] == dataset]
+                changes = ", ".join(f"{v} {c:+.3f}" for v, c in zip(sel["variant"], sel["change"]))
+                bullets.append(f"Test boxes {kind}: the base does {word} on {dataset} ({base[dataset]:.3f} Dice); "
+                               f"change per decoder: {changes}.")
+    return as_markdown(bullets)

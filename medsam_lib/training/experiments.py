@@ -138,3 +138,49 @@ def plot_task_curves(val_per_dataset, path: str | os.PathLike, title: str) -> Pa
     ax.legend(title="data set (validation)", fontsize="small", loc="best")
     fig.tight_layout()
     return save_figure(fig, path, dpi=110, close=True, tight=False)
+
+
+def score_per_task(cfg: TrainConfig, results: dict, variant: str = "one decoder per task", split: str = "test",
+                   boxes=("tight", "jittered"), progress: bool = False):
+    """``per_task``'s decoders ({data set: RunResult}) each scored on its own data set's ``split`` targets
+    (``score_decoders`` with ``datasets`` set), as one variant; the base rows are left to the caller's
+    ``score_decoders`` (they are the same targets and boxes)."""
+    import pandas as pd
+
+    frames = []
+    for dataset, result in results.items():
+        scores = score_decoders(cfg.replace(datasets=dataset), {variant: Path(result.out) / "best.pt"}, split,
+                                boxes, progress=progress)
+        frames.append(scores[scores["variant"] == variant])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
+
+
+def group_means(scores):
+    """Per (variant, boxes, data set, group) the mean target Dice: the group is the split unit (the
+    curated ``case``: a subject, an acquisition, a child), so frames or eyes of one group are one value."""
+    return scores.groupby(["variant", "boxes", "dataset", "case"], sort=False)["dice"].mean().reset_index()
+
+
+def versus_base(scores, seed: int = 0):
+    """Each variant minus the base model, per box kind: the mean over groups of all data sets (and per
+    data set) of the paired group-mean Dice difference, with a bootstrap 95% CI over groups
+    (``tables.bootstrap_ci``; nan under 5 groups). Columns: boxes, variant, dataset ('all' or a name),
+    groups, base, variant_dice, change, lo, hi."""
+    import math
+
+    import pandas as pd
+
+    from ..evaluation.tables import MIN_CASES_TEST, bootstrap_ci
+
+    means = group_means(scores)
+    base = means[means["variant"] == BASE_VARIANT].drop(columns="variant")
+    rows = []
+    for (kind, name), part in means[means["variant"] != BASE_VARIANT].groupby(["boxes", "variant"], sort=False):
+        paired = part.merge(base, on=["boxes", "dataset", "case"], suffixes=("_v", "_b"))
+        for dataset, sel in [("all", paired)] + list(paired.groupby("dataset", sort=True)):
+            diff = (sel["dice_v"] - sel["dice_b"]).to_numpy()
+            lo, hi = bootstrap_ci(diff, seed) if diff.size >= MIN_CASES_TEST else (math.nan, math.nan)
+            rows.append({"boxes": kind, "variant": name, "dataset": dataset, "groups": int(diff.size),
+                         "base": float(sel["dice_b"].mean()), "variant_dice": float(sel["dice_v"].mean()),
+                         "change": float(diff.mean()), "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
