@@ -3,7 +3,6 @@ beside the 2D NSD, and the README's results section (``python -m medsam_lib tabl
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -295,10 +294,8 @@ def test_tables_command_exit_codes(tmp_path, monkeypatch):
 
 def test_committed_readme_section_matches_the_committed_tables():
     tables_dir = REPO / "results" / "cohorts" / "tables"
-    if not all((tables_dir / readme.csv_name(n)).is_file() for n in TEST_BOXES):
-        if os.environ.get("MEDSAM_REQUIRE_RESULTS") == "1":
-            pytest.fail(f"{tables_dir}: the committed cohorts tables are missing")
-        pytest.skip("results/cohorts/tables/tables_1_2*.csv not committed yet")
+    missing = [n for n in TEST_BOXES if not (tables_dir / readme.csv_name(n)).is_file()]
+    assert not missing, f"{tables_dir}: the committed cohorts tables are missing ({missing})"
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert readme.section(text, "cohorts", "README.md") == \
         readme.render(readme.read_longs(tables_dir), "cohorts").rstrip()
@@ -358,3 +355,30 @@ def test_slab_frames_rescore_only_2d_targets_with_the_unit_axis_slab():
     want = metrics.score(pred[0], gt[0], (1.0, 1.0), 1.0, "unit_axis")["nsd"]
     assert frame["nsd"].iloc[0] == pytest.approx(want)
     assert want != pytest.approx(metrics.score(pred[0], gt[0], (1.0, 1.0), 1.0, "true")["nsd"])
+
+
+def test_committed_tables_count_the_manifests_test_split(shared_cohorts):
+    """Per task, the committed table's test cases and groups are those of the cohorts manifest's own split
+    (``splits.split_groups`` over each data set's cases, seed 0 as the profile), computed here from the files
+    without curation."""
+    from medsam_lib.data.manifests import load_manifest, resolve_cases
+    from medsam_lib.data.splits import split_groups
+
+    manifest = load_manifest("cohorts")
+    expected: dict[str, tuple[set, set]] = {}
+    for ds in manifest.datasets:
+        cases = list(resolve_cases(ds, shared_cohorts))
+        split = split_groups([c.case for c in cases], 0, ds.name, manifest.split)
+        test = [c for c in cases if split[c.case] == "test"]
+        for target in ds.targets:
+            for label in set(target.paper_tasks.values()) or {f"{target.name} ({ds.modality})"}:
+                images, groups = expected.setdefault(label, (set(), set()))
+                images |= {(ds.name, c.case, c.volume) for c in test}
+                groups |= {(ds.name, c.case) for c in test}
+    for name in TEST_BOXES:
+        long = pd.read_csv(REPO / "results" / "cohorts" / "tables" / readme.csv_name(name))
+        scored = long[long["n_cases"] > 0]
+        assert set(scored["task"]) == set(expected), name
+        for _, row in scored.iterrows():
+            images, groups = expected[row["task"]]
+            assert (row["n_cases"], row["n_groups"]) == (len(images), len(groups)), (name, row["task"])
