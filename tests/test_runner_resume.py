@@ -101,7 +101,8 @@ def test_kill_9_mid_chain_then_resume(tmp_path):
     assert (out / ".medsam.lock").is_file()  # the killed holder's lock file stays; its flock died with it
 
     first_executed = (out / "00_quickstart.ipynb").stat().st_mtime_ns
-    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8",
+                             errors="replace", timeout=240)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming: the last run of 'demo' stopped without finishing (during 02_data_curation.ipynb)" in resumed.stdout
     record = json.loads(record_path.read_text(encoding="utf-8"))

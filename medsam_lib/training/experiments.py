@@ -63,10 +63,11 @@ def per_task(cfg: TrainConfig, datasets: list[str] | None = None, progress: bool
 
 
 def score_decoders(cfg: TrainConfig, checkpoints: dict, split: str = "test", boxes=("tight", "jittered"),
-                   device=None, progress: bool = True):
+                   device=None, progress: bool = True, include_base: bool = True):
     """Per target of the curated ``split`` (the config's ``datasets`` only, when set): the Dice at 256 of the
     base model (variant ``base``) and of each ``{variant: checkpoint path}``'s mask decoder, from the stored
-    embeddings, with each box kind; a long DataFrame (``SCORE_COLUMNS``)."""
+    embeddings, with each box kind; a long DataFrame (``SCORE_COLUMNS``). ``include_base=False`` leaves the
+    base model's rows out (a caller that scored it already)."""
     import pandas as pd
 
     from ..devices import resolve_device
@@ -107,7 +108,8 @@ def score_decoders(cfg: TrainConfig, checkpoints: dict, split: str = "test", box
     box_sets = {kind: validation_boxes(pairs, kind, cfg.seed) for kind in boxes}
     original = trained_weights(loaded.model, ["mask_decoder"])
     frames = []
-    for name, (path, weights) in [(BASE_VARIANT, ("base", original))] + list(records.items()):
+    scored = ([(BASE_VARIANT, ("base", original))] if include_base else []) + list(records.items())
+    for name, (path, weights) in scored:
         apply_weights(loaded.model, weights, path)
         for kind, kind_boxes in box_sets.items():
             dice = validate(run, net, device, pairs, kind_boxes, progress=progress)
@@ -149,9 +151,8 @@ def score_per_task(cfg: TrainConfig, results: dict, variant: str = "one decoder 
 
     frames = []
     for dataset, result in results.items():
-        scores = score_decoders(cfg.replace(datasets=dataset), {variant: Path(result.out) / "best.pt"}, split,
-                                boxes, progress=progress)
-        frames.append(scores[scores["variant"] == variant])
+        frames.append(score_decoders(cfg.replace(datasets=dataset), {variant: Path(result.out) / "best.pt"}, split,
+                                     boxes, progress=progress, include_base=False))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SCORE_COLUMNS))
 
 
