@@ -15,8 +15,10 @@ Boxes are (x0, y0, x1, y1) in original pixel coordinates. Preprocessing follows 
 Non-8-bit input is first brought to [0, 255] by the paper's intensity preset (CT window for CT,
 0.5/99.5 percentiles otherwise; see ``medsam_lib.data.preprocess``).
 
-Speed: on the CPU, LiteMedSAM's encoder runs through ``fast_encode`` (its BatchNorms folded, in-place
-activations, channels-last), boxes are decoded by ``fast_decode`` (the same decoder with its sums
+Speed: on the CPU, LiteMedSAM's encoder runs exported to ONNX on OpenVINO (``runtime="auto"``; see
+``models.exported``: equal to the torch encoder within a cosine of 0.999 case by case, about 2.5x faster
+than the plain model), or, with ``runtime="torch"``, through ``fast_encode`` (its BatchNorms folded,
+in-place activations, channels-last); boxes are decoded by ``fast_decode`` (the same decoder with its sums
 reordered and the box-independent part computed once in ``set_image``), and masks are thresholded
 on the logits (sigmoid(x) > 0.5 is x > 0). Masks match the plain forward's. A CPU predictor keeps
 about 50 MiB of decoder buffers between calls. On CUDA, or for a model whose modules differ from
@@ -41,7 +43,7 @@ import torch
 
 from .. import paper
 from ..fileio import MedSAMError, quote
-from . import fast_decode, fast_encode
+from . import exported, fast_decode, fast_encode
 from .transforms import LOGIT_THRESHOLD, VIT_PREPROCESS, Prepared, for_model, to_uint8_rgb  # noqa: F401
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
@@ -131,7 +133,7 @@ class BoxPredictor:
     """Stateful box prompting on one model: ``set_image`` once, ``predict`` many times."""
 
     def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str | torch.device | None = None,
-                 vit_preprocess: str = "paper", cache_size: int = 8):
+                 vit_preprocess: str = "paper", cache_size: int = 8, runtime: str = "auto"):
         if vit_preprocess not in VIT_PREPROCESS:
             raise MedSAMError(f"vit_preprocess must be one of {VIT_PREPROCESS}, got {vit_preprocess!r}")
         self.loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
@@ -139,6 +141,11 @@ class BoxPredictor:
         self.transform = for_model(self.loaded, vit_preprocess)
         self.device = next(self.model.parameters()).device
         self.vit_preprocess = vit_preprocess
+        # the encoder's runtime, chosen now: the exported model on OpenVINO / ONNX Runtime, or torch
+        self.runtime = exported.resolve_runtime(runtime, self.loaded.arch, self.device)
+        self._exported = exported.encoder_for(self.model.image_encoder, self.runtime, runtime)
+        if self._exported is None:
+            self.runtime = "torch"
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self._embedding: torch.Tensor | None = None
@@ -156,6 +163,8 @@ class BoxPredictor:
     @torch.inference_mode()
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) model input -> (B, 256, 64, 64) embeddings."""
+        if self._exported is not None:
+            return self._exported(batch)
         batch = batch.to(self.device)
         encoder = self.model.image_encoder
         if self.device.type == "cpu" and self.loaded.arch == "lite" and fast_encode.supports(encoder):
