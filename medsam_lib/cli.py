@@ -13,7 +13,7 @@ import sys
 from .fileio import MedSAMError, one_line
 
 # Subcommands contributed by the task modules: each module has register(subparsers).
-COMMAND_MODULES = ("medsam_lib.data.cli", "medsam_lib.embeddings.cli", "medsam_lib.training.cli",
+COMMAND_MODULES = ("medsam_lib.models.cli", "medsam_lib.data.cli", "medsam_lib.embeddings.cli", "medsam_lib.training.cli",
                    "medsam_lib.evaluation.cli")
 
 
@@ -37,6 +37,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .models.zoo import MODELS
     from .profile import fill_options
 
+    from .models.exported import check_runtime
+
+    check_runtime(args.runtime, "--runtime")
     fill_options(args, "segment", lambda p: {"model": p.model, "device": p.device},
                  {"model": "litemedsam", "device": "auto"}, writes_results=False)
     device = resolve_device(args.device)
@@ -58,7 +61,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     rgb = to_uint8_rgb(plane, modality, source)  # constant or non-numeric images fail here, not after loading
     validate_boxes([args.box], rgb.shape[:2], source)
-    predictor = BoxPredictor(args.model, device=device)
+    predictor = BoxPredictor(args.model, device=device, runtime=args.runtime)
     predictor.set_image(rgb, source=source)
     result = predictor.predict([args.box])
     write_mask(result.masks[0], out, reference=image if image.is_volume else None, slice_index=index)
@@ -128,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--modality", default=None, help="CT, MR, ... (chooses the intensity preset for non-8-bit "
                                                       "input; DICOM's Modality tag when omitted)")
     seg.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
+    seg.add_argument("--runtime", default="auto", help="the encoder's runtime: auto (default: OpenVINO for LiteMedSAM "
+                                                       "on the CPU), torch, openvino or onnxruntime")
     seg.add_argument("--out", required=True, help="mask path (lossless): .png/.tif for 2D, .nii.gz/.nrrd/.mha keep "
                                                   "volume geometry; never one of the inputs")
     seg.set_defaults(func=cmd_segment)

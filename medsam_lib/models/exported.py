@@ -154,6 +154,10 @@ def _record_ok(onnx_file: Path, record_file: Path, weights: str) -> bool:
             and record.get("onnx_sha256") == sha256_file(onnx_file))
 
 
+NAMES = {"encoder": (["image"], ["embedding"]),
+         "decoder": (["embedding", "coords", "labels"], ["low_res_logits", "iou"])}
+
+
 def export_onnx(component: str, module: nn.Module, example: tuple, dynamic_shapes=None,
                 folder: Path | None = None) -> Path:
     """The ONNX file of ``module`` (exported now unless the cache holds it, verified, for these weights)."""
@@ -173,8 +177,10 @@ def export_onnx(component: str, module: nn.Module, example: tuple, dynamic_shape
         with atomic_path(onnx_file) as tmp, warnings.catch_warnings(), \
                 contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
+            inputs, outputs = NAMES[component]
             torch.onnx.export(module, example, str(tmp), dynamo=True, opset_version=OPSET, external_data=False,
-                              dynamic_shapes=dynamic_shapes, verbose=False)
+                              dynamic_shapes=dynamic_shapes, verbose=False, input_names=inputs,
+                              output_names=outputs)
     except MedSAMError:
         raise
     except Exception as exc:  # the exporter's own errors: name what failed, keep the cache clean
@@ -264,17 +270,21 @@ def encoder_for(encoder: nn.Module, runtime: str, asked: str | None) -> "Exporte
         return None
 
 
+def decoder_export_args(model: nn.Module) -> tuple:
+    """``export_onnx``'s arguments for ``PromptDecoder(model)``: any number of prompts and points."""
+    h, w = model.prompt_encoder.image_embedding_size
+    example = (torch.zeros(1, 256, h, w), torch.zeros(2, 2, 2), torch.tensor([[2, 3], [2, 3]]))
+    n, p = torch.export.Dim("prompts", min=1, max=4096), torch.export.Dim("points", min=1, max=256)
+    return "decoder", PromptDecoder(model).eval(), example, {"embedding": None, "coords": {0: n, 1: p},
+                                                             "labels": {0: n, 1: p}}
+
+
 class ExportedDecoder:
     """``PromptDecoder`` exported: (embedding (1, 256, h, w), coords (N, P, 2), labels (N, P)) ->
     (logits (N, 1, 256, 256), IoU (N,)) as torch tensors."""
 
     def __init__(self, model: nn.Module, runtime: str, threads: int | None = None):
-        decoder = PromptDecoder(model).eval()
-        h, w = model.prompt_encoder.image_embedding_size
-        example = (torch.zeros(1, 256, h, w), torch.zeros(2, 2, 2), torch.tensor([[2, 3], [2, 3]]))
-        n, p = torch.export.Dim("prompts", min=1, max=4096), torch.export.Dim("points", min=1, max=256)
-        self.onnx_file = export_onnx("decoder", decoder, example,
-                                     {"embedding": None, "coords": {0: n, 1: p}, "labels": {0: n, 1: p}})
+        self.onnx_file = export_onnx(*decoder_export_args(model))
         self.session = Session(self.onnx_file, runtime, _threads(threads))
 
     def __call__(self, embedding, coords, labels) -> tuple[Tensor, Tensor]:
