@@ -23,80 +23,16 @@ import pytest
 import torch
 from torch import nn
 
-from medsam_lib.data.preprocess import slice_pixels
-from medsam_lib.data.readers import read_image
 from medsam_lib.evaluation import dice
 from medsam_lib.fileio import MedSAMError
 from medsam_lib.geometry import box_from_mask
 from medsam_lib.models import exported
 from medsam_lib.models.predictor import BoxPredictor
 
+from real_cases import cases_2d, cases_3d, cases_cohorts
+
 REPO = Path(__file__).resolve().parent.parent
 COSINE, DICE = 0.999, 0.99
-
-# 2D folders of ../shared/data: (image folder, mask folder, mask name from image name)
-FOLDERS_2D = {
-    "endoscopy_polyp": ("images", "masks", lambda n: n),
-    "mr_cardiac_acdc_2d": ("images", "masks", lambda n: n),
-    "mr_hippocampus_msd_2d": ("images", "masks", lambda n: n),
-    "pathology_gland": ("images", "masks", lambda n: n),
-    "us_breast_tumor": ("images", "masks", lambda n: n.replace(".png", "_mask.png")),
-    "us_carotid_artery": ("images", "masks", lambda n: n),
-    "xray_chest_lungs": ("images", "masks", lambda n: n),
-    "fundus_retinal_vessel": ("images", "1st_manual", lambda n: n.split("_")[0] + "_manual1.gif"),
-}
-# 3D cases of ../shared/data: (image, mask)
-CASES_3D = [("ct_abdomen_organs/example_ct_sm.nii.gz", "ct_abdomen_organs/example_seg.nii.gz"),
-            ("mr_abdomen_organs/example_mr_sm.nii.gz", "mr_abdomen_organs/example_seg_mr.nii.gz"),
-            ("ct_soft_tissue_sarcoma/STS_002/CT_image.nii.gz", "ct_soft_tissue_sarcoma/STS_002/CT_mask.nii.gz"),
-            ("mr_soft_tissue_sarcoma/STS_002/MR_T1_image.nii.gz", "mr_soft_tissue_sarcoma/STS_002/MR_T1_mask.nii.gz"),
-            ("pet_soft_tissue_sarcoma/STS_001/PET_image.nii.gz", "pet_soft_tissue_sarcoma/STS_001/PET_mask.nii.gz"),
-            ("mr_brain_tumor_pyradiomics/brain1_image.nrrd", "mr_brain_tumor_pyradiomics/brain1_label.nrrd"),
-            ("mr_breast_tumor/breast1_image.nrrd", "mr_breast_tumor/breast1_label.nrrd"),
-            ("mr_prostate_phantom/prostate_phantom_subvolume.nrrd",
-             "mr_prostate_phantom/prostate_phantom_subvolume-label.nrrd"),
-            ("mr_spinal_cord/t1/t1w.nii.gz", "mr_spinal_cord/t1/t1w_seg-manual.nii.gz")]
-
-
-def _largest_label(mask: np.ndarray, lossy: bool = False) -> np.ndarray:
-    """The most frequent non-zero value of a label image (JPEG masks: > 127), as a bool mask."""
-    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
-        mask = mask[..., 0]
-    if lossy:
-        return mask > 127
-    values, counts = np.unique(mask[mask > 0], return_counts=True)
-    return mask == values[np.argmax(counts)] if len(values) else mask > 0
-
-
-def _cases_2d(root: Path):
-    for folder, (images, masks, name) in FOLDERS_2D.items():
-        for path in sorted((root / folder / images).iterdir())[:3]:
-            mask = root / folder / masks / name(path.name)
-            yield f"{folder}/{path.name}", read_image(path).array, _largest_label(
-                read_image(mask).array, lossy=mask.suffix == ".jpg")
-
-
-def _cases_3d(root: Path):
-    for image_rel, mask_rel in CASES_3D:
-        image = read_image(root / image_rel)
-        truth = _largest_label(read_image(root / mask_rel).array)
-        z = int(np.argmax(truth.reshape(len(truth), -1).sum(1)))
-        assert truth[z].any(), f"{mask_rel}: no ground truth"
-        yield f"{image_rel} slice {z}", slice_pixels(image.array, z, image.modality, source=image_rel), truth[z]
-
-
-def _cases_cohorts(root: Path):
-    from test_cohorts import TWO, _independent
-
-    for folder, pairs in TWO.items():
-        for name, _ in pairs:
-            image, masks = _independent(root, folder, name)
-            truth = next(m for k, m in masks.items() if k != "fov")
-            if image.ndim == 3 and folder == "mr_hippocampus_msd_3d":  # (z, y, x): the slice of most label
-                z = int(np.argmax((truth > 0).reshape(len(truth), -1).sum(1)))
-                image, truth = slice_pixels(image, z, "MR", source=name), truth[z]
-            yield f"{folder}/{name}", image, truth > 0
-
 
 @pytest.fixture(scope="module")
 def predictors(lite_model):
@@ -139,20 +75,20 @@ def test_auto_runtime_is_exported_float32(predictors):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_each_real_2d_and_3d_case_of_shared_data(shared_data, predictors):
-    n = _check_cases(list(_cases_2d(shared_data)) + list(_cases_3d(shared_data)), *predictors)
+    n = _check_cases(list(cases_2d(shared_data, 3)) + list(cases_3d(shared_data)), *predictors)
     assert n >= 30
 
 
 @pytest.mark.shared
 @pytest.mark.slow
 def test_each_cohort_case(shared_cohorts, predictors):
-    assert _check_cases(_cases_cohorts(shared_cohorts), *predictors) == 18
+    assert _check_cases(cases_cohorts(shared_cohorts, 2), *predictors) == 18
 
 
 @pytest.mark.shared
 def test_onnxruntime_too(shared_data, lite_model, predictors):
     ort = BoxPredictor(lite_model, runtime="onnxruntime", cache_size=0)
-    cases = [c for i, c in enumerate(_cases_2d(shared_data)) if i % 8 == 0]
+    cases = [c for i, c in enumerate(cases_2d(shared_data, 3)) if i % 8 == 0]
     assert _check_cases(cases, ort, predictors[1]) == 3
 
 
