@@ -211,7 +211,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=["test", "train", "all"], default="test")
     p.add_argument("--protocol", choices=["gt", "propagate"], default=None,
                    help="gt (default): a GT box on every slice (paper); propagate: GT box on the middle slice only")
-    p.add_argument("--box-margin", type=float, default=None, help="px added to each side of the box (256 scale; default 0)")
+    p.add_argument("--box-margin", type=float, default=None,
+                   help="px added to each side of the box (256 scale; default 0)")
     p.add_argument("--box-jitter", type=int, default=None, help="random 0..PX added to each side (seeded; default 0)")
     p.add_argument("--test-boxes", choices=list(TEST_BOXES), default=None,
                    help="named test boxes: tight (paper) or jittered (v1 tutorial: each side out by 0-19 px, seeded)")

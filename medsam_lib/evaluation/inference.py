@@ -17,6 +17,7 @@ the image encoder is skipped (``BoxPredictor.set_embedding``).
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -28,6 +29,12 @@ from ..geometry import box_from_mask, enlarge_box, jitter_box
 PROTOCOLS = ("gt", "propagate")
 # What names one evaluated target: a row of metrics.csv, an entry of a pinned prompts file (``pinned``).
 TARGET_KEY = ["dataset", "case", "volume", "image_key", "target", "instance"]
+
+
+def target_rng(seed: int, key: tuple) -> np.random.Generator:
+    """The random generator of one target (its ``TARGET_KEY`` values) under ``seed``: a target's random
+    boxes do not depend on which other targets ran."""
+    return np.random.default_rng([int(seed), zlib.crc32("/".join(map(str, key)).encode())])
 
 
 def prompt_box(mask: np.ndarray, margin: float = 0, jitter: int = 0, rng: np.random.Generator | None = None,

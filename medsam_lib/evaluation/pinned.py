@@ -231,7 +231,8 @@ def prompts_record(predictions, transform, options, store, identity: dict, repla
                 coords, labels = (np.asarray(v) for v in points[z])
                 entry.update(points=[[float(x), float(y)] for x, y in coords],
                              point_labels=[int(v) for v in labels],
-                             points_model=[[float(x), float(y)] for x, y in transform.points_to_model(coords, geometry)])
+                             points_model=[[float(x), float(y)]
+                                           for x, y in transform.points_to_model(coords, geometry)])
             slices.append(entry)
         targets.append({**dict(zip(TARGET_KEY, target_key(t.meta))), "slices": slices})
     made_by = {**identity, **{k: options.record()[k] for k in (*BOX_OPTIONS, "split")}}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 from ..fileio import MedSAMError, atomic_path, atomic_write_text, check_output_folder
 from ..locks import output_folder
 from . import metrics
-from .inference import TARGET_KEY, EmbeddingCache, SliceSource, predict_volume
+from .inference import TARGET_KEY, EmbeddingCache, SliceSource, predict_volume, target_rng
 from .options import EvalOptions
 from .pinned import PROMPTS_FILE, PinnedPrompts, read_prompts, replay_volume, target_key, write_prompts
 
@@ -59,10 +58,6 @@ def _open_store(store):
     from ..data.store import CuratedDataset
 
     return store if isinstance(store, CuratedDataset) else CuratedDataset(store)
-
-
-def _rng(seed: int, key: tuple) -> np.random.Generator:
-    return np.random.default_rng([int(seed), zlib.crc32("/".join(map(str, key)).encode())])
 
 
 def select(index, split: str):
@@ -137,7 +132,7 @@ def predict_store(store, model, options: EvalOptions = EvalOptions(), embeddings
             result = replay_volume(predictor, sources, gt, pinned, where=where)
         else:
             result = predict_volume(predictor, sources, gt, options.protocol, options.box_margin, options.box_jitter,
-                                    _rng(options.seed, key), where=where)
+                                    target_rng(options.seed, key), where=where)
         pred = result["mask"]
         used = np.flatnonzero((gt | pred).any(axis=(1, 2)))
         lo, hi = int(used[0]), int(used[-1]) + 1

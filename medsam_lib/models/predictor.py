@@ -115,7 +115,8 @@ def validate_points(points, labels, n_boxes: int, size: tuple[int, int], source:
         raise MedSAMError(f"{source}: points must be (N, K, 2) for N = {n_boxes} box(es) (or (K, 2) for one box), "
                           f"got shape {np.shape(points)}")
     if labs.shape != pts.shape[:2]:
-        raise MedSAMError(f"{source}: labels must be (N, K) = {pts.shape[:2]}, one per point, got shape {np.shape(labels)}")
+        raise MedSAMError(f"{source}: labels must be (N, K) = {pts.shape[:2]}, one per point, "
+                          f"got shape {np.shape(labels)}")
     if not np.isin(labs, POINT_LABELS).all():
         bad = sorted({float(v) for v in labs.ravel() if v not in POINT_LABELS})[:5]
         raise MedSAMError(f"{source}: point labels must be 1 (foreground) or 0 (background), got {bad}")
@@ -124,7 +125,8 @@ def validate_points(points, labels, n_boxes: int, size: tuple[int, int], source:
         if not (np.isfinite(x) and np.isfinite(y)):
             raise MedSAMError(f"{source}: point ({x:g}, {y:g}) has a non-finite coordinate")
         if x < 0 or y < 0 or x > w or y > h:
-            raise MedSAMError(f"{source}: point ({x:g}, {y:g}) lies outside the image of size {w} x {h} (width x height)")
+            raise MedSAMError(f"{source}: point ({x:g}, {y:g}) lies outside the image of size {w} x {h} "
+                              "(width x height)")
     return pts, labs.astype(np.int64)
 
 
