@@ -195,6 +195,7 @@ def _good_record(store_path):
     ("label", "'point_labels' must be 1"),
     ("twice", "listed twice"),
     ("split", "pass --split train"),
+    ("protocol", "'made_by' box options are not valid: protocol 'middle'"),
 ])
 def test_bad_prompts_files_exit_2_naming_the_file(store_path, tmp_path, capsys, problem, message):
     record = _good_record(store_path)
@@ -221,6 +222,8 @@ def test_bad_prompts_files_exit_2_naming_the_file(store_path, tmp_path, capsys, 
         lung["slices"][0].update(points=[[100.0, 100.0]], point_labels=[2])
     elif problem == "twice":
         record["targets"].append(dict(lung))
+    elif problem == "protocol":
+        record["made_by"]["protocol"] = "middle"
     elif problem == "split":
         record["made_by"]["split"] = "train"
         record["targets"].remove(lung)
@@ -249,3 +252,23 @@ def test_a_good_hand_made_file_replays_and_other_flags_are_refused(store_path, t
     assert code == 2 and "--prompts" in err
     with pytest.raises(MedSAMError, match="no such prompts file"):
         read_prompts(tmp_path / "absent.json")
+
+
+def test_the_notebooks_chain_writes_prompts_that_replay(store_path, tmp_path, shared):
+    """``chain.score_and_write`` (notebook 05) pins each model's prompts beside its metrics.csv."""
+    from medsam_lib.data.store import CuratedDataset
+    from medsam_lib.evaluation.chain import Models, score_and_write
+    from medsam_lib.evaluation.options import EvalOptions
+    from medsam_lib.evaluation.run import evaluate_store, predict_store
+    from medsam_lib.layout import ResultsLayout
+
+    predictor, cache = shared
+    store = CuratedDataset(store_path)
+    options = EvalOptions(test_boxes="jittered", seed=5)
+    models = Models(predictor, None, "", {id(predictor): cache})
+    frames = score_and_write(store, models, {"base": predict_store(store, predictor, options, cache=cache,
+                                                                   progress=False)}, options, tmp_path)
+    folder = ResultsLayout(tmp_path).evaluation(predictor.loaded.name + options.tag)
+    replayed = evaluate_store(store, predictor, None, EvalOptions(), cache=cache, progress=False,
+                              prompts=folder / "prompts.json")
+    pd.testing.assert_frame_equal(frames["base"], replayed, check_exact=True)

@@ -84,7 +84,10 @@ class PinnedPrompts:
 
     def replay_options(self, options):
         """``options`` (an ``EvalOptions``) with the box options of the run that made the file."""
-        return options.with_(**{k: self.made_by[k] for k in BOX_OPTIONS})
+        try:
+            return options.with_(**{k: self.made_by[k] for k in BOX_OPTIONS})
+        except (MedSAMError, TypeError, ValueError) as exc:
+            raise MedSAMError(f"{self.path}: 'made_by' box options are not valid: {exc}") from None
 
     def check(self, targets: dict, size: tuple[int, int] = (paper.CURATED_IMAGE_SIZE,) * 2,
               split: str | None = None) -> None:

@@ -75,9 +75,10 @@ def _spacing(row) -> tuple[float, float]:
 
 def middle_slices(store, split: str = "test", modalities=None) -> list[SliceTarget]:
     """One ``SliceTarget`` per target of ``split`` (``"all"``: every split): its middle ground-truth slice."""
-    from .run import _open_store, select  # the store's reading helpers (run has no import of this module)
+    from ..data.store import CuratedDataset
+    from .run import select
 
-    store = _open_store(store)
+    store = store if isinstance(store, CuratedDataset) else CuratedDataset(store)
     rows = select(store.index, split)
     if modalities is not None:
         rows = rows[rows["modality"].isin(modalities)]
