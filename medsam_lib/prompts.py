@@ -6,6 +6,14 @@ Pure numpy (no model): notebook 01's point mode and the evaluation use the same 
 - ``next_background_click(mask, truth, clicks, box)``: where a user would click "not this" next:
   the deepest pixel of the largest false-positive region of the current mask, or, when none is large
   enough, the deepest non-target pixel inside the target's box away from earlier clicks.
+- ``next_correction_click(mask, truth)``: the click that corrects the current mask most where it is
+  most wrong: the deepest pixel of the largest error region, a foreground click (label 1) in a missed
+  part (false negative) or a background click (label 0) in a wrongly included one (false positive).
+  This is the deterministic click of the interactive-segmentation "number of clicks" protocol (the
+  click at the interior of the largest error); micro-sam's ``IterativePromptGenerator``
+  (``micro_sam/prompt_generators.py``) instead samples one foreground point at random in the false
+  negatives and one background point in the false positives per round. The deterministic rule makes
+  a correction run repeatable without a seed.
 
 Points are (x, y) in pixel coordinates; boxes follow ``medsam_lib.geometry`` (x1/y1 inclusive).
 """
@@ -68,3 +76,31 @@ def next_background_click(mask: np.ndarray, truth: np.ndarray, clicks: np.ndarra
     for x, y in np.asarray(clicks, dtype=np.float64).reshape(-1, 2):
         candidate &= (xx - x) ** 2 + (yy - y) ** 2 > keep_away ** 2
     return deepest_point(candidate) if candidate.any() else None
+
+
+def error_regions(mask: np.ndarray, truth: np.ndarray, connectivity: int = 4):
+    """Connected false-negative and false-positive regions of ``mask`` against ``truth``, as a list of
+    (size in px, label, region) with label 1 for a missed part (false negative), 0 for a wrongly
+    included one (false positive); largest first, a false negative before a false positive of equal size."""
+    import cc3d
+
+    mask, truth = np.asarray(mask, bool), np.asarray(truth, bool)
+    if mask.shape != truth.shape or mask.ndim != 2:
+        raise MedSAMError(f"mask {mask.shape} and reference {truth.shape} must be 2D of the same shape")
+    regions = []
+    for label, wrong in ((1, truth & ~mask), (0, mask & ~truth)):
+        components = cc3d.connected_components(wrong.astype(np.uint8), connectivity=connectivity)
+        sizes = np.bincount(components.ravel())[1:]
+        regions += [(int(size), label, components == i + 1) for i, size in enumerate(sizes) if size]
+    return sorted(regions, key=lambda r: (-r[0], -r[1]))
+
+
+def next_correction_click(mask: np.ndarray, truth: np.ndarray, min_error_px: int = 1):
+    """The next corrective click ((x, y), label), or None when no error region has ``min_error_px``
+    pixels: the deepest pixel (``deepest_point``) of the largest error region (``error_regions``),
+    label 1 (foreground) in a false negative, 0 (background) in a false positive."""
+    regions = error_regions(mask, truth)
+    if not regions or regions[0][0] < min_error_px:
+        return None
+    _, label, region = regions[0]
+    return deepest_point(region), label

@@ -1,5 +1,7 @@
 """Evaluation: DSC and NSD (paper 3.3), box-prompted 2D and slice-by-slice 3D inference on a curated
-store, Tables 1-2 and the failure figures (notebooks 05 and 06).
+store, Tables 1-2 and the failure figures (notebooks 05 and 06); pinned prompts (``pinned``), and beyond the
+paper's ideal boxes: an annotator model (``annotator``), calibration of the predicted IoU (``calibration``) and a
+correction loop of simulated clicks (``correction``), on one slice per target (``targets``).
 
     from medsam_lib.evaluation import dice, nsd
 """

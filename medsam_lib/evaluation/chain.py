@@ -108,14 +108,15 @@ def predict_both(store, models: Models, options: EvalOptions, progress: bool = T
 
 def score_and_write(store, models: Models, predictions: dict, options: EvalOptions, results_dir,
                     source_root=None) -> dict:
-    """Score each model's predictions; write each ``metrics.csv`` under
-    ``layout.evaluation(<model>[_finetuned]<options.tag>)`` (one folder per test-box protocol)."""
+    """Score each model's predictions; write each ``metrics.csv`` (and the prompts used, ``prompts.json``)
+    under ``layout.evaluation(<model>[_finetuned]<options.tag>)`` (one folder per test-box protocol)."""
     layout = ResultsLayout(results_dir)
     frames = {}
     for name, predictor in models.pairs:
         frame = score_predictions(predictions[name], options, store, source_root)
         slug = models.base.loaded.name if name == "base" else f"{models.base.loaded.name}_finetuned"
-        write_metrics(frame, layout.evaluation(slug + options.tag), predictor, options, store, overwrite=True)
+        write_metrics(frame, layout.evaluation(slug + options.tag), predictor, options, store, overwrite=True,
+                      predictions=predictions[name])
         frames[name] = frame
     return frames
 

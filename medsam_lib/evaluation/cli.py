@@ -8,8 +8,10 @@
              [--protocol gt|propagate] [--test-boxes tight|jittered | --box-margin PX --box-jitter PX]
              [--seed S]
              [--nsd-spacing physical|unit] [--slices curated|volume --source-root DIR]
-             [--nsd-2d true|unit_axis] [--tolerance-mm 1] [--overwrite]
-        writes DIR/metrics.csv (one row per case and target) and DIR/evaluation.json.
+             [--nsd-2d true|unit_axis] [--tolerance-mm 1] [--overwrite] [--prompts FILE]
+        writes DIR/metrics.csv (one row per case and target), DIR/evaluation.json and DIR/prompts.json
+        (the exact prompts used, ``medsam_lib.evaluation.pinned``). ``--prompts FILE`` replays such a
+        file (its boxes and points, and its box options) instead of deriving boxes from the ground truth.
     tables --profile NAME --readme README.md [--tables DIR]
         renders the profile's Tables 1-2 (results/NAME/tables/tables_1_2*.csv, both test-box protocols)
         into README.md between <!-- results:NAME:begin --> and <!-- results:NAME:end -->
@@ -111,7 +113,20 @@ def cmd_curated(args: argparse.Namespace) -> int:
         raise MedSAMError("evaluate --curated needs --out DIR (where metrics.csv goes)")
     if args.slices == "volume" and not args.source_root:
         raise MedSAMError("--slices volume needs --source-root DIR (the data the store was curated from)")
-    options = EvalOptions(protocol=args.protocol, box_margin=args.box_margin, box_jitter=args.box_jitter,
+    prompts = None
+    if args.prompts:
+        given = [flag for flag, value in (("--protocol", args.protocol), ("--box-margin", args.box_margin),
+                                          ("--box-jitter", args.box_jitter), ("--test-boxes", args.test_boxes))
+                 if value is not None]
+        if given:
+            raise MedSAMError(f"--prompts {args.prompts} replays the file's boxes; {', '.join(given)} would make "
+                              "others: drop them")
+        from .pinned import read_prompts
+
+        prompts = read_prompts(args.prompts)  # a bad file fails here, before any model is loaded
+    options = EvalOptions(protocol=args.protocol or "gt",
+                          box_margin=0.0 if args.box_margin is None else args.box_margin,
+                          box_jitter=0 if args.box_jitter is None else args.box_jitter,
                           test_boxes=args.test_boxes or "", seed=args.seed, nsd_spacing=args.nsd_spacing, slices=args.slices, nsd_2d=args.nsd_2d,
                           tolerance_mm=args.tolerance_mm, split=args.split)
     out = Path(args.out)
@@ -121,7 +136,7 @@ def cmd_curated(args: argparse.Namespace) -> int:
 
     curated = CuratedDataset(args.curated)
     frame = evaluate_store(curated, args.model, out, options, _open_embeddings(args.embeddings, args.model, curated),
-                           device=args.device, source_root=args.source_root, overwrite=args.overwrite)
+                           device=args.device, source_root=args.source_root, overwrite=args.overwrite, prompts=prompts)
     summary = frame.groupby("dimensionality")[["dsc", "nsd"]].mean()
     for dim, r in summary.iterrows():
         print(f"{dim}: mean DSC {r['dsc']:.4f}  NSD {r['nsd']:.4f}")
@@ -139,6 +154,9 @@ def _from_profile(profile) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..profile import fill_options
 
+    if getattr(args, "prompts", None) and (args.profile or not args.curated):
+        raise MedSAMError(f"--prompts {args.prompts} replays prompts on a curated store: give --curated DIR --model "
+                          "NAME --out DIR (not --profile, whose results folder holds the profile's own evaluation)")
     if fill_options(args, "evaluate", _from_profile, {"seed": 0, "device": "auto"}) is not None and not Path(args.embeddings).is_dir():
         args.embeddings = None  # no embedding store yet (notebook 03 / `embed --profile`): encode here
     if args.tolerance_mm is None or not (math.isfinite(args.tolerance_mm) and args.tolerance_mm > 0):
@@ -191,10 +209,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="model name or checkpoint path")
     p.add_argument("--embeddings", default=None, help="an embedding store of the same model (skips the encoder)")
     p.add_argument("--split", choices=["test", "train", "all"], default="test")
-    p.add_argument("--protocol", choices=["gt", "propagate"], default="gt",
-                   help="gt: a GT box on every slice (paper); propagate: GT box on the middle slice only")
-    p.add_argument("--box-margin", type=float, default=0.0, help="px added to each side of the box (256 scale)")
-    p.add_argument("--box-jitter", type=int, default=0, help="random 0..PX added to each side (seeded)")
+    p.add_argument("--protocol", choices=["gt", "propagate"], default=None,
+                   help="gt (default): a GT box on every slice (paper); propagate: GT box on the middle slice only")
+    p.add_argument("--box-margin", type=float, default=None,
+                   help="px added to each side of the box (256 scale; default 0)")
+    p.add_argument("--box-jitter", type=int, default=None, help="random 0..PX added to each side (seeded; default 0)")
     p.add_argument("--test-boxes", choices=list(TEST_BOXES), default=None,
                    help="named test boxes: tight (paper) or jittered (v1 tutorial: each side out by 0-19 px, seeded)")
     p.add_argument("--seed", type=int, default=None, help="seed of the box jitter (default 0)")
@@ -206,4 +225,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", help="folder for metrics.csv and evaluation.json")
     p.add_argument("--overwrite", action="store_true", help="replace results of another model in --out")
+    p.add_argument("--prompts", default=None,
+                   help="a prompts.json an evaluation wrote: replay its exact boxes (and points) instead of boxes "
+                        "from the ground truth; the rows' box options (protocol, test boxes, seed) are the file's")
     p.set_defaults(func=cmd_evaluate)

@@ -17,6 +17,7 @@ the image encoder is skipped (``BoxPredictor.set_embedding``).
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -26,6 +27,14 @@ from ..fileio import MedSAMError
 from ..geometry import box_from_mask, enlarge_box, jitter_box
 
 PROTOCOLS = ("gt", "propagate")
+# What names one evaluated target: a row of metrics.csv, an entry of a pinned prompts file (``pinned``).
+TARGET_KEY = ["dataset", "case", "volume", "image_key", "target", "instance"]
+
+
+def target_rng(seed: int, key: tuple) -> np.random.Generator:
+    """The random generator of one target (its ``TARGET_KEY`` values) under ``seed``: a target's random
+    boxes do not depend on which other targets ran."""
+    return np.random.default_rng([int(seed), zlib.crc32("/".join(map(str, key)).encode())])
 
 
 def prompt_box(mask: np.ndarray, margin: float = 0, jitter: int = 0, rng: np.random.Generator | None = None,
@@ -49,14 +58,23 @@ class SliceSource:
     size: tuple[int, int] = (256, 256)
 
 
-def segment(predictor, source: SliceSource, box: np.ndarray, where: str = "slice") -> np.ndarray:
-    """(H, W) bool mask of one box on one slice."""
+def set_slice(predictor, source: SliceSource, where: str = "slice") -> None:
+    """Make ``source``'s slice the predictor's current image: its stored embedding where there is one."""
     embedding = source.embedding()
     if embedding is not None:
         predictor.set_embedding(embedding, source.size, source=where)
     else:
         predictor.set_image(source.image(), source=where)
-    return np.asarray(predictor.predict(np.asarray(box, dtype=np.float64)[None]).masks[0], dtype=bool)
+
+
+def segment(predictor, source: SliceSource, box: np.ndarray, where: str = "slice", points=None,
+            labels=None) -> np.ndarray:
+    """(H, W) bool mask of one box (with its (K, 2) ``points`` and (K,) ``labels``, when given) on one slice."""
+    set_slice(predictor, source, where)
+    boxes = np.asarray(box, dtype=np.float64)[None]
+    if points is None:
+        return np.asarray(predictor.predict(boxes).masks[0], dtype=bool)
+    return np.asarray(predictor.predict(boxes, points=points, labels=labels).masks[0], dtype=bool)
 
 
 def _slice_sources(images, embeddings) -> dict[int, SliceSource]:

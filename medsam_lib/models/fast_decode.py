@@ -4,7 +4,8 @@ SAM's decoder (used by LiteMedSAM and the ViT-B models alike) runs a two-way tra
 the prompt tokens (T = 7 for one box: IoU token, 4 mask tokens, 2 box corners) and the L = 64 x 64
 image tokens, then upscales 4x. As written, every box repeats the image embedding and projects all
 L image tokens through 256 x 128 weight matrices in every attention layer. This module computes
-the same function for box prompts without a mask prompt, with three exact rewrites:
+the same function for box prompts (with or without points: the prompt tokens are any T') without a mask
+prompt, with three exact rewrites:
 
 1. Per image, once (``precompute``): image tokens + the no-mask embedding, the dense positional
    encoding, and layer 0's projections of the image tokens (token->image keys and values,

@@ -6,7 +6,14 @@
     result.masks[0]   # (H, W) bool at the original resolution
     result.scores[0]  # the model's predicted IoU
 
-Boxes are (x0, y0, x1, y1) in original pixel coordinates. Preprocessing follows each model:
+Boxes are (x0, y0, x1, y1) in original pixel coordinates. Points refine a box (SAM's prompt semantics):
+``predict(boxes, points=[[x, y], ...], labels=[1, 0, ...])``, label 1 a foreground click, 0 a background
+click (SAM's and ``exported.PromptDecoder``'s 1 / 0; its 2 / 3 are a box's corners), in original pixels;
+every box gets its own points, (N, K, 2) and (N, K), or (K, 2) and (K,) for one box. With a box present
+no padding point is added (SAM pads only prompts without a box). Points go through the model's own
+prompt encoder and the same mask decoder (``fast_decode`` on the CPU: it takes any number of prompt
+tokens, so points and boxes decode alike); coordinates are scaled to the model input as boxes are
+(``InputTransform.points_to_model``). Preprocessing follows each model:
 - LiteMedSAM, as its official pipeline: longest side to 256 (cv2 INTER_AREA), min-max to [0, 1],
   zero-padded to 256 x 256, box scaled by 256 / max(H, W).
 - ViT-B models at 1024. ``vit_preprocess="paper"`` (default): SAM's own path, as arXiv v1 used it
@@ -83,6 +90,46 @@ def validate_boxes(boxes, size: tuple[int, int], source: str = "image") -> np.nd
     return arr
 
 
+POINT_LABELS = (0, 1)  # background, foreground click (SAM's labels; 2 / 3 are a box's corners, -1 padding)
+
+
+def validate_points(points, labels, n_boxes: int, size: tuple[int, int], source: str = "image"):
+    """(N, K, 2) float64 points (x, y) and (N, K) int64 labels for ``n_boxes`` boxes on an image of size
+    (H, W); ``points`` (K, 2) and ``labels`` (K,) serve a single box. MedSAMError naming the argument otherwise."""
+    if points is None or labels is None:
+        raise MedSAMError(f"{source}: points and labels go together: got points {'None' if points is None else 'given'}"
+                          f" and labels {'None' if labels is None else 'given'}")
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+        labs = np.asarray(labels, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise MedSAMError(f"{source}: points must be (x, y) rows and labels numbers 0 / 1: "
+                          f"{str(exc).splitlines()[0][:200]}") from None
+    if pts.ndim == 2 and n_boxes == 1:
+        pts = pts[None]
+    if labs.ndim == 1 and n_boxes == 1:
+        labs = labs[None]
+    if pts.size == 0 and labs.size == 0:  # no points: the box alone
+        return np.zeros((n_boxes, 0, 2)), np.zeros((n_boxes, 0), dtype=np.int64)
+    if pts.ndim != 3 or pts.shape[2] != 2 or pts.shape[0] != n_boxes:
+        raise MedSAMError(f"{source}: points must be (N, K, 2) for N = {n_boxes} box(es) (or (K, 2) for one box), "
+                          f"got shape {np.shape(points)}")
+    if labs.shape != pts.shape[:2]:
+        raise MedSAMError(f"{source}: labels must be (N, K) = {pts.shape[:2]}, one per point, "
+                          f"got shape {np.shape(labels)}")
+    if not np.isin(labs, POINT_LABELS).all():
+        bad = sorted({float(v) for v in labs.ravel() if v not in POINT_LABELS})[:5]
+        raise MedSAMError(f"{source}: point labels must be 1 (foreground) or 0 (background), got {bad}")
+    h, w = size
+    for x, y in pts.reshape(-1, 2):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise MedSAMError(f"{source}: point ({x:g}, {y:g}) has a non-finite coordinate")
+        if x < 0 or y < 0 or x > w or y > h:
+            raise MedSAMError(f"{source}: point ({x:g}, {y:g}) lies outside the image of size {w} x {h} "
+                              "(width x height)")
+    return pts, labs.astype(np.int64)
+
+
 def check_embedding(embedding, grid: tuple[int, int], source: str = "embedding") -> torch.Tensor:
     """``embedding`` as a (1, 256, h, w) tensor of finite numbers on the model's grid (h, w); MedSAMError
     naming the argument otherwise (the API boundary of ``set_embedding``)."""
@@ -130,7 +177,7 @@ def check_outputs(logits: torch.Tensor, iou: torch.Tensor, where: str) -> None:
 
 
 class BoxPredictor:
-    """Stateful box prompting on one model: ``set_image`` once, ``predict`` many times."""
+    """Stateful box (and point) prompting on one model: ``set_image`` once, ``predict`` many times."""
 
     def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, device: str | torch.device | None = None,
                  vit_preprocess: str = "paper", cache_size: int = 8, runtime: str = "auto"):
@@ -216,19 +263,20 @@ class BoxPredictor:
 
     @torch.inference_mode()
     def _decode(self, embeddings: torch.Tensor, boxes_model: torch.Tensor,
-                terms: fast_decode.ImageTerms | None = None):
-        """Logits (N, M, 256, 256) and IoU (N,) of N boxes on 1 or N embeddings."""
+                terms: fast_decode.ImageTerms | None = None, points=None):
+        """Logits (N, M, 256, 256) and IoU (N,) of N boxes (with ``points``: (coords (N, K, 2), labels
+        (N, K)) in model input pixels, or None) on 1 or N embeddings."""
         if terms is not None:
-            return self._decode_fast(terms, boxes_model)
-        sparse, dense = self.model.prompt_encoder(points=None, boxes=boxes_model[:, None, :], masks=None)
+            return self._decode_fast(terms, boxes_model, points)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes_model[:, None, :], masks=None)
         logits, iou = self.model.mask_decoder(
             image_embeddings=embeddings, image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             multimask_output=paper.MULTIMASK_OUTPUT)
         return logits, iou[:, 0]
 
-    def _decode_fast(self, terms: fast_decode.ImageTerms, boxes_model: torch.Tensor):
-        sparse, _ = self.model.prompt_encoder(points=None, boxes=boxes_model[:, None, :], masks=None)
+    def _decode_fast(self, terms: fast_decode.ImageTerms, boxes_model: torch.Tensor, points=None):
+        sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes_model[:, None, :], masks=None)
         logits, iou = [], []
         with self._lock:  # the workspace serves one decode at a time
             for start in range(0, len(sparse), DECODE_CHUNK):
@@ -245,12 +293,23 @@ class BoxPredictor:
     def _boxes_to_model(self, boxes: np.ndarray, prepared: Prepared) -> torch.Tensor:
         return torch.as_tensor(self.transform.boxes_to_model(boxes, prepared), device=self.device)
 
-    def predict(self, boxes: Sequence[Sequence[float]] | np.ndarray) -> Prediction:
-        """Segment every box (x0, y0, x1, y1, original pixels) of the current image in one batch."""
+    def _points_to_model(self, points: np.ndarray, labels: np.ndarray, prepared: Prepared):
+        coords = torch.as_tensor(self.transform.points_to_model(points, prepared), device=self.device)
+        return coords, torch.as_tensor(labels, device=self.device)
+
+    def predict(self, boxes: Sequence[Sequence[float]] | np.ndarray, points=None, labels=None) -> Prediction:
+        """Segment every box (x0, y0, x1, y1, original pixels) of the current image in one batch; with
+        ``points`` (x, y, original pixels) and their ``labels`` (1 foreground, 0 background) per box,
+        the box and its points together (see the module docstring). No points (None, or K = 0) is the box alone."""
         if self._embedding is None or self._prepared is None:
             raise MedSAMError("no image set: call set_image(image) before predict(boxes)")
         arr = validate_boxes(boxes, self._prepared.original_size, self._source)
-        logits, iou = self._decode(self._embedding, self._boxes_to_model(arr, self._prepared), self._terms)
+        prompts = None
+        if points is not None or labels is not None:
+            coords, labs = validate_points(points, labels, len(arr), self._prepared.original_size, self._source)
+            if coords.shape[1]:
+                prompts = self._points_to_model(coords, labs, self._prepared)
+        logits, iou = self._decode(self._embedding, self._boxes_to_model(arr, self._prepared), self._terms, prompts)
         check_outputs(logits, iou, self._source)
         masks = self._to_original(logits, self._prepared)
         return Prediction(masks=masks, scores=iou.float().cpu().numpy(), low_res_logits=logits)

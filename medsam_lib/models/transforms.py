@@ -6,11 +6,12 @@ store, training and evaluation) goes through ``for_model(loaded, vit_preprocess)
     t = for_model(loaded)                      # an InputTransform for this model
     prepared = t.prepare(rgb)                  # (H, W, 3) uint8 -> Prepared (tensor (3, S, S) float32)
     model_boxes = t.boxes_to_model(boxes, prepared)          # original pixels -> model input pixels
+    model_points = t.points_to_model(points, prepared)       # (..., 2) points (x, y), the same scaling
     masks = t.logits_to_masks(low_res_logits, prepared)      # (N, M, s, s) logits -> (N, H, W) bool
 
 Families (``InputTransform.key`` names each one; embedding stores record it):
 - ``lite256``: LiteMedSAM's released pipeline: longest side to 256 (cv2 INTER_AREA), min-max to
-  [0, 1], zero-padded to 256 x 256, boxes scaled by 256 / max(H, W).
+  [0, 1], zero-padded to 256 x 256, boxes (and points) scaled by 256 / max(H, W).
 - ``vit1024-paper`` (default for ViT-B): SAM's own path, as arXiv v1 used it: longest side to 1024
   (``ResizeLongestSide``), ImageNet mean/std on 0-255, zero-padded.
 - ``vit1024-official_code``: the released MedSAM inference: image squashed to 1024 x 1024 (bicubic),
@@ -145,6 +146,12 @@ class InputTransform:
         """(N, 4) boxes in original pixels -> (N, 4) float32 boxes in model input pixels."""
         sx, sy = prepared.box_scale
         return (np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])).astype(np.float32)
+
+    def points_to_model(self, points: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """(..., 2) points (x, y) in original pixels -> float32 points in model input pixels: the scaling of
+        ``boxes_to_model`` (a box is its two corner points), as SAM's ``ResizeLongestSide.apply_coords``."""
+        sx, sy = prepared.box_scale
+        return (np.asarray(points, dtype=np.float64) * np.array([sx, sy])).astype(np.float32)
 
     # --- output -----------------------------------------------------------------------------------
     def upsample_logits(self, logits: torch.Tensor, prepared: Prepared) -> torch.Tensor:
