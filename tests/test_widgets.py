@@ -572,3 +572,45 @@ def test_exported_boxes_are_integer_pixel_indices(tmp_path):
     assert box == [18, 30, 37, 44] and all(isinstance(v, int) for v in box)
     assert "integer pixel indices" in exported["box_convention"] and "inclusive" in exported["box_convention"]
     assert int(np.array(Image.open(written[0])).astype(bool).sum()) == (37 - 18 + 1) * (44 - 30 + 1)
+
+
+def test_a_box_drawn_while_its_slice_embeds_needs_no_second_embedding(small_volume):
+    """The slider rests on slice 5 and a box is drawn while 5 embeds: the box waits for that one
+    embedding; the pass that then segments it reuses the slice the predictor holds (no second
+    ``set_image``: a cached one still recomputes the decoder's image terms, 0.1-0.3 s on 2 cores)."""
+    fake = GatedPredictor()
+    session = _ready(small_volume, model=fake, slice_index=1, autosave_dir=False)
+    fake.gate.clear()
+    session.slider.set_state({"value": 5})  # the slider's release, as the browser's comm message delivers it
+    _until(lambda: fake.started[-1] == f"{small_volume} slice 5")  # under way
+    session.widget.bboxes = [session.display.to_widget((10, 8, 30, 25), "target")]
+    assert "1 box waiting for slice 5" in session.message.value
+    fake.gate.set()
+    assert session.wait(30)
+    assert fake.started == [f"{small_volume} slice 1", f"{small_volume} slice 5"]  # slice 5 embedded once
+    assert [a.box for a in session.current] == [(10.0, 8.0, 30.0, 25.0)] and session.current[0].mask.sum() == 21 * 18
+    assert fake.decoded == [[[10.0, 8.0, 30.0, 25.0]]]
+    assert "slice 5: ready" in session.message.value and "1 box on it" in session.message.value
+
+
+def test_pictures_of_slices_shown_are_cached_within_bounds(small_volume, monkeypatch):
+    """Scrolling through a volume keeps at most ``PIXEL_CACHE_SIZE`` slices' pixels and enlarged pictures
+    (not one per slice ever shown); a slice shown again after leaving the cache gets the same picture."""
+    import SimpleITK as sitk
+    from medsam_lib.data.preprocess import slice_pixels
+    from medsam_lib.widgets import pixels
+
+    monkeypatch.setattr(pixels, "PIXEL_CACHE_SIZE", 3)
+    session = _ready(small_volume, model=GatedPredictor(), slice_index=0, autosave_dir=False)
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(small_volume)))
+    first = session.overlay(0)
+    for k in range(1, 12):
+        session.slider.set_state({"value": k})
+        assert session.wait(30)
+        grey = slice_pixels(volume, k, None)  # independent: the one rule for a slice, then enlarged
+        expected = np.repeat(np.repeat(np.repeat(grey[..., None], 3, axis=2), session.display.scale, axis=0),
+                             session.display.scale, axis=1)
+        assert np.array_equal(_decoded(session), expected)
+        assert len(session._pixels._cache) <= 3 and len(session._pixels._shown) <= 3
+    session.slider.set_state({"value": 0})
+    assert session.wait(30) and np.array_equal(session.overlay(0), first)

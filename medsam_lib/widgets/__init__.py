@@ -5,7 +5,7 @@
 - ``drawing``: the picture shown (masks, label tags that never overlap);
 - ``bbox``: the drawing surface (jupyter_bbox_widget with a move-mode toggle);
 - ``embedding``: the background worker that embeds only the slice last asked for;
-- ``pixels``: the session's input read and checked, its slices' pixels (cached);
+- ``pixels``: the session's input read and checked, its slices' pixels and pictures (cached, bounded);
 - ``slices``: the session's slice embedding and the boxes waiting for their slice;
 - ``saving``: the session's autosave, its restore and the export;
 - ``controls``: the session's ipywidgets (picture, slider, buttons, message line);

@@ -4,7 +4,7 @@
 surface, ``slider`` for volumes, ``move_toggle``, ``undo_button``, ``clear_button``, ``export_button``,
 ``export_dir``, ``message``), lays them out (``view``), paints the picture (``overlay``) and writes the
 message line (``_note``). It uses the session's ``display``, ``labels``, ``state``, ``current_slice``,
-``default_dir``, ``_pixels``, ``_base_cache``, ``_boxes_on`` and its actions (``undo``, ``clear``,
+``default_dir``, ``_pixels``, ``_boxes_on`` and its actions (``undo``, ``clear``,
 ``set_slice``, ``_on_boxes``, ``_export_clicked``). Small images are enlarged by an integer factor,
 large ones shrunk by the browser to ``DISPLAY_MAX_PX`` wide. Every callback goes through ``_guarded``:
 errors become a message, never reach the kernel's top level.
@@ -90,14 +90,13 @@ class Controls:
     def overlay(self, index: int | None = None, tags: bool = True) -> np.ndarray:
         """(H*s, W*s, 3) uint8: the picture the widget shows for a slice (default: the current one)."""
         index = self.current_slice if index is None else index
-        if index not in self._base_cache:
-            self._base_cache[index] = enlarge(self._pixels(index), self.display.scale)
         annotations = self.state.on(index)
         colors = [self._color(a.label) for a in annotations]
-        picture = paint(self._base_cache[index], [enlarge(a.mask, self.display.scale) for a in annotations], colors)
+        scale = self.display.scale
+        picture = paint(self._pixels.shown(index, scale), [enlarge(a.mask, scale) for a in annotations], colors)
         if tags and annotations:
             picture = draw_tags(picture, [a.box for a in annotations],
-                                [f"{i} {a.label}" for i, a in enumerate(annotations, 1)], colors, self.display.scale)
+                                [f"{i} {a.label}" for i, a in enumerate(annotations, 1)], colors, scale)
         return picture
 
     def _render(self) -> None:

@@ -83,7 +83,6 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
         self.restored = sum(map(len, restored.values()))  # boxes restored from the last session's autosave
         self._syncing = False
         self._reported: set[str] = set()
-        self._base_cache: dict[int | None, np.ndarray] = {}  # the enlarged pixels the picture is painted on
         self._init_queue(restored, background)
         self.current_slice: int | None = None
         self._build_widgets()

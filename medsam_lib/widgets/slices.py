@@ -59,8 +59,13 @@ class SliceQueue:
         return sum(not self.state.has_mask(index, box) for box, _ in self._waiting.get(index, []))
 
     def _embed(self, index: int | None) -> None:
-        """Give the predictor slice ``index``'s embedding (worker thread; cached ones are immediate)."""
+        """Give the predictor slice ``index``'s embedding (worker thread; cached ones are quick). Nothing to
+        do when it holds that slice already: the pass asked for by boxes drawn while their slice was being
+        embedded (``_take``) only segments them (a cached ``set_image`` would still recompute the decoder's
+        image terms)."""
         with self._predictor_lock:
+            if self._embedded == index:
+                return
             self._embedded = NOTHING
             self.predictor.set_image(self._pixels(index), source=f"{self.source}" if index is None else
                                      f"{self.source} slice {index}")
