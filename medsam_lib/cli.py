@@ -65,8 +65,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     predictor.set_image(rgb, source=source)
     result = predictor.predict([args.box])
     write_mask(result.masks[0], out, reference=image if image.is_volume else None, slice_index=index)
+    from .models.quality import quality_label
+
     where = f" slice={index}" if index is not None else ""
-    print(f"score={result.scores[0]:.4f} pixels={int(result.masks[0].sum())}{where} mask={out}")
+    score = result.scores[0]  # the decoder's predicted IoU; quality=likely-wrong where it is under the flag's threshold
+    print(f"score={score:.4f} quality={quality_label(score)} pixels={int(result.masks[0].sum())}{where} mask={out}")
     return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from .data.splits import SPLITS
 from .evaluation.tables import MIN_CASES_TEST, bootstrap_ci, per_case, per_group
+from .models.quality import LIKELY_WRONG_DSC, QUALITY_IOU_THRESHOLD, QUALITY_LIKELY_WRONG
 
 HEADING = "### What this run shows"
 EQUAL = 1e-9  # |mean difference| below this (float noise of equal values) counts as no difference
@@ -97,7 +98,13 @@ def quickstart_findings(table, label: str = "example", noun: str = "example(s)")
     if not len(table):
         return as_markdown(["No box was drawn in this run: nothing to score (draw one in the widget, or set "
                             "`box` in the parameters cell)."])
-    bullets = [f"{len(table)} {noun} segmented with one box each; {len(scored)} with a reference mask."]
+    refined = int((table["points"].fillna("") != "").sum()) if "points" in table else 0
+    how = f"with one box each, {refined} of them refined with points" if refined else "with one box each"
+    bullets = [f"{len(table)} {noun} segmented {how}; {len(scored)} with a reference mask."]
+    if "quality" in table:
+        flagged = int((table["quality"] == QUALITY_LIKELY_WRONG).sum())
+        bullets.append(f"The quality flag (the model's own predicted IoU under {QUALITY_IOU_THRESHOLD:.3f}, the IoU "
+                       f"of a DSC-{LIKELY_WRONG_DSC:g} mask) marks {flagged} of {len(table)} as likely wrong.")
     if len(scored):
         (best, b), (worst, w) = best_and_worst(scored, "Dice vs reference", label)
         bullets.append(f"Dice against the reference: best {b:.3f} ({best}), worst {w:.3f} ({worst})." if len(scored) > 1

@@ -664,9 +664,32 @@ def test_success_writes_mask_and_prints_score(capsys, tmp_path):
     assert main(["segment", "--image", str(image), "--box", "10,10,60,50", "--out", str(out)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("score=") and f"mask={out}" in line
+    fields = dict(part.split("=", 1) for part in line.split())
+    # the quality flag beside the score: likely-wrong exactly when the predicted IoU is under the IoU of DSC 0.7
+    assert fields["quality"] == ("likely-wrong" if float(fields["score"]) < 0.7 / (2 - 0.7) else "ok")
     mask = np.array(Image.open(out))
     assert mask.shape == (64, 80) and set(np.unique(mask)) <= {0, 255}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "m.png"]
+
+
+@pytest.mark.parametrize("score, quality", [(0.3, "likely-wrong"), (0.538, "likely-wrong"), (0.539, "ok"),
+                                            (1.02, "ok")])
+def test_segment_prints_the_quality_flag(capsys, tmp_path, monkeypatch, score, quality):
+    """The decoder's own estimate decides the word: a predicted IoU under 0.7 / 1.3 (0.5385) is likely wrong."""
+    from medsam_lib.models.predictor import BoxPredictor
+
+    real = BoxPredictor.predict
+
+    def with_score(self, boxes, points=None, labels=None):
+        result = real(self, boxes, points, labels)
+        result.scores[:] = score
+        return result
+
+    monkeypatch.setattr(BoxPredictor, "predict", with_score)
+    image = _png(tmp_path / "img.png")
+    assert main(["segment", "--image", str(image), "--box", "10,10,60,50", "--out", str(tmp_path / "m.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert f"score={score:.4f} quality={quality} pixels=" in line
 
 
 def test_checkpoint_hash_mismatch(capfd, tmp_path, monkeypatch):

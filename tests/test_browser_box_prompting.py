@@ -12,7 +12,10 @@ ultrasound image from ../shared/data, runs all cells, drags a box with the mouse
 - a second Run All restores the boxes drawn in the first (the new session reads the autosave);
 - the picture (709 pixels wide) is shown at most ``DISPLAY_MAX_PX`` wide, beside the controls;
 - in a second notebook, on a volume (the synthetic CT phantom), moving the slider shows "embedding
-  slice k…" in the widget's message until the slice is ready.
+  slice k…" in the widget's message until the slice is ready;
+- (a test of its own, issue 19) after a box, *+ point* and a click where its mask missed the target: the
+  kernel gets the point, autosaves it with the box, and the box's mask becomes the model's mask for that
+  box and point; the page shows the point.
 Screenshots before and after the drags go to test-artifacts/.
 
 Never ``playwright install``: Debian's /usr/bin/chromium is used (``make browser-deps``).
@@ -188,6 +191,38 @@ def _shown_image(page, img) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
 
 
+@contextlib.contextmanager
+def _screenshot_on_failure(page, path: Path):
+    """A screenshot of the page to ``path`` when the block fails (what the page showed at that moment)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(path), full_page=False)
+        raise
+
+
+def _kernel_ready(base: str, token: str, name: str):
+    """The id of the kernel of notebook ``name`` once it is idle and the page is connected, else None."""
+    for s in _api(base, token, "/api/sessions"):
+        kernel = s.get("kernel") or {}
+        if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
+                and kernel.get("connections", 0) >= 1:
+            return kernel["id"]
+    return None
+
+
+def _run_all(page) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+
+
+def _run_all_finished(page, base: str, token: str, kernel_id: str) -> None:
+    _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
+              and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
+              RUN_ALL_S, "Run All to finish")
+
+
 def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path):
     _require_chromium()
 
@@ -221,22 +256,13 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
             page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
 
             def kernel_ready(name=NOTEBOOK.name):
-                sessions = _api(base, token, "/api/sessions")
-                for s in sessions:
-                    kernel = s.get("kernel") or {}
-                    if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
-                            and kernel.get("connections", 0) >= 1:
-                        return kernel["id"]
-                return None
+                return _kernel_ready(base, token, name)
 
             def run_all():
-                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).first.click()
+                _run_all(page)
 
             def run_all_finished(kernel_id):
-                _wait_for(lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0
-                          and _api(base, token, f"/api/kernels/{kernel_id}")["execution_state"] == "idle",
-                          RUN_ALL_S, "Run All to finish")
+                _run_all_finished(page, base, token, kernel_id)
 
             kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, "the notebook's kernel to be idle and connected")
             page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
@@ -413,6 +439,109 @@ def test_draw_box_in_jupyterlab_gives_mask(shared_data, artifacts_dir, tmp_path)
     # to benchmarks/widget_callback.py, and this machine's load varies
     latency = {"mouse_release_to_mask_shown_s": round((stamps["shown"] - stamps["released"]) / 1000, 3)}
     (artifacts_dir / "browser_box_prompting_latency.json").write_text(json.dumps(latency))
+
+
+def test_add_a_foreground_point_in_jupyterlab(shared_data, artifacts_dir, tmp_path):
+    """Issue 19: in the real browser, draw a box, switch *click* to *+ point* and click where the box's mask
+    missed the target: the kernel gets the point (autosaved with the box), the box's mask changes to the
+    model's own mask for that box and point (computed here), and the page shows the point."""
+    _require_chromium()
+
+    from medsam_lib.data.readers import read_image
+    from medsam_lib.geometry import box_from_mask
+    from medsam_lib.models.predictor import BoxPredictor, to_uint8_rgb
+    from medsam_lib.prompts import deepest_point
+    from medsam_lib.widgets.drawing import POINT_COLORS
+
+    started = time.monotonic()
+    image_path = shared_data / CASE_FOLDER / "images" / CASE_NAME
+    mask_path = shared_data / CASE_FOLDER / "masks" / CASE_NAME
+    truth = read_image(mask_path).array > 0
+    truth = truth[..., 0] if truth.ndim == 3 else truth
+    root = tmp_path / "root"
+    root.mkdir()
+    _write_notebook_copy(root, {"image_path": str(image_path), "mask_path": str(mask_path), "labels": ["artery"],
+                                "box": None})
+    user = tmp_path / "user"
+    autosave = user / Path(CASE_NAME).stem / "boxes.json"
+    server, base, token, log = start_jupyterlab(
+        root, tmp_path, {"MEDSAM_USER_DIR": str(user), "MEDSAM_RESULTS_ROOT": str(tmp_path / "results")},
+        artifacts_dir / "browser_point_jupyterlab.log")
+    try:
+        with chromium_page(1500, 1200) as page, \
+                _screenshot_on_failure(page, artifacts_dir / "browser_point_failed.png"):
+            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
+            kernel_id = _wait_for(lambda: _kernel_ready(base, token, NOTEBOOK.name), KERNEL_READY_S,
+                                  "the notebook's kernel to be idle and connected")
+            page.locator(".jp-Notebook").first.wait_for(state="visible", timeout=KERNEL_READY_S * 1000)
+            _run_all(page)
+            svg = page.locator("div:has(> div > img[alt='annotate me']) > svg").first
+            svg.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
+            _run_all_finished(page, base, token, kernel_id)
+            _wait_for(autosave.is_file, RUN_ALL_S, "the widget's first autosave")
+            img = page.locator(".jp-OutputArea-output img[alt='annotate me']").first
+            _wait_for(lambda: img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
+                      "the widget's image to load")
+            svg.evaluate("el => el.scrollIntoView({block: 'center', inline: 'center'})")
+            rect = svg.bounding_box()
+            natural = img.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+            sx, sy = rect["width"] / natural[0], rect["height"] / natural[1]
+
+            def screen(x, y):  # a pixel's centre (display scale 1: widget pixels are image pixels) on screen
+                return rect["x"] + (x + 0.5) * sx, rect["y"] + (y + 0.5) * sy
+
+            def saved(check):
+                def read():
+                    state = json.loads(autosave.read_text(encoding="utf-8"))
+                    return state if check(state) else None
+                return read
+
+            # a box drawn with the mouse over the target's box
+            x0, y0, x1, y1 = box_from_mask(truth)
+            page.mouse.move(rect["x"] + x0 * sx, rect["y"] + y0 * sy)
+            page.mouse.down()
+            page.mouse.move(rect["x"] + (x1 + 1) * sx, rect["y"] + (y1 + 1) * sy, steps=12)
+            page.mouse.up()
+            boxed = _wait_for(saved(lambda st: len(st["annotations"]) == 1), MASK_S, "the kernel to receive the box")
+            box_mask = np.load(autosave.parent / "masks.npz")["masks"][0]
+            missed = truth & ~box_mask
+            px, py = (int(v) for v in deepest_point(missed if missed.sum() >= 10 else truth))
+            src_before = img.get_attribute("src")
+            # + point, then a click where the mask missed the target
+            page.locator("button", has_text="+ point").first.click()
+            _wait_for(lambda: page.locator(".medsam-bbox.medsam-point").count() > 0, MASK_S,
+                      "the widget to switch to point mode")
+            page.mouse.click(*screen(px, py))
+            pointed = _wait_for(saved(lambda st: st["annotations"][0]["points"]), MASK_S,
+                                "the kernel to receive the point")
+            _wait_for(lambda: img.get_attribute("src") != src_before
+                      and img.evaluate("el => el.complete && el.naturalWidth > 0"), MASK_S,
+                      "the widget to show the refined mask")
+            shown = _shown_image(page, img)
+            message = page.locator(".widget-html-content pre", has_text="foreground point").count()
+            page.screenshot(path=str(artifacts_dir / "browser_box_prompting_point.png"), full_page=False)
+    finally:
+        _stop(server)
+        log.close()
+    browser_s = time.monotonic() - started
+
+    # the kernel received one foreground point, on the pixel clicked, with the box drawn
+    entry = pointed["annotations"][0]
+    assert entry["box"] == boxed["annotations"][0]["box"] and entry["point_labels"] == [1], entry
+    (qx, qy), = entry["points"]
+    assert abs(qx - px) <= 1 and abs(qy - py) <= 1, (entry["points"], (px, py))
+    assert entry["quality"] in ("ok", "likely-wrong") and message >= 1
+    # the box's mask changed, to the model's own mask for that box and point, computed here
+    refined = np.load(autosave.parent / "masks.npz")["masks"][0]
+    assert not np.array_equal(refined, box_mask)
+    predictor = BoxPredictor("litemedsam")
+    predictor.set_image(to_uint8_rgb(read_image(image_path).array))
+    expected = predictor.predict([entry["box"]], points=[[[qx, qy]]], labels=[[1]]).masks[0]
+    assert np.array_equal(refined, expected), int((refined != expected).sum())
+    # the page shows the point: a green disc on the clicked pixel (off its white + strokes)
+    assert tuple(shown[qy + 3, qx + 3]) == POINT_COLORS[1], shown[qy + 3, qx + 3]
+    shutil.copy(autosave, artifacts_dir / "browser_box_prompting_point.json")
+    (artifacts_dir / "browser_box_prompting_point_time.json").write_text(json.dumps({"seconds": round(browser_s, 1)}))
 
 
 def test_missing_chromium_skips_or_fails(monkeypatch, tmp_path):

@@ -75,6 +75,11 @@ def test_box_prompting_findings_count_boxes_and_say_when_none_was_drawn():
     assert "Dice against the reference: 0.800 (1)." in text and "by 0.100:" in text
     empty = findings.quickstart_findings(table.iloc[:0], label="box #", noun="box(es)")
     assert "No box was drawn" in empty
+    # notebook 07's table: the points each box got and the quality flag, counted
+    table = table.assign(points=["+(3, 4) -(9, 9)", ""], quality=["ok", "likely-wrong"])
+    text = findings.quickstart_findings(table, label="box #", noun="box(es)")
+    assert "2 box(es) segmented with one box each, 1 of them refined with points" in text
+    assert "under 0.538, the IoU of a DSC-0.7 mask) marks 1 of 2 as likely wrong" in text
 
 
 def test_finetuning_findings():

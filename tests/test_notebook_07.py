@@ -1,9 +1,10 @@
 """Notebook 07 through papermill with every documented parameter combination, on small inputs.
 
 Each run executes the whole notebook (Run All without a browser): the default case, your image
-alone (no mask: the prose calls it optional), your volume with its mask and label values, an
-explicit box, and your own labels and modality. (The default case, with its box, is what the
-committed notebook runs under nbval.)
+alone (no mask: the prose calls it optional), your volume with its mask and label values (and the
+"auto" corrective click from it), an explicit box with an explicit point, and your own labels and
+modality. (The default case, with its box and its "auto" click, is what the committed notebook runs
+under nbval.)
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def inputs(tmp_path_factory):
 
 COMBINATIONS = {
     "image only (no mask)": lambda d: {"image_path": str(d / "photo.png")},
-    "image, explicit box and labels, no mask": lambda d: {"image_path": str(d / "photo.png"), "box": [38, 28, 91, 61],
-                                                        "labels": ["blob", "other"], "box_label": "blob"},
+    "image, explicit box, point and labels, no mask": lambda d: {"image_path": str(d / "photo.png"),
+                                                               "box": [38, 28, 91, 61], "points": [[60, 45, 1]],
+                                                               "labels": ["blob", "other"], "box_label": "blob"},
     "volume with mask, label, modality, slice": lambda d: {"image_path": str(d / "scan.nii.gz"),
                                                           "mask_path": str(d / "scan_mask.nii.gz"), "mask_label": 4,
                                                           "modality": "CT", "slice_index": 2, "box": "from_mask"},
@@ -76,6 +78,9 @@ def test_notebook_07_runs_through(name, inputs, tmp_path):
         assert len(table) == 2 and (results / "figures" / "07_widget_overlay.png").is_file()
     if "mask_path" in params:
         assert table[1].split(",")[-1] not in ("", None)  # Dice against the reference is filled in
+        assert "corrective click" in text and "with the box alone" in text  # points="auto": a click from the reference
+    if "points" in params:
+        assert "foreground point (60, 45) added" in text and "+(60, 45)" in table[1]
     # the widget's autosave went to the user's folder, not under results/
     assert not list(results.rglob("boxes.json"))
 
@@ -85,10 +90,10 @@ def test_a_second_run_all_restores_the_boxes(inputs, tmp_path):
     """Run All twice on the same image: the second session restores the first one's box (from the
     autosave in the user's folder) and the papermill box is not added twice."""
     results = tmp_path / "results" / "demo"
-    params = {"profile": "demo", **COMBINATIONS["image, explicit box and labels, no mask"](inputs)}
+    params = {"profile": "demo", **COMBINATIONS["image, explicit box, point and labels, no mask"](inputs)}
     _run(params, tmp_path / "first.ipynb")
     first = (results / "tables" / "07_boxes.csv").read_text(encoding="utf-8")
     text = _run(params, tmp_path / "second.ipynb")
     assert "restored 1 box of the last session on this image" in text
-    assert "already on this image" in text
+    assert "already on this image" in text and "already has 1 point(s)" in text  # its point restored, not added again
     assert (results / "tables" / "07_boxes.csv").read_text(encoding="utf-8") == first  # the same one box, not two

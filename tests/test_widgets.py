@@ -344,8 +344,8 @@ def test_real_ultrasound_box_with_jitter(shared_data, predictor):
 def test_annotation_state_without_widgets(tmp_path):
     calls = []
 
-    def segment(slice_index, box):
-        calls.append((slice_index, box))
+    def segment(slice_index, box, points):
+        calls.append((slice_index, box, points))
         mask = np.zeros((20, 30), bool)
         x0, y0, x1, y1 = (int(v) for v in box)
         mask[y0:y1 + 1, x0:x1 + 1] = True  # the box's pixels, x1/y1 inclusive
@@ -363,6 +363,29 @@ def test_annotation_state_without_widgets(tmp_path):
     with pytest.raises(MedSAMError, match="not one of"):
         state.annotate(None, (1, 1, 4, 4), "bone")
     assert state.clear(None) == 1 and state.all() == []
+    # points: segmented with their box, cached per (box, points), following a box moved in place
+    state.set_boxes(None, [((2, 3, 20, 15), "organ"), ((5, 6, 9, 10), "lesion")])
+    before, after = state.set_points(None, 1, [(7, 8, 1), (25, 4, 0)])
+    assert before.points == () and after.points == ((7, 8, 1), (25, 4, 0))
+    assert calls[-1] == (None, (5.0, 6.0, 9.0, 10.0), ((7, 8, 1), (25, 4, 0)))
+    assert state.on(None)[1].points == after.points and state.on(None)[0].points == ()
+    n = len(calls)
+    state.set_points(None, 1, [])
+    state.set_points(None, 1, [(7, 8, 1), (25, 4, 0)])
+    assert len(calls) == n  # both masks were cached
+    state.set_boxes(None, [((2, 3, 20, 15), "organ"), ((6, 6, 10, 10), "lesion")])  # the lesion box moved
+    assert state.on(None)[1].points == ((7, 8, 1), (25, 4, 0)) and calls[-1][2] == ((7, 8, 1), (25, 4, 0))
+    back = [((2, 3, 20, 15), "organ"), ((5, 6, 9, 10), "lesion")]
+    assert state.cached(None, back)  # moved back, its points with it: that mask is cached
+    assert not state.cached(None, [((2, 3, 20, 15), "organ"), ((5, 7, 9, 10), "lesion")])  # moved elsewhere
+    for bad, match in (((30, 4, 1), "outside the image"), ((-1, 4, 1), "outside the image"),
+                       ((3.5, 4, 1), "whole pixel indices"), ((3, 4, 2), "label 2"), ((3, 4), "not \\(x, y, label\\)")):
+        with pytest.raises(MedSAMError, match=match):
+            state.set_points(None, 0, [bad])
+    assert state.on(None)[0].points == ()  # a refused point changes nothing
+    with pytest.raises(MedSAMError, match="no box 3"):
+        state.set_points(None, 2, [(1, 1, 1)])
+    assert state.undo(None).points == ((7, 8, 1), (25, 4, 0)) and state.points == {}  # its points went with it
 
 
 def test_widget_events_parse_into_inclusive_boxes():
@@ -433,20 +456,23 @@ def test_move_toggle_large_images_and_the_slider_message(synthetic, predictor):
 
 class GatedPredictor(BoxPredictor):
     """A predictor without a model: ``set_image`` waits for ``gate`` (a slow encoder) and records the
-    slice; ``predict`` returns the box's pixels as the mask."""
+    slice; ``predict`` returns the box's pixels as the mask, with a 5 x 5 square added around each
+    foreground point and taken out around each background point, and ``score`` as the predicted IoU."""
 
     def __init__(self):
         self.gate = threading.Event()
         self.gate.set()
         self.started: list[str] = []
         self.decoded: list[list] = []
+        self.prompted: list[tuple] = []  # (box, points, labels) of every call with points
+        self.score = 0.75
 
     def set_image(self, image, modality=None, source="image"):
         self.started.append(source)
         assert self.gate.wait(60)
         self._size = np.asarray(image).shape[:2]
 
-    def predict(self, boxes):
+    def predict(self, boxes, points=None, labels=None):
         import torch
         from medsam_lib.models.predictor import Prediction
 
@@ -454,7 +480,21 @@ class GatedPredictor(BoxPredictor):
         mask = np.zeros(self._size, bool)
         x0, y0, x1, y1 = (int(v) for v in boxes[0])
         mask[y0:y1 + 1, x0:x1 + 1] = True
-        return Prediction(masks=mask[None], scores=np.array([0.75]), low_res_logits=torch.zeros(1, 1, 256, 256))
+        if points is not None:
+            self.prompted.append((list(boxes[0]), [list(p) for p in points[0]], list(labels[0])))
+            for (x, y), label in zip(points[0], labels[0]):
+                mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3] = bool(label)
+        return Prediction(masks=mask[None], scores=np.array([self.score]), low_res_logits=torch.zeros(1, 1, 256, 256))
+
+
+def _box_mask(shape, box, points=()):
+    """The fake's mask, computed here: the box's pixels, +/- a 5 x 5 square per foreground/background point."""
+    mask = np.zeros(shape, bool)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    mask[y0:y1 + 1, x0:x1 + 1] = True
+    for x, y, label in points:
+        mask[max(0, y - 2):y + 3, max(0, x - 2):x + 3] = bool(label)
+    return mask
 
 
 @pytest.fixture
@@ -488,7 +528,8 @@ def test_slider_embeds_only_the_slice_it_rests_on_and_boxes_wait_visibly(small_v
     session.widget.bboxes = [_drag_raw]  # a box drawn before slice 9 is ready
     assert session.current == [] and "1 box waiting for slice 9" in session.message.value
     saved = json.loads((session.autosave_dir / "boxes.json").read_text(encoding="utf-8"))
-    assert saved["boxes_waiting"] == [{"box": [10, 8, 30, 25], "label": "target", "slice_index": 9}]  # never lost
+    assert saved["boxes_waiting"] == [{"box": [10, 8, 30, 25], "label": "target", "slice_index": 9,  # never lost
+                                       "points": [], "point_labels": []}]
     fake.gate.set()
     assert session.wait(30)
     assert fake.started == [f"{small_volume} slice 1", f"{small_volume} slice 9"]  # 2..8 never embedded
@@ -614,3 +655,192 @@ def test_pictures_of_slices_shown_are_cached_within_bounds(small_volume, monkeyp
         assert len(session._pixels._cache) <= 3 and len(session._pixels._shown) <= 3
     session.slider.set_state({"value": 0})
     assert session.wait(30) and np.array_equal(session.overlay(0), first)
+
+
+# --- points refining the selected box; the quality flag (issue 19) --------------------------------------
+
+def _click(session, x, y):
+    """What the front end sends for a click in point mode: a custom comm message with the clicked place in
+    display pixels (the pixel's centre here), through ipywidgets' own entry point for front-end messages."""
+    s = session.display.scale
+    content = {"type": "point", "x": (x + 0.5) * s, "y": (y + 0.5) * s}
+    session.widget._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+def test_points_refine_the_selected_box_are_drawn_saved_and_removable(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, size=(60, 80), dtype=np.uint8)
+    fake = GatedPredictor()
+    session = _ready(image, model=fake, labels=["organ", "lesion"], autosave_dir=tmp_path)
+    organ, lesion = (10.0, 8.0, 50.0, 40.0), (30.0, 20.0, 45.0, 35.0)
+    session.apply_box(organ, "organ")
+    session.apply_box(lesion, "lesion")
+    assert session.selected == 1 and session.box_select.value == 1  # points go to the newest box
+    assert [o[0] for o in session.box_select.options] == ["1 organ: IoU 0.75 ok", "2 lesion: IoU 0.75 ok"]
+    session.widget.selected_index = 1  # a box's handle pressed in the widget chooses it too
+    assert session.selected == 1 and "points go to box 2 (lesion)" in session.message.value
+    session.widget.selected_index = 2  # a box still being drawn (not segmented yet): no change
+    assert session.selected == 1
+    session.box_select.value = 0  # the person picks the organ in the list
+    assert session.selected == 0 and "points go to box 1 (organ)" in session.message.value
+    # a foreground point from the API, then a background click in the widget (point mode)
+    a = session.add_point(60, 12, 1)
+    assert fake.prompted[-1] == ([10.0, 8.0, 50.0, 40.0], [[60, 12]], [1])  # the box and its point, together
+    assert a.points == ((60, 12, 1),) and np.array_equal(a.mask, _box_mask(image.shape, organ, a.points))
+    assert "foreground point (60, 12) added" in session.message.value
+    session.click_mode.value = "background"
+    assert session.widget.point_mode and "background point mode" in session.message.value
+    _click(session, 20, 15)
+    organ_now = session.current[0]
+    assert organ_now.points == ((60, 12, 1), (20, 15, 0))
+    assert fake.prompted[-1] == ([10.0, 8.0, 50.0, 40.0], [[60, 12], [20, 15]], [1, 0])
+    assert np.array_equal(organ_now.mask, _box_mask(image.shape, organ, organ_now.points))
+    assert session.current[1].points == () and "points +1 \u22121" in session.box_select.options[0][0]
+    # drawn: a green disc (foreground) and a red one (background), off their white + / - strokes
+    s = session.display.scale
+    picture = session.overlay()
+    for (x, y, label), color in (((60, 12, 1), (0, 170, 0)), ((20, 15, 0), (220, 30, 30))):
+        cx, cy = int((x + 0.5) * s), int((y + 0.5) * s)
+        assert tuple(picture[cy + 3, cx + 3]) == color, (x, y, picture[cy + 3, cx + 3])
+    assert np.array_equal(session.overlay(tags=False), widgets.paint(
+        session._pixels.shown(None, s), [m.repeat(s, 0).repeat(s, 1) for m in (organ_now.mask, session.current[1].mask)],
+        [widgets.hex_to_rgb(c) for c in widgets.drawing.DEFAULT_COLORS[:2]]))
+    # autosaved with the box: points, their labels, the quality word; the mask with the points
+    saved = json.loads((tmp_path / "boxes.json").read_text(encoding="utf-8"))
+    first = saved["annotations"][0]
+    assert first["points"] == [[60, 12], [20, 15]] and first["point_labels"] == [1, 0] and first["quality"] == "ok"
+    assert saved["annotations"][1]["points"] == [] and "point_labels" in saved["point_convention"]
+    assert np.array_equal(np.load(tmp_path / "masks.npz")["masks"][0], organ_now.mask)
+    # clicks that cannot be points say why; nothing changes
+    _click(session, 500, 5)
+    assert "ignored" in session.message.value and "outside the image" in session.message.value
+    session.click_mode.value = "box"
+    assert not session.widget.point_mode
+    _click(session, 20, 20)
+    assert "ignored" in session.message.value and len(session.current[0].points) == 2
+    # undo the last point, clear them: the masks come from the cache (no model pass)
+    calls = len(fake.decoded)
+    assert session.undo_point().points == ((60, 12, 1),) and "last point removed" in session.message.value
+    assert np.array_equal(session.current[0].mask, a.mask)
+    assert session.clear_points().points == ()
+    assert np.array_equal(session.current[0].mask, _box_mask(image.shape, organ))
+    assert len(fake.decoded) == calls
+    assert session.undo_point() is None and "no points to remove" in session.message.value
+    assert json.loads((tmp_path / "boxes.json").read_text(encoding="utf-8"))["annotations"][0]["points"] == []
+    # bad points: errors naming the problem
+    with pytest.raises(MedSAMError, match="outside the image"):
+        session.add_point(80, 10)
+    with pytest.raises(MedSAMError, match="label 2"):
+        session.add_point(5, 5, 2)
+    with pytest.raises(MedSAMError, match="no box 5"):
+        session.add_point(5, 5, box=5)
+    session.clear()
+    with pytest.raises(MedSAMError, match="draw a box first"):
+        session.add_point(5, 5)
+
+
+def test_points_follow_a_moved_box_and_are_restored_from_old_and_new_autosaves(tmp_path):
+    image = np.random.default_rng(1).integers(0, 255, size=(60, 80), dtype=np.uint8)
+    fake = GatedPredictor()
+    session = _ready(image, model=fake, labels=["organ"], autosave_dir=tmp_path)
+    session.apply_box((10, 8, 50, 40))
+    session.apply_box((55, 5, 70, 20))
+    session.add_point(30, 20, 1, box=0)
+    session.add_point(60, 10, 0, box=1)
+    # box 1 moved in the widget (move mode): its points go with it; box 2 keeps its own
+    moved = dict(session.widget.bboxes[0])
+    moved["x"] += 4 * session.display.scale
+    session.widget.bboxes = [moved, session.widget.bboxes[1]]
+    assert session.wait(30)
+    assert session.current[0].box == (14.0, 8.0, 54.0, 40.0) and session.current[0].points == ((30, 20, 1),)
+    assert fake.prompted[-1] == ([14.0, 8.0, 54.0, 40.0], [[30, 20]], [1])
+    assert session.current[1].points == ((60, 10, 0),)
+    # a second session on the same image restores the boxes with their points, and segments them with them
+    again = _ready(image, model=GatedPredictor(), labels=["organ"], autosave_dir=tmp_path)
+    assert [(a.box, a.points) for a in again.current] == [((14.0, 8.0, 54.0, 40.0), ((30, 20, 1),)),
+                                                          ((55.0, 5.0, 70.0, 20.0), ((60, 10, 0),))]
+    assert np.array_equal(again.current[0].mask, _box_mask(image.shape, (14, 8, 54, 40), ((30, 20, 1),)))
+    # an autosave written before points existed (no "points" keys) still restores its boxes, without points
+    saved = json.loads((tmp_path / "boxes.json").read_text(encoding="utf-8"))
+    for entry in saved["annotations"]:
+        del entry["points"], entry["point_labels"], entry["quality"]
+    del saved["point_convention"]
+    (tmp_path / "boxes.json").write_text(json.dumps(saved), encoding="utf-8")
+    old = _ready(image, model=GatedPredictor(), labels=["organ"], autosave_dir=tmp_path)
+    assert old.restored == 2 and [a.points for a in old.current] == [(), ()]
+    assert not list(tmp_path.glob("boxes.*.json"))  # read, not kept aside
+    # a hand-edited point outside the image is left out with a message; the box is restored
+    saved["annotations"][0].update(points=[[30, 20], [500, 3]], point_labels=[1, 1])
+    (tmp_path / "boxes.json").write_text(json.dumps(saved), encoding="utf-8")
+    edited = _ready(image, model=GatedPredictor(), labels=["organ"], autosave_dir=tmp_path)
+    assert edited.current[0].points == ((30, 20, 1),)
+    assert any("point of box" in m and "outside the image" in m for m in edited.messages)
+    # the box removed (the widget's x): its points go with it
+    edited.widget.bboxes = edited.widget.bboxes[1:]
+    assert [a.box for a in edited.current] == [(55.0, 5.0, 70.0, 20.0)] and edited.state.points == {}
+
+
+def test_quality_flag_per_box_in_the_message_list_and_table(tmp_path):
+    image = np.random.default_rng(2).integers(0, 255, size=(60, 80), dtype=np.uint8)
+    fake = GatedPredictor()
+    session = _ready(image, model=fake, autosave_dir=tmp_path)
+    session.apply_box((10, 8, 50, 40))
+    assert "predicted IoU 0.750, quality ok" in session.message.value
+    fake.score = 0.5  # under 0.7 / 1.3 = 0.538: the model's own estimate says the mask is likely wrong
+    session.apply_box((55, 5, 70, 20))
+    assert "quality likely-wrong" in session.message.value and "0.538" in session.message.value
+    assert session.box_select.options[1][0] == "2 target: IoU 0.50 likely-wrong"
+    table = widgets.summary_table(session)
+    assert list(table["quality"]) == ["ok", "likely-wrong"] and list(table["points"]) == ["", ""]
+    fake.score = 0.9  # a point raises the estimate: the flag follows the box's new mask
+    session.add_point(60, 10, 1)
+    assert "quality ok" in session.message.value and widgets.summary_table(session)["points"][1] == "+(60, 10)"
+    saved = json.loads((tmp_path / "boxes.json").read_text(encoding="utf-8"))
+    assert [a["quality"] for a in saved["annotations"]] == ["ok", "ok"]
+
+
+def test_a_point_gives_the_models_box_and_point_mask(us_case, predictor):
+    """The session's mask for a box and a point is the model's own for that prompt, computed here; on this
+    phantom a foreground click in the largest part the box's mask missed brings the mask closer to the truth."""
+    path, truth, box = us_case
+    session = _ready(path, model=predictor, labels=["lesion"])
+    x0, y0, x1, y1 = box
+    first = session.apply_box([x0, y0, x1, y1])
+    missed = truth & ~first.mask
+    from medsam_lib.prompts import deepest_point
+
+    x, y = (int(v) for v in deepest_point(missed if missed.sum() >= 10 else truth))
+    refined = session.add_point(x, y, 1)
+    predictor.set_image(session._pixels(None))
+    expected = predictor.predict([box], points=[[[x, y]]], labels=[[1]])
+    assert np.array_equal(refined.mask, expected.masks[0]) and refined.score == pytest.approx(float(expected.scores[0]))
+    assert dice(refined.mask, truth) > dice(first.mask, truth) + 0.01
+
+
+def test_resolve_points_for_the_papermill_box(us_case, predictor, synthetic):
+    from scipy import ndimage
+
+    path, truth, box = us_case
+    case = cases.prompting_case(profile_in(synthetic.parent), image_path=path,
+                                mask_path=synthetic / BY_ID["synthetic_us_breast"].mask, labels=["lesion", "other"])
+    session = _ready(path, model=predictor, labels=case.labels)
+    a = session.apply_box(box, "lesion")
+    assert widgets.resolve_points(None, case, a)[0] == []
+    points, where = widgets.resolve_points("auto", case, a)
+    regions = []  # the error regions, computed here: 4-connected missed (label 1) and wrongly included (0) parts
+    for label, wrong in ((1, truth & ~a.mask), (0, a.mask & ~truth)):
+        components, n = ndimage.label(wrong)
+        regions += [(int((components == k).sum()), label, components == k) for k in range(1, n + 1)]
+    size, label, region = max(regions, key=lambda r: (r[0], r[1]))
+    (x, y, got_label), = points
+    assert region[y, x] and got_label == label and "corrective click" in where
+    assert widgets.resolve_points([[3, 4, 0]], case, a) == ([(3, 4, 0)], "the points given")
+    with pytest.raises(MedSAMError, match="outside the image"):
+        widgets.resolve_points([[3, 999, 1]], case, a)
+    with pytest.raises(MedSAMError, match="points must be"):
+        widgets.resolve_points("everywhere", case, a)
+    other = session.apply_box([5, 5, 40, 40], "other")
+    assert widgets.resolve_points("auto", case, other)[0] == []  # no reference for this label
+    refined = session.add_point(x, y, got_label, box=0)
+    assert widgets.resolve_points("auto", case, refined) == ([], "the box already has 1 point(s) (restored from "
+                                                                 "the autosave): none added")
+    assert widgets.resolve_points("auto", case, None)[0] == []

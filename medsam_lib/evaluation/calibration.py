@@ -27,7 +27,9 @@ unbounded (values above 1 occur: segment-anything issue #495). Definitions used 
 - ``quality_flag``: the predicted IoU says the mask is likely wrong when it is under
   ``QUALITY_IOU_THRESHOLD``, the IoU of a mask whose DSC is ``LIKELY_WRONG_DSC`` (IoU = DSC / (2 - DSC),
   0.538 for DSC 0.7): the flag takes the decoder at its word. How often that word holds (calibration,
-  ``flag_performance``) is what notebook 08 measures, per model.
+  ``flag_performance``) is what notebook 08 measures, per model. The flag and its constants live in
+  ``models.quality`` (``segment`` and notebook 07 show it without importing the evaluation) and are
+  re-exported here.
 """
 from __future__ import annotations
 
@@ -36,19 +38,9 @@ import math
 import numpy as np
 
 from ..fileio import MedSAMError
+from ..models.quality import LIKELY_WRONG_DSC, QUALITY_IOU_THRESHOLD, quality_flag  # noqa: F401 (their home)
 
 N_BINS = 10
-LIKELY_WRONG_DSC = 0.7  # a mask under this DSC counts as a failure for the AUROC and the flag
-QUALITY_IOU_THRESHOLD = LIKELY_WRONG_DSC / (2 - LIKELY_WRONG_DSC)  # IoU of a DSC-0.7 mask: 0.538...
-
-
-def quality_flag(predicted_iou) -> bool:
-    """True when the decoder's predicted IoU (``Prediction.scores``) is under ``QUALITY_IOU_THRESHOLD``: its
-    own estimate puts the mask under DSC ``LIKELY_WRONG_DSC``, so the mask is likely wrong."""
-    value = float(predicted_iou)
-    if not math.isfinite(value):
-        raise MedSAMError(f"predicted IoU {predicted_iou!r} is not a finite number")
-    return value < QUALITY_IOU_THRESHOLD
 
 
 def _pair(predicted, measured, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
-"""The picture the widget shows: masks blended in their label's colour and label tags that never overlap.
+"""The picture the widget shows: masks blended in their label's colour, label tags that never overlap, points.
 
-Pure numpy + OpenCV: ``overlay_picture`` builds the (H*s, W*s, 3) uint8 image, ``place_tags``
+Pure numpy + OpenCV: ``paint`` blends the masks into the (H*s, W*s, 3) uint8 image, ``place_tags``
 decides where each box's label tag goes (inside the box's top-left corner, pushed down past any tag
-already placed), ``encode_png`` makes the bytes the widget displays.
+already placed), ``draw_points`` marks the clicks (a green disc with a white + for a foreground point, a
+red one with a white - for a background point, on the clicked pixel's centre), ``encode_png`` makes the
+bytes the widget displays.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ DEFAULT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564
                   "#bcbd22", "#17becf")  # BBoxWidget's own defaults, so mask and box colours agree
 TAG_FONT_SCALE = 0.45
 TAG_PAD_PX = 2
+POINT_COLORS = {1: (0, 170, 0), 0: (220, 30, 30)}  # foreground green, background red (as SAM's demos)
+POINT_RADIUS_PX = 6
 
 
 def hex_to_rgb(color: str) -> tuple[int, int, int]:
@@ -90,6 +94,24 @@ def draw_tags(picture: np.ndarray, boxes: Sequence, texts: Sequence[str], colors
         cv2.rectangle(out, (x, y), (x + tw - 1, y + th - 1), tuple(int(c) for c in color), thickness=-1)
         cv2.putText(out, text, (x + TAG_PAD_PX, y + th - TAG_PAD_PX - 3), cv2.FONT_HERSHEY_SIMPLEX,
                     TAG_FONT_SCALE, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def draw_points(picture: np.ndarray, points: Sequence[tuple[int, int, int]], scale: int) -> np.ndarray:
+    """Points (x, y, label; image pixel indices) marked on a picture enlarged ``scale`` times: a disc of
+    ``POINT_RADIUS_PX`` on the pixel's centre with a white rim, green with a + (1, foreground) or red with a -
+    (0, background)."""
+    import cv2
+
+    out = picture.copy()
+    r = POINT_RADIUS_PX
+    for x, y, label in points:
+        cx, cy = int((x + 0.5) * scale), int((y + 0.5) * scale)
+        cv2.circle(out, (cx, cy), r, POINT_COLORS[int(label)], thickness=-1, lineType=cv2.LINE_AA)
+        cv2.circle(out, (cx, cy), r, (255, 255, 255), thickness=1, lineType=cv2.LINE_AA)
+        cv2.line(out, (cx - r + 3, cy), (cx + r - 3, cy), (255, 255, 255), 1)
+        if int(label) == 1:
+            cv2.line(out, (cx, cy - r + 3), (cx, cy + r - 3), (255, 255, 255), 1)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Notebook 07 without a browser: the papermill box and the table of boxes drawn."""
+"""Notebook 07 without a browser: the papermill box, its points and the table of boxes drawn."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +7,12 @@ from ..cases import Case
 from ..fileio import MedSAMError
 from ..geometry import box_from_mask
 from ..evaluation.metrics import dice
+from ..prompts import next_correction_click
+from .annotations import Annotation, check_point
 from .session import BoxPromptSession
 
 BOX_CHOICES = ("auto", "from_mask")
+POINT_CHOICES = ("auto",)
 
 
 def resolve_box(box, case: Case, slice_index: int | None) -> tuple[np.ndarray | None, str]:
@@ -39,9 +42,48 @@ def resolve_box(box, case: Case, slice_index: int | None) -> tuple[np.ndarray | 
     return values, "the box given"
 
 
+def resolve_points(points, case: Case, annotation: Annotation | None) -> tuple[list[tuple[int, int, int]], str]:
+    """The papermill points for a box (``annotation``, the box the notebook applied) and a sentence saying
+    where they came from.
+
+    ``points``: None (none), [[x, y, label], ...] (pixel indices of the image, label 1 foreground / 0
+    background) or ``"auto"``: one corrective click from the reference mask, as a person would click where
+    the box's mask is most wrong (``prompts.next_correction_click``: the deepest pixel of the largest error
+    region, foreground in a missed part, background in a wrongly included one, as notebook 08's correction
+    loop clicks); none without a reference, for a box of another label, or when the mask has no error. A box
+    that has points already (restored from the autosave) gets none added: a rerun changes nothing.
+    """
+    if points is None:
+        return [], "points=None: no points added (add them in the widget: + point / \u2212 point)"
+    if isinstance(points, str) and points not in POINT_CHOICES:
+        raise MedSAMError(f"points must be [[x, y, label], ...], one of {POINT_CHOICES} or None, got {points!r}")
+    if annotation is None:
+        return [], "no box: no points"
+    if annotation.points:
+        return [], (f"the box already has {len(annotation.points)} point(s) (restored from the autosave): "
+                    "none added")
+    if not isinstance(points, str):
+        if not isinstance(points, (list, tuple)):
+            raise MedSAMError(f"points must be [[x, y, label], ...], one of {POINT_CHOICES} or None, got {points!r}")
+        return [check_point(p, annotation.mask.shape) for p in points], "the points given"
+    target = annotation.label == case.labels[0]
+    truth = case.reference(annotation.slice_index) if target else None
+    if truth is None:
+        return [], ("no reference mask for this box's label, so no corrective click: add points in the widget "
+                    "(or set points=[[x, y, label], ...])")
+    click = next_correction_click(annotation.mask, truth)
+    if click is None:
+        return [], "the box's mask equals the reference: no corrective click"
+    (x, y), label = click
+    kind = "foreground: a missed part" if label == 1 else "background: a wrongly included part"
+    return [(int(x), int(y), int(label))], (f"one corrective click from the reference {case.target} at the centre "
+                                            f"of the largest error ({kind})")
+
+
 def summary_table(session: BoxPromptSession, case: Case | None = None):
-    """One row per box drawn: slice, label, box, predicted IoU, pixels, Dice against the reference
-    (for boxes of the case's first label, the reference's target, when the case has a reference)."""
+    """One row per box drawn: slice, label, box, its points (+foreground -background), predicted IoU and its
+    quality flag (``models.quality``), pixels, Dice against the reference (for boxes of the case's first
+    label, the reference's target, when the case has a reference)."""
     import pandas as pd
 
     data = "synthetic" if case is not None and case.synthetic else "real" if case is not None else "user"
@@ -51,8 +93,14 @@ def summary_table(session: BoxPromptSession, case: Case | None = None):
         truth = case.reference(a.slice_index) if target else None
         rows.append({"data": data, "box #": i, "slice": a.slice_index, "label": a.label,
                      "box (x0, y0, x1, y1)": tuple(round(v, 1) for v in a.box),
-                     "predicted IoU": round(a.score, 3), "mask pixels": int(a.mask.sum()),
+                     "points": _points_cell(a.points),
+                     "predicted IoU": round(a.score, 3), "quality": a.quality, "mask pixels": int(a.mask.sum()),
                      "Dice vs reference": None if truth is None else round(dice(a.mask, truth), 3)})
-    columns = ["data", "box #", "slice", "label", "box (x0, y0, x1, y1)", "predicted IoU", "mask pixels",
-               "Dice vs reference"]
+    columns = ["data", "box #", "slice", "label", "box (x0, y0, x1, y1)", "points", "predicted IoU", "quality",
+               "mask pixels", "Dice vs reference"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _points_cell(points) -> str:
+    """"+(12, 30) -(40, 8)": each point, + foreground, - background; "" for none."""
+    return " ".join(f"{'+' if label == 1 else '-'}({x}, {y})" for x, y, label in points)

@@ -17,25 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import AUTOSAVE_BOXES, read_autosave, stem
+from ..fileio import MedSAMError
+from .annotations import AUTOSAVE_BOXES, check_point, read_autosave, stem
 from .events import parse_box, plural
 
 
 class Saving:
     """Restore on start, autosave after every change, export on demand (see the module docstring)."""
 
-    def _restorable(self) -> tuple[dict[int | None, list[tuple]], list[str]]:
-        """The boxes of the last session on this image (autosave), each re-checked; labels it used are added."""
+    def _restorable(self) -> tuple[dict[int | None, list[tuple]], dict[tuple, tuple], list[str]]:
+        """The boxes of the last session on this image (autosave), each re-checked, per slice as [(box, label)],
+        their points as {(slice, box, label): points} (``Annotations.points``); labels it used are added."""
         if self.autosave_dir is None:
-            return {}, []
+            return {}, {}, []
         saved, notes = read_autosave(self.autosave_dir, self.identity)
         out: dict[int | None, list[tuple]] = {}
+        points: dict[tuple, tuple] = {}
         for index, boxes in saved.items():
             valid = index is not None and 0 <= index < self.image.n_slices if self.is_volume else index is None
             if not valid:  # the identity matched, so only a hand-edited file gets here
                 notes.append(f"autosave: {plural(len(boxes), 'box')} on slice {index} left out (no such slice)")
                 continue
-            for box, label in boxes:
+            for box, label, box_points in boxes:
                 parsed = parse_box(self.display.to_widget(box, label), self.display)
                 if parsed.box is None:
                     notes.append(f"autosave: box {list(box)} left out ({parsed.why})")
@@ -44,7 +47,15 @@ class Saving:
                     self.labels.append(label)
                     notes.append(f"autosave: label {label!r} of a restored box added to the labels")
                 out.setdefault(index, []).append((parsed.box, label))
-        return out, notes
+                kept = []
+                for point in box_points:
+                    try:
+                        kept.append(check_point(point, self.image_size))
+                    except MedSAMError as exc:
+                        notes.append(f"autosave: a point of box {list(box)} left out ({exc})")
+                if kept:
+                    points[(index, parsed.box, label)] = tuple(kept)
+        return out, points, notes
 
     def autosave_summary(self) -> str:
         """Where the autosave is and what was restored from it (one line, for the notebook)."""
@@ -78,8 +89,12 @@ class Saving:
         self._note(f"exported to {folder}: " + ", ".join(p.name for p in written))
 
     def _extra(self) -> dict:
-        waiting = [{"box": [int(v) for v in box], "label": label, "slice_index": index}
-                   for index, boxes in self._waiting.items() for box, label in boxes]
+        waiting = []
+        for index, boxes in self._waiting.items():
+            for box, label in boxes:
+                points = self.state.points_of(index, box, label)
+                waiting.append({"box": [int(v) for v in box], "label": label, "slice_index": index,
+                                "points": [[x, y] for x, y, _ in points], "point_labels": [p[2] for p in points]})
         return {"image_identity": self.identity, "boxes_waiting": waiting, "source": self.source,
                 "display_scale": self.display.scale, "current_slice": self.current_slice,
                 "last_boxes_received": self.received[-1] if self.received else [],

@@ -3,21 +3,29 @@
     session = BoxPromptSession("scan.nii.gz", labels=["liver", "tumour"])
     session.view()                       # picture (draw boxes on it) beside the controls
     session.apply_box([40, 30, 90, 80])  # the same path without a browser (papermill): x0, y0, x1, y1
+    session.add_point(60, 50, label=1)   # a foreground click refining the selected box (0: background)
+    session.undo_point(); session.clear_points()
     session.export(folder)               # PNG per label (2D) or NIfTI per label with the source geometry
 
 Each new or changed box is segmented with the image embedding cached by ``BoxPredictor`` (one encoder
-pass per image or slice; a box costs one decoder pass) and its mask painted into the picture. Boxes
+pass per image or slice; a box costs one decoder pass) and its mask painted into the picture, with the
+quality flag of its predicted IoU (``models.quality``: "likely-wrong" under the IoU of a DSC-0.7 mask).
+Points refine the selected box (the newest drawn, or the one picked in the box list or in the widget):
+in *+ point* / *- point* mode a click on the picture adds a foreground / background point, and the box
+is segmented again with all its points (SAM's box + point prompt, ``BoxPredictor.predict``). Boxes
 with zero area or outside the image are dropped with a message; errors never reach the kernel's top
 level. Volume slices are shown one at a time along the first axis.
 
-This module holds the session's making, the widget's box callback and the box actions (``apply_box``,
-``undo``, ``clear``); its other parts each have their own module: ``pixels`` (the input read, checked
+This module holds the session's making, the widget's box and point callbacks and the box and point
+actions (``apply_box``, ``undo``, ``clear``, ``select_box``, ``add_point``, ``undo_point``,
+``clear_points``); its other parts each have their own module: ``pixels`` (the input read, checked
 and its slices' pixels), ``slices`` (the background slice embedding and the boxes waiting for their
-slice; ``apply_box`` and ``export`` wait by themselves), ``saving`` (autosave, restore, export) and
-``controls`` (the ipywidgets and the picture).
+slice; ``apply_box``, ``add_point`` and ``export`` wait by themselves), ``saving`` (autosave, restore,
+export) and ``controls`` (the ipywidgets and the picture).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -29,10 +37,11 @@ from ..data.readers import MedicalImage
 from ..fileio import MedSAMError
 from ..layout import user_dir
 from ..models.predictor import BoxPredictor
+from ..models.quality import QUALITY_IOU_THRESHOLD, QUALITY_LIKELY_WRONG
 from ..models.zoo import LoadedModel
 from .annotations import Annotation, Annotations, image_identity, stem
 from .controls import DISPLAY_MAX_PX, Controls
-from .events import Display, parse_box, parse_boxes
+from .events import Display, parse_box, parse_boxes, plural
 from .pixels import SlicePixels, read_input
 from .saving import Saving
 from .slices import SliceQueue
@@ -73,9 +82,11 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
         self.image_size = tuple(self.image.array.shape[1:3] if self.image.is_volume else self.image.array.shape[:2])
         self.display = Display.for_image(self.image_size, display_min_size)
         self.identity = image_identity(self.image)
-        restored, restore_notes = self._restorable()
+        restored, restored_points, restore_notes = self._restorable()
         self.predictor = model if isinstance(model, BoxPredictor) else BoxPredictor(model, device=device)
         self.state = Annotations(self._segment, self.labels, self.image_size, self.image.is_volume)
+        self.state.points.update(restored_points)
+        self.selected: int | None = None  # the box on the slice shown that points go to (its position in current)
         self.messages: list[str] = []
         self.received: list[list[dict]] = []  # every box list the widget sent, as sent
         self.rejected: list[str] = []  # why each dropped box was dropped
@@ -121,6 +132,7 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
             raise MedSAMError(f"{self.source}: slice {index} out of range (0..{self.image.n_slices - 1})")
         with self._state_lock:
             self.current_slice = index
+            self.selected = None  # points go to the newest box of the slice shown
             if self.slider is not None and self.slider.value != index:
                 self._syncing = True
                 try:
@@ -172,8 +184,10 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
         lines = list(notes)
         if fresh:
             a = fresh[-1]
+            if a.slice_index == self.current_slice:
+                self.select_box(annotations.index(a), quiet=True)
             lines.append(f"box {annotations.index(a) + 1} ({a.label}) at ({', '.join(f'{v:.0f}' for v in a.box)}): "
-                         f"{int(a.mask.sum())} pixels, predicted IoU {a.score:.3f}")
+                         f"{int(a.mask.sum())} pixels, {_quality(a)}")
         elif [(a.box, a.label) for a in annotations] != [(a.box, a.label) for a in previous]:
             lines.append(f"{len(annotations)} box(es) on this {'slice' if self.is_volume else 'image'}")
         if lines:
@@ -199,7 +213,7 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
         Takes exactly the path of a box drawn with the mouse (its edges rounded to whole pixels),
         waiting for the slice's embedding; raises MedSAMError where the widget would drop the box with
         a message. A box already on the slice with that label is not added twice (a rerun of the
-        notebook restores it from the autosave).
+        notebook restores it from the autosave). The box returned becomes the selected one (``add_point``'s).
         """
         self.wait()
         try:
@@ -222,6 +236,7 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
         raw = self.display.to_widget(values, label)
         same = [a for a in self.current if (a.box, a.label) == (parse_box(raw, self.display).box, label)]
         if same:
+            self.select_box([(a.box, a.label) for a in self.current].index((same[0].box, label)), quiet=True)
             self._note(f"box ({', '.join(f'{v:.0f}' for v in same[0].box)}) {label} is already on this "
                        f"{'slice' if self.is_volume else 'image'}")
             return same[0]
@@ -244,7 +259,7 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
                 (box, label), rest = waiting[-1], waiting[:-1]
                 self._waiting[index] = rest
                 removed = Annotation(box, label, np.zeros(self.image_size, bool), float("nan"), index)
-                if all(self.state.has_mask(index, b) for b, _ in rest):
+                if self.state.cached(index, rest):
                     self._waiting.pop(index)
                     self.state.set_boxes(index, rest)
             else:
@@ -267,3 +282,100 @@ class BoxPromptSession(SliceQueue, Saving, Controls):
             self._render()
         self._note("cleared")
         self._autosave()
+
+    # --- points -----------------------------------------------------------------------------------
+    def select_box(self, position: int, quiet: bool = False) -> Annotation:
+        """Make box ``position`` of the slice shown (0: its first; the tags count from 1) the one points go to."""
+        current = self.current
+        if not isinstance(position, (int, np.integer)) or not 0 <= position < len(current):
+            raise MedSAMError(f"no box {position!r} to select: {plural(len(current), 'box')} on this "
+                              f"{'slice' if self.is_volume else 'image'} (0..{len(current) - 1})")
+        self.selected = int(position)
+        self._list_boxes()
+        a = current[self.selected]
+        if not quiet:
+            self._note(f"points go to box {self.selected + 1} ({a.label}): {_points_text(a)}")
+        return a
+
+    def add_point(self, x: float, y: float, label: int = 1, box: int | None = None) -> Annotation:
+        """Add a point at pixel (x, y) of the image (column, row indices), ``label`` 1 (foreground: part of the
+        target) or 0 (background), to a box on the slice shown (``box``: its position in ``current``; default
+        the selected box, the newest drawn unless another was picked) and segment the box with all its points,
+        as a click in point mode does; waits for the slice's embedding. Returns the box's new annotation;
+        MedSAMError for no box, a point outside the image or another label."""
+        self.wait()
+        return self._change_points(box, lambda points: [*points, (x, y, label)])
+
+    def undo_point(self, box: int | None = None) -> Annotation | None:
+        """Remove the last point of a box (default the selected one) and segment it again; None if it has none."""
+        return self._change_points(box, lambda points: points[:-1] if points else None)
+
+    def clear_points(self, box: int | None = None) -> Annotation | None:
+        """Remove every point of a box (default the selected one): its mask is the box's alone again."""
+        return self._change_points(box, lambda points: [] if points else None)
+
+    def _change_points(self, position: int | None, change) -> Annotation | None:
+        index = self.current_slice
+        if self._waiting.get(index):
+            raise MedSAMError(f"{self._where(index)} is still being embedded (boxes wait for it): "
+                              "add points once it is ready")
+        current = self.current
+        position = self.selected if position is None else position
+        if position is None or not current:
+            raise MedSAMError(f"no box on this {'slice' if self.is_volume else 'image'} to add points to: "
+                              "draw a box first (click mode 'box'), then add points to it")
+        before = self.select_box(position, quiet=True)
+        points = change(list(before.points))
+        if points is None:
+            self._note(f"box {position + 1} ({before.label}) has no points to remove")
+            return None
+        with self._predictor_lock, self._state_lock:
+            _, after = self.state.set_points(index, position, points)
+            self._render()
+        if len(after.points) > len(before.points):
+            x, y, label = after.points[-1]
+            what = f"{'foreground' if label else 'background'} point ({x}, {y}) added"
+        else:
+            what = "last point removed" if after.points else "points removed"
+        self._note(f"box {position + 1} ({after.label}): {what}; {_points_text(after)}: {int(after.mask.sum())} "
+                   f"pixels (was {int(before.mask.sum())}), {_quality(after)}")
+        self._autosave()
+        return after
+
+    def _point_clicked(self, x, y) -> None:
+        """A click in point mode (``bbox``'s message): display pixels -> the clicked image pixel, a point of
+        the selected box with the mode's label. Clicks that cannot become a point say why, in the message."""
+        label = self._click_label()
+        try:
+            fx, fy = float(x), float(y)
+        except (TypeError, ValueError):
+            fx = fy = math.nan
+        if label is None or not (math.isfinite(fx) and math.isfinite(fy)):
+            self._note(f"ignored: a click at ({x!r}, {y!r}) that is not a point (choose + point or \u2212 point)")
+            return
+        s = self.display.scale
+        px, py = math.floor(fx / s), math.floor(fy / s)
+        h, w = self.image_size
+        if not (0 <= px < w and 0 <= py < h):
+            self._note(f"ignored: point ({px}, {py}) lies outside the image ({w} x {h} pixels)")
+            return
+        if self._embedder.busy():
+            self._note(f"ignored: {self._where(self.current_slice)} is still being embedded; click again once "
+                       "it is ready")
+            return
+        self._change_points(None, lambda points: [*points, (px, py, label)])
+
+
+def _quality(a: Annotation) -> str:
+    """"predicted IoU 0.912, quality ok", with a hint where the flag says the mask is likely wrong."""
+    text = f"predicted IoU {a.score:.3f}, quality {a.quality}"
+    if a.quality == QUALITY_LIKELY_WRONG:
+        text += (f" (the model's own estimate is under {QUALITY_IOU_THRESHOLD:.3f}, the IoU of a DSC-0.7 mask: "
+                 "check the mask; points can refine it)")
+    return text
+
+
+def _points_text(a: Annotation) -> str:
+    plus = sum(label == 1 for *_, label in a.points)
+    return f"{plural(len(a.points), 'point')} ({plus} foreground, {len(a.points) - plus} background)" \
+        if a.points else "no points"

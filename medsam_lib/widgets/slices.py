@@ -36,11 +36,16 @@ class SliceQueue:
         self._state_lock = threading.RLock()  # held while boxes, waiting boxes or the picture change
         self._embedder = LatestEmbedder(self._embed, self._embedding_done, background=background)
 
-    def _segment(self, slice_index: int | None, box) -> tuple[np.ndarray, float]:
+    def _segment(self, slice_index: int | None, box, points=()) -> tuple[np.ndarray, float]:
+        """A box's mask and predicted IoU, with its points ((x, y, label), ...) when it has any."""
         with self._predictor_lock:
             if self._embedded != slice_index:  # e.g. a restored box on a slice not shown
                 self._embed(slice_index)
-            result = self.predictor.predict([box])
+            if points:
+                result = self.predictor.predict([box], points=[[(x, y) for x, y, _ in points]],
+                                                labels=[[label for *_, label in points]])
+            else:
+                result = self.predictor.predict([box])
         return result.masks[0], float(result.scores[0])
 
     # --- slices and embedding ---------------------------------------------------------------------
@@ -56,7 +61,7 @@ class SliceQueue:
         return text
 
     def _n_waiting(self, index: int | None) -> int:
-        return sum(not self.state.has_mask(index, box) for box, _ in self._waiting.get(index, []))
+        return sum(not self.state.has_mask(index, box, label) for box, label in self._waiting.get(index, []))
 
     def _embed(self, index: int | None) -> None:
         """Give the predictor slice ``index``'s embedding (worker thread; cached ones are quick). Nothing to
@@ -139,7 +144,7 @@ class SliceQueue:
         """Make ``kept`` the boxes of slice ``index`` now (-> (before, after)) when their masks are cached
         or the slice is embedded and the predictor free; else they wait for it (-> None)."""
         with self._state_lock:
-            if all(self.state.has_mask(index, box) for box, _ in kept):
+            if self.state.cached(index, kept):
                 self._waiting.pop(index, None)
                 return self._set_boxes(index, kept)
         if self._predictor_lock.acquire(blocking=False):
