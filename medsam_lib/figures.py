@@ -26,6 +26,8 @@ PALETTE = ((0.12, 0.56, 1.0), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15,
 REFERENCE_COLOUR = "yellow"  # the reference (ground-truth) contour, in every figure
 BOX_COLOUR = "cyan"  # the box prompt, in every figure of the evaluation
 MASK_ALPHA = 0.45
+MODEL_COLOURS = {"base": PALETTE[1], "finetuned": PALETTE[0]}  # orange, blue: the two models in every figure
+MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}  # as figures and findings say them
 
 
 def display_image(image: np.ndarray, modality: str | None = None) -> np.ndarray:
@@ -140,3 +142,64 @@ def save_figure(fig, path: str | Path, dpi: int = 120, close: bool = False, tigh
 
         plt.close(fig)
     return path
+
+
+def task_curves(summary, x: str, metric: str, path: str | Path, title: str, xlabel: str, ylabel: str,
+                scale_x: float = 1.0, marks: Sequence[tuple[str, float, str]] = (), ylim=(0.0, 1.02),
+                integer_x: bool = False) -> Path:
+    """One panel per task of ``summary`` (rows of ``evaluation.targets.task_means``: ``model``, ``task_label``,
+    column ``x``, ``metric`` with its 95% CI ``<metric>_lo`` / ``_hi``, ``n_targets``, ``n_groups``): each
+    model's mean against ``x`` (times ``scale_x``), the CI as a band where the task has 2 or more groups;
+    ``marks``: ("v" or "h", value, label) lines drawn in every panel and named in the legend; ``xlabel`` under
+    the lowest panel of each column; ``integer_x``: whole-number x ticks. PNG, atomically."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    if not len(summary):
+        raise ValueError("task_curves: no rows to plot")
+    tasks = sorted(summary["task_label"].unique())
+    models = list(dict.fromkeys(summary["model"]))
+    ncols = min(4, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows + 1.4), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax in axes.ravel()[len(tasks):]:
+        ax.axis("off")
+    for ax, task in zip(axes.ravel(), tasks):
+        part = summary[summary["task_label"] == task]
+        for k, model in enumerate(models):
+            rows = part[part["model"] == model].sort_values(x)
+            if not len(rows):
+                continue
+            colour = MODEL_COLOURS.get(model, PALETTE[k % len(PALETTE)])
+            xs = rows[x].to_numpy(dtype=float) * scale_x
+            ax.plot(xs, rows[metric], marker="o", ms=3, color=colour)
+            if (rows["n_groups"] >= 2).all():
+                ax.fill_between(xs, rows[f"{metric}_lo"], rows[f"{metric}_hi"], color=colour, alpha=0.15)
+        for kind, value, _ in marks:
+            (ax.axvline if kind == "v" else ax.axhline)(value, color="grey", ls="--", lw=1)
+        first = part.iloc[0]
+        ax.set_title(f"{task}\n(targets: {int(first['n_targets'])}, groups: {int(first['n_groups'])})", fontsize=8)
+        ax.set_ylim(*ylim)
+        ax.tick_params(labelsize=8)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for k in range(min(ncols, len(tasks))):  # the lowest panel of each column
+        lowest = max(i for i in range(len(tasks)) if i % ncols == k)
+        axes.ravel()[lowest].set_xlabel(xlabel, fontsize=8)
+    fig.supylabel(ylabel, fontsize=9)
+    handles = [Line2D([], [], color=MODEL_COLOURS.get(m, PALETTE[k % len(PALETTE)]), marker="o", ms=3,
+                      label=f"{MODEL_NAMES.get(m, m)} model") for k, m in enumerate(models)]
+    handles += [Line2D([], [], color="grey", ls="--", lw=1, label=label) for _, _, label in marks]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False,
+               title="band: 95% CI, bootstrap resampling whole groups (cases), where a task has >= 2 groups",
+               title_fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, close=True)

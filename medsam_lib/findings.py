@@ -7,6 +7,7 @@ Each ``*_findings`` function takes a notebook's tables and returns Markdown (a h
     paired_difference(a, b)     # b - a per pair: n, mean, 95% CI, direction, CI excludes 0
     tables_findings(long, frames, effects)   # notebook 05
     protocol_findings(runs)   # notebook 05: tight vs jittered test boxes
+    beyond_findings(pinned, sweep, calibration, flags, correction, need, goal_dsc)   # notebook 08
 """
 from __future__ import annotations
 
@@ -374,4 +375,157 @@ def experiment_findings(versus) -> str:
                 changes = ", ".join(f"{v} {c:+.3f}" for v, c in zip(sel["variant"], sel["change"]))
                 bullets.append(f"Test boxes {kind}: the base does {word} on {dataset} ({base[dataset]:.3f} Dice); "
                                f"change per decoder: {changes}.")
+    return as_markdown(bullets)
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:g}%"
+
+
+def _task_curve(sweep, model: str, axis: str):
+    """Mean over tasks of each task's mean DSC, per value of ``axis`` (the other axis at 0), for ``model``."""
+    other = "shift" if axis == "noise" else "noise"
+    rows = sweep[(sweep["model"] == model) & (sweep[other] == 0)]
+    return rows.groupby([axis, "task_label"])["dsc"].mean().groupby(axis).mean()
+
+
+def _per_target(sweep, model: str, noise: float, shift: float = 0.0):
+    rows = sweep[(sweep["model"] == model) & (sweep["noise"] == noise) & (sweep["shift"] == shift)]
+    return rows.set_index(["dataset", "case", "volume", "image_key", "target", "instance"])["dsc"].sort_index()
+
+
+def ideal_box_position(sweep) -> list[str]:
+    """Where the paper's protocol, the ideal box, sits on notebook 08's curves of DSC (mean over tasks of each
+    task's mean) against the annotator's noise and shift (``annotator.annotator_sweep`` rows), per model."""
+    from .figures import MODEL_NAMES
+
+    bullets = []
+    for model in dict.fromkeys(sweep["model"]):
+        name = MODEL_NAMES.get(model, model)
+        curve = _task_curve(sweep, model, "noise")
+        if 0.0 not in curve.index or len(curve) < 2:
+            bullets.append(f"{name}: the sweep has no ideal box and another noise level to compare.")
+            continue
+        ideal = float(curve.loc[0.0])
+        rank = int((curve > ideal + EQUAL).sum()) + 1
+        where = ("the top of the curve" if rank == 1 else
+                 f"not the top: noise {_pct(float(curve.idxmax()))} scores higher, {curve.max():.3f}")
+        per_task = sweep[(sweep["model"] == model) & (sweep["shift"] == 0)].groupby(["task_label", "noise"])["dsc"]
+        per_task = per_task.mean().unstack("noise")
+        top = int((per_task[0.0] >= per_task.max(axis=1) - EQUAL).sum())
+        bullets.append(f"{name}: the paper's protocol (the ideal box, noise 0) gives mean DSC {ideal:.3f} over "
+                       f"{len(per_task)} task(s), rank {rank} of {len(curve)} noise levels ({where}); DSC by noise "
+                       + ", ".join(f"{_pct(float(n))} {v:.3f}" for n, v in curve.items())
+                       + f". The ideal box is the best noise level in {top} of {len(per_task)} task(s).")
+        shifts = _task_curve(sweep, model, "shift")
+        if len(shifts) > 1 and 0.0 in shifts.index:
+            best = float(shifts.idxmax())
+            text = ", ".join(f"{_pct(float(s))} {v:.3f}" for s, v in shifts.items())
+            verdict = ("the ideal box scores best" if best == 0 or shifts.max() - shifts.loc[0.0] < EQUAL else
+                       f"a box moved {'outward' if best > 0 else 'inward'} by {_pct(abs(best))} scores higher than "
+                       f"the ideal box ({shifts.max():.3f} vs {shifts.loc[0.0]:.3f})")
+            bullets.append(f"{name}, every side shifted (noise 0): DSC by shift {text}; {verdict}.")
+    return bullets
+
+
+def sweep_findings(sweep, seed: int = 0) -> list[str]:
+    """Notebook 08's annotator sweep (``annotator.annotator_sweep`` rows of both models): ``ideal_box_position``,
+    the loss per target from the ideal box to the loosest noise, and fine-tuned against base at both ends."""
+    from .figures import MODEL_NAMES
+
+    bullets = ideal_box_position(sweep)
+    models = list(dict.fromkeys(sweep["model"]))
+    loosest = float(sweep.loc[sweep["shift"] == 0, "noise"].max())
+    if loosest > 0:
+        for model in models:
+            d = paired_difference(_per_target(sweep, model, 0.0), _per_target(sweep, model, loosest), seed)
+            bullets.append(_compare(f"noise {_pct(loosest)}", "the ideal box", d,
+                                    f"{MODEL_NAMES.get(model, model)}, DSC per target (each side placed with sd "
+                                    f"{_pct(loosest)} of the object's size, against the paper's box)"))
+    if {"base", "finetuned"} <= set(models):
+        for noise in sorted({0.0, loosest}):
+            d = paired_difference(_per_target(sweep, "base", noise), _per_target(sweep, "finetuned", noise), seed)
+            bullets.append(_compare("fine-tuned", "base", d, f"Noise {_pct(noise)}, DSC per target"))
+    return bullets
+
+
+def calibration_findings(summary, flags, sweep=None) -> list[str]:
+    """Notebook 08's calibration (``calibration.calibration_summary`` rows, ``calibration.flag_table``)."""
+    from .evaluation.calibration import LIKELY_WRONG_DSC
+    from .figures import MODEL_NAMES
+
+    bullets = []
+    for _, r in summary.iterrows():
+        gap = r["mean_predicted_iou"] - r["mean_measured_iou"]
+        confidence = "over-confident" if gap > 0 else "under-confident" if gap < 0 else "exact on average"
+        auc = (f"AUROC {r['failure_auroc']:.3f} for ranking the {int(r['flag_failures'])} failure(s) (DSC < "
+               f"{LIKELY_WRONG_DSC:g}) first" if not math.isnan(r["failure_auroc"]) else
+               f"no AUROC ({int(r['flag_failures'])} failure(s) of {int(r['targets'])}: a class is empty)")
+        bullets.append(f"{r['model']}: ECE {r['ece']:.3f} over {int(r['targets'])} masks; mean predicted IoU "
+                       f"{r['mean_predicted_iou']:.3f} against measured {r['mean_measured_iou']:.3f} ({confidence} "
+                       f"by {abs(gap):.3f}); {auc}.")
+    if sweep is not None:
+        for model, part in sweep.groupby("model", sort=False):
+            above = part[part["predicted_iou"] > 1]
+            if len(above):
+                bullets.append(f"{MODEL_NAMES.get(model, model)}: {len(above)} of {len(part)} predicted IoUs "
+                               f"exceed 1 (up to "
+                               f"{above['predicted_iou'].max():.3f}): the IoU head is unbounded.")
+            else:
+                bullets.append(f"{MODEL_NAMES.get(model, model)}: no predicted IoU of {len(part)} exceeds 1 (highest "
+                               f"{part['predicted_iou'].max():.3f}).")
+    for _, r in flags.iterrows():
+        of = (f"{r['flagged and failed']} of them failed (DSC < {LIKELY_WRONG_DSC:g})" if r["flagged"] else
+              "none to check")
+        bullets.append(f"{r['model']}: the quality flag marks {r['flagged']} of {r['masks']} masks, {of}; it lets "
+                       f"{r['failures not flagged']} of {r['failures']} failure(s) through unflagged.")
+    return bullets
+
+
+def correction_findings(frame, need, goal_dsc: float, seed: int = 0) -> list[str]:
+    """Notebook 08's correction loop (``correction.correction_loop`` rows, ``correction.clicks_to_reach``)."""
+    from .figures import MODEL_NAMES
+
+    bullets = []
+    for model, part in frame.groupby("model", sort=False):
+        name = MODEL_NAMES.get(model, model)
+        by_round = part.groupby("round")["dsc"].mean()
+        keys = ["dataset", "case", "volume", "image_key", "target", "instance"]
+        first = part[part["round"] == 0].set_index(keys)["dsc"].sort_index()
+        last = part[part["round"] == part["round"].max()].set_index(keys)["dsc"].sort_index()
+        clicked = part[part["round"] == min(1, int(part["round"].max()))].set_index(keys)["dsc"].sort_index()
+        bullets.append(f"{name}: mean DSC over {len(first)} targets by round "
+                       + ", ".join(f"{int(r)}: {v:.3f}" for r, v in by_round.items()) + ".")
+        bullets.append(_compare("one click", "the box alone", paired_difference(first, clicked, seed),
+                                f"{name}, first corrective click, DSC per target"))
+        bullets.append(_compare(f"{int(part['round'].max())} clicks", "the box alone",
+                                paired_difference(first, last, seed), f"{name}, end of the loop, DSC per target"))
+        mine = need[need["model"] == model]
+        clicks = mine["clicks_to_goal"]
+        reached = clicks[np.isfinite(clicks)]
+        median = f"; median {reached.median():g} click(s) among those that reach it" if len(reached) else ""
+        bullets.append(f"{name}: DSC {goal_dsc:g} reached with the box alone by {int((clicks == 0).sum())} of "
+                       f"{len(mine)} targets, after clicks by {int(((clicks > 0) & np.isfinite(clicks)).sum())}, "
+                       f"never within {int(mine['rounds'].max())} clicks by {int((~np.isfinite(clicks)).sum())}"
+                       f"{median}.")
+    return bullets
+
+
+def beyond_findings(pinned, sweep, calibration, flags, correction, need, goal_dsc: float, seed: int = 0) -> str:
+    """Notebook 08: pinned prompts replayed, where the ideal box sits among human-like ones, how well the
+    predicted IoU knows a mask's quality, and what corrective clicks buy, from this run's tables."""
+    from .figures import MODEL_NAMES
+
+    bullets = []
+    same = int(pinned["replay identical"].sum())
+    bullets.append(f"Pinned prompts: replaying each model's prompts file reproduced its metrics exactly for {same} "
+                   f"of {len(pinned)} model(s) ("
+                   + "; ".join(f"{MODEL_NAMES.get(r['model'], r['model'])}: {r['targets']} targets, "
+                               f"{r['prompted slices']} prompted slices, largest |DSC difference| "
+                               f"{r['max |dDSC|']:.3g}" for _, r in pinned.iterrows())
+                   + "); " + ("every file holds the base model's boxes." if pinned["same boxes as base"].all()
+                              else "the models' files hold different boxes."))
+    bullets += sweep_findings(sweep, seed)
+    bullets += calibration_findings(calibration, flags, sweep)
+    bullets += correction_findings(correction, need, goal_dsc, seed)
     return as_markdown(bullets)

@@ -337,3 +337,189 @@ def test_reliability_plot_and_summary(demo, tmp_path):
                                         "Reliability: demo phantoms")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "fig").glob("*.tmp*"))
+
+
+# --- notebook 08's helpers -------------------------------------------------------------------------
+
+def _fake_target(task, group, i):
+    from medsam_lib.evaluation.targets import SliceTarget
+
+    meta = {"dataset": group.split("/")[0], "case": group.split("/")[1], "volume": "v", "image_key": "k",
+            "target": f"t{i}", "instance": 1, "task": task, "modality": "CT", "split": "test", "group": group,
+            "task_label": task}
+    return SliceTarget(meta=meta, slice=0, image_id=f"img{i}", gt=np.ones((4, 4), bool), image=lambda: None)
+
+
+def test_limit_targets_is_seeded_spread_over_tasks_and_keeps_order():
+    from medsam_lib.evaluation.targets import limit_targets
+
+    targets = [_fake_target("A", f"d/c{i}", i) for i in range(10)] + [_fake_target("B", "d/x", 10),
+                                                                      _fake_target("C", "d/y", 11)]
+    assert limit_targets(targets, 0) == targets and limit_targets(targets, 50) == targets
+    picked = limit_targets(targets, 5, seed=3)
+    assert len(picked) == 5 and {t.meta["task_label"] for t in picked} == {"A", "B", "C"}  # every task kept
+    positions = [targets.index(t) for t in picked]
+    assert positions == sorted(positions)  # the given order
+    assert limit_targets(targets, 5, seed=3) == picked  # seeded
+    assert any(limit_targets(targets, 5, seed=s) != picked for s in range(4, 12))  # the seed matters
+    with pytest.raises(MedSAMError, match="max_targets"):
+        limit_targets(targets, -1)
+
+
+def test_sweep_levels_are_two_axes_through_the_ideal_box():
+    from medsam_lib.evaluation.annotator import sweep_levels
+
+    levels = sweep_levels((0.1, 0.0, 0.05), (0.2, 0.0, -0.1))
+    assert [(a.noise, a.shift) for a in levels] == [(0.0, 0.0), (0.05, 0.0), (0.1, 0.0), (0.0, -0.1), (0.0, 0.2)]
+    assert levels[0].is_ideal
+
+
+def test_means_table_reads_task_means():
+    from medsam_lib.evaluation.targets import means_table
+
+    summary = pd.DataFrame({"model": ["base"] * 3, "task_label": ["A", "A", "B"], "noise": [0.0, 0.1, 0.0],
+                            "dsc": [0.91234, 0.8, 0.5], "dsc_lo": [0.9, math.nan, 0.4],
+                            "dsc_hi": [0.95, math.nan, 0.6]})
+    table = means_table(summary, "noise", "dsc")
+    assert table.loc[("A", "base"), 0.0] == "0.912 [0.900, 0.950]"
+    assert table.loc[("A", "base"), 0.1] == "0.800"  # no CI: the mean alone
+    assert table.loc[("B", "base"), 0.0] == "0.500 [0.400, 0.600]" and pd.isna(table.loc[("B", "base"), 0.1])
+
+
+def test_flag_table_counts_what_a_direct_loop_counts():
+    rng = np.random.default_rng(9)
+    frames = {}
+    for name in ("base", "finetuned"):
+        predicted = rng.uniform(0.2, 1.05, 60)
+        dsc = np.clip(predicted + rng.normal(0, 0.2, 60), 0, 1)
+        frames[name] = pd.DataFrame({"predicted_iou": predicted, "dsc": dsc})
+    table = calibration.flag_table(frames).set_index("model")
+    for name, frame in frames.items():
+        flagged = [calibration.quality_flag(p) for p in frame["predicted_iou"]]
+        failed = [d < 0.7 for d in frame["dsc"]]
+        row = table.loc[name]
+        assert row["masks"] == 60 and row["flagged"] == sum(flagged) and row["failures"] == sum(failed)
+        assert row["flagged and failed"] == sum(f and g for f, g in zip(flagged, failed))
+        assert row["flagged but fine"] == sum(f and not g for f, g in zip(flagged, failed))
+        assert row["failures not flagged"] == sum(g and not f for f, g in zip(flagged, failed))
+
+
+def test_clicks_table_counts_per_task():
+    from medsam_lib.evaluation.correction import clicks_table
+
+    need = pd.DataFrame({"model": ["m"] * 4 + ["n"], "task_label": ["A", "A", "A", "B", "A"],
+                         "clicks_to_goal": [0.0, 2.0, math.inf, 3.0, 1.0], "goal_dsc": 0.9,
+                         "dsc_box": [0.95, 0.5, 0.2, 0.6, 0.8], "dsc_final": [0.95, 0.92, 0.4, 0.91, 0.93],
+                         "rounds": 5})
+    table = clicks_table(need).set_index(["model", "task_label"])
+    a = table.loc[("m", "A")]
+    assert (a["targets"], a["with the box"], a["after clicks"], a["never"]) == (3, 1, 1, 1)
+    assert a["median clicks (reached)"] == 1.0  # median of 0 and 2
+    assert a["dsc box"] == pytest.approx(0.55) and a["dsc final"] == pytest.approx((0.95 + 0.92 + 0.4) / 3)
+    assert table.loc[("m", "B"), "after clicks"] == 1 and len(table) == 3
+
+
+def test_ideal_box_position_from_a_made_up_sweep():
+    """Task A peaks at noise 0, task B at 0.05: the ideal box is best in 1 of 2 tasks; the mean curve over tasks
+    (0.7, 0.75, 0.5) puts the ideal box second of three."""
+    from medsam_lib import findings
+
+    rows = []
+    for task, curve in (("A", (0.9, 0.8, 0.6)), ("B", (0.5, 0.7, 0.4))):
+        for noise, dsc in zip((0.0, 0.05, 0.2), curve):
+            for k in range(2):  # two targets per task with the same DSC
+                rows.append({"model": "base", "task_label": task, "noise": noise, "shift": 0.0, "dsc": dsc,
+                             "dataset": task, "case": str(k), "volume": "v", "image_key": "i", "target": "t",
+                             "instance": 1})
+    sweep = pd.DataFrame(rows)
+    text = findings.ideal_box_position(sweep)[0]
+    assert "mean DSC 0.700 over 2 task(s), rank 2 of 3 noise levels" in text
+    assert "noise 5% scores higher, 0.750" in text and "best noise level in 1 of 2 task(s)" in text
+    bullets = findings.sweep_findings(sweep)
+    assert any("noise 20% is lower than the ideal box by -0.200" in b for b in bullets)  # (0.6-0.9, 0.4-0.5) x 2
+
+
+def test_notebook_08_calls_on_the_demo_phantoms(demo, tmp_path):
+    """Notebook 08's calls on the demo fixture: a jittered run's pinned prompts replayed (the X-ray targets'
+    DSC recomputed here from the file's boxes with a direct prediction), the sweep and correction figures,
+    the tables and the closing findings."""
+    import json
+    from types import SimpleNamespace
+
+    from medsam_lib import findings
+    from medsam_lib.evaluation.annotator import plot_sweep, sweep_levels
+    from medsam_lib.evaluation.chain import Context, Models, pin_and_replay
+    from medsam_lib.evaluation.correction import clicks_table, plot_rounds
+    from medsam_lib.evaluation.options import EvalOptions
+
+    store, predictor, cache = demo
+    models = Models(predictor, None, "", {id(predictor): cache})
+    ctx = Context(store, models, EvalOptions(seed=2, split="test"), "", None, SimpleNamespace(results_dir=tmp_path))
+    pinned = pin_and_replay(ctx, ctx.options.with_(test_boxes="jittered"))
+    assert len(pinned) == 1 and pinned.loc[0, "replay identical"] and pinned.loc[0, "max |dDSC|"] == 0
+    assert pinned.loc[0, "targets"] == 3 and pinned.loc[0, "prompted slices"] == 5  # 2 lungs, 3 heart slices
+    folder = tmp_path / "evaluation" / f"pinned_{predictor.loaded.name}"
+    record = json.loads((folder / "prompts.json").read_text(encoding="utf-8"))
+    metrics = pd.read_csv(folder / "metrics.csv")
+    moved = 0
+    for entry in record["targets"]:
+        if entry["dataset"] != "synthetic_xray_chest":
+            continue
+        (prompt,) = entry["slices"]
+        row = store.index[(store.index["dataset"] == entry["dataset"]) & (store.index["target"] == entry["target"])
+                          & (store.index["instance"] == entry["instance"])].iloc[0]
+        gt = store.load_mask(row)
+        moved += not np.array_equal(prompt["box"], box_from_mask(gt))
+        predictor.set_image(store.load_image(row))
+        pred = predictor.predict([prompt["box"]]).masks[0]
+        want = 2 * (pred & gt).sum() / (pred.sum() + gt.sum())
+        got = metrics[(metrics["dataset"] == entry["dataset"]) & (metrics["target"] == entry["target"])
+                      & (metrics["instance"] == entry["instance"])]["dsc"]
+        assert len(got) == 1 and got.iloc[0] == pytest.approx(want, abs=1e-12)
+    assert moved  # jittered boxes: a replay from the ground truth's tight boxes could not reproduce them
+
+    targets = middle_slices(store, "test")
+    sweep = annotator_sweep(predictor, targets, sweep_levels((0.0, 0.2), (0.0, 0.3)), cache=cache, progress=False,
+                            model="base")
+    summary = task_means(sweep, by=("model", "level", "noise", "shift"))
+    for axis in ("noise", "shift"):
+        path = plot_sweep(summary, tmp_path / f"sweep_{axis}.png", "demo", axis=axis)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loop = correction_loop(predictor, targets, rounds=2, cache=cache, annotator=Annotator(0.1), progress=False,
+                           model="base")
+    need = clicks_to_reach(loop)
+    by_round = task_means(loop, by=("model", "round"), metrics=("dsc",))
+    assert plot_rounds(by_round, tmp_path / "rounds.png", "demo").is_file()
+    calib = calibration.calibration_summary({"base": sweep})
+    flags = calibration.flag_table({"base": sweep})
+    assert flags.loc[0, "masks"] == len(sweep) == 9
+    text = findings.beyond_findings(pinned, sweep, calib, flags, loop, need, 0.9)
+    ideal = sweep[sweep["level"] == 0].groupby("task_label")["dsc"].mean().mean()
+    assert f"gives mean DSC {ideal:.3f} over {sweep['task_label'].nunique()} task(s)" in text
+    assert "reproduced its metrics exactly for 1 of 1 model(s)" in text
+    assert clicks_table(need)["targets"].sum() == len(targets)
+
+
+def test_calibration_and_correction_findings_from_made_up_tables():
+    from medsam_lib import findings
+    from medsam_lib.evaluation.correction import clicks_to_reach
+
+    summary = pd.DataFrame([{"model": "base, ideal boxes", "targets": 4, "mean_predicted_iou": 0.9,
+                             "mean_measured_iou": 0.75, "ece": 0.15, "failure_auroc": math.nan, "flag_failures": 0}])
+    flags = pd.DataFrame([{"model": "base", "masks": 4, "flagged": 1, "flagged and failed": 1, "flagged but fine": 0,
+                           "failures": 2, "failures not flagged": 1}])
+    sweep = pd.DataFrame({"model": "base", "predicted_iou": [0.5, 1.02, 0.9, 1.07]})
+    text = "\n".join(findings.calibration_findings(summary, flags, sweep))
+    assert "ECE 0.150 over 4 masks" in text and "over-confident by 0.150" in text and "no AUROC (0 failure(s)" in text
+    assert "2 of 4 predicted IoUs exceed 1 (up to 1.070)" in text
+    assert "marks 1 of 4 masks, 1 of them failed" in text and "lets 1 of 2 failure(s) through" in text
+    base = {"model": "base", "case": "c", "volume": "v", "image_key": "k", "instance": 0, "task_label": "t",
+            "modality": "CT", "group": "d/c", "dataset": "d"}
+    rows = []
+    for target, dscs in (("a", [0.95, 0.96, 0.97]), ("b", [0.5, 0.7, 0.91]), ("c", [0.2, 0.1, 0.3])):
+        rows += [{**base, "target": target, "round": r, "clicks": r, "dsc": d} for r, d in enumerate(dscs)]
+    loop = pd.DataFrame(rows)
+    text = "\n".join(findings.correction_findings(loop, clicks_to_reach(loop), 0.9))
+    assert "by round 0: 0.550, 1: 0.587, 2: 0.727" in text  # means of (0.95, 0.5, 0.2), (0.96, 0.7, 0.1), ...
+    assert "one click is higher than the box alone by +0.037" in text  # (0.01 + 0.2 - 0.1) / 3
+    assert "with the box alone by 1 of 3 targets, after clicks by 1, never within 2 clicks by 1" in text

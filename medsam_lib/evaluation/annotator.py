@@ -21,6 +21,8 @@ noise grows (common random numbers: the curve's steps compare the same people, n
     levels = annotator_grid(noises=NOISE_LEVELS)                       # ideal ... loose, shift 0
     frame = annotator_sweep(predictor, middle_slices(store), levels, seed=0, cache=cache)
     targets.task_means(frame, by=("level", "noise", "shift"))          # per task: mean, group-bootstrap CI
+    sweep_levels(noises, shifts)     # notebook 08's two axes: every noise at shift 0, every shift at noise 0
+    plot_sweep(summary, "dsc_vs_noise.png", "title", axis="noise")       # per task, base and fine-tuned
 
 The levels' numbers are choices for a sweep, not measured human values: ``NOISE_LEVELS`` run from the
 ideal box (0) to a side placed with a standard deviation of 20% of the object's size, ``SHIFT_LEVELS``
@@ -43,6 +45,9 @@ from .targets import SliceTarget, score_slice
 
 NOISE_LEVELS = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)  # sd of a side's placement, fraction of the object's size
 SHIFT_LEVELS = (-0.1, -0.05, 0.0, 0.05, 0.1, 0.2)  # systematic move of every side (> 0 outward), same unit
+# Notebook 08 on the synthetic demo (fast on 2 cores): the same range, fewer steps.
+DEMO_NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
+DEMO_SHIFT_LEVELS = (-0.1, 0.0, 0.1, 0.2)
 MAX_INWARD_SHIFT = 0.5  # an inward shift of half the size on both sides would leave nothing
 
 
@@ -136,3 +141,30 @@ def annotator_sweep(predictor, targets: Sequence[SliceTarget], annotators: Seque
                          "mean_offset_px": float(offset.mean()), "box_iou_ideal": box_iou(box, tight),
                          "predicted_iou": float(score), **score_slice(mask, target, with_nsd)})
     return pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+
+
+def sweep_levels(noises: Sequence[float] = NOISE_LEVELS, shifts: Sequence[float] = SHIFT_LEVELS) -> list[Annotator]:
+    """The two axes of a sweep out from the ideal box: every noise at shift 0, then every other shift at
+    noise 0 (the ideal box once, first, when 0 is among the noises)."""
+    levels = annotator_grid(sorted(set(float(n) for n in noises)), (0.0,))
+    levels += [Annotator(0.0, s) for s in sorted(set(float(s) for s in shifts)) if s != 0]
+    return levels
+
+
+AXIS_WORDS = {"noise": "noise: sd of each side (% of object size)",
+              "shift": "shift of every side (% of object size, < 0 in)"}
+
+
+def plot_sweep(summary, path, title: str, axis: str = "noise", metric: str = "dsc"):
+    """``metric`` per task against one axis of the sweep (the other axis at 0), one panel per task, base and
+    fine-tuned with 95% group-bootstrap CI bands; the ideal box (the paper's test protocol) marked.
+    ``summary``: ``targets.task_means(frame, by=("model", "level", "noise", "shift"))``. PNG, atomically."""
+    from ..figures import task_curves
+
+    if axis not in AXIS_WORDS:
+        raise MedSAMError(f"plot_sweep: axis {axis!r} must be one of {list(AXIS_WORDS)}")
+    other = "shift" if axis == "noise" else "noise"
+    rows = summary[summary[other] == 0]
+    return task_curves(rows, axis, metric, path, title, AXIS_WORDS[axis],
+                       f"{metric.upper()} of the middle GT slice (0-1), mean over targets", scale_x=100,
+                       marks=[("v", 0.0, "ideal box: tight around the ground truth (the paper's test protocol)")])

@@ -5,6 +5,7 @@
     ece = expected_calibration_error(frame["predicted_iou"], frame["iou"])
     auc = failure_auroc(frame["predicted_iou"], frame["dsc"])        # how well it ranks DSC < 0.7 first
     plot_reliability({"base": frame_b, "finetuned": frame_f}, "reliability.png", "title")
+    flag_table({"base": frame_b, "finetuned": frame_f})              # masks flagged, and how many of them failed
     quality_flag(prediction.scores[0])                              # True: the mask is likely wrong
 
 SAM's decoder (LiteMedSAM's and MedSAM's alike) outputs, beside each mask, a predicted IoU: an MLP
@@ -126,6 +127,23 @@ def flag_performance(predicted_iou, dsc, threshold: float = QUALITY_IOU_THRESHOL
             "specificity": ratio(tn, tn + fp), "precision": ratio(tp, tp + fp)}
 
 
+def flag_table(frames: dict, threshold: float = QUALITY_IOU_THRESHOLD, failure_dsc: float = LIKELY_WRONG_DSC):
+    """How many masks of each model in ``frames`` {model: frame with ``predicted_iou``, ``dsc``} the quality flag
+    marks (predicted IoU < ``threshold``), how many of those are failures (DSC < ``failure_dsc``), and how
+    many failures it lets through unflagged; one row per model (a DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for name, frame in frames.items():
+        p, d = _pair(frame["predicted_iou"], frame["dsc"], f"quality flag ({name})")
+        flagged, failed = p < threshold, d < failure_dsc
+        rows.append({"model": name, "masks": int(p.size), "flagged": int(flagged.sum()),
+                     "flagged and failed": int((flagged & failed).sum()),
+                     "flagged but fine": int((flagged & ~failed).sum()), "failures": int(failed.sum()),
+                     "failures not flagged": int((failed & ~flagged).sum())})
+    return pd.DataFrame(rows)
+
+
 def calibration_summary(frames: dict, n_bins: int = N_BINS):
     """One row per model of ``frames`` {model: frame with ``predicted_iou``, ``iou``, ``dsc``}: targets, mean
     predicted and measured IoU, ECE, failure AUROC and the quality flag's performance."""
@@ -150,7 +168,7 @@ def plot_reliability(frames: dict, path, title: str, n_bins: int = N_BINS):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..figures import PALETTE, save_figure
+    from ..figures import MODEL_COLOURS, MODEL_NAMES, PALETTE, save_figure
 
     if not frames:
         raise MedSAMError("plot_reliability: no model frames to plot")
@@ -158,14 +176,14 @@ def plot_reliability(frames: dict, path, title: str, n_bins: int = N_BINS):
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
     width = 1.0 / n_bins / (len(frames) + 1)
     for k, (name, frame) in enumerate(frames.items()):
-        colour = PALETTE[k % len(PALETTE)]
+        colour = MODEL_COLOURS.get(name, PALETTE[k % len(PALETTE)])
         bins = reliability_bins(frame["predicted_iou"], frame["iou"], n_bins)
         ece = expected_calibration_error(frame["predicted_iou"], frame["iou"], n_bins)
         auc = failure_auroc(frame["predicted_iou"], frame["dsc"])
         used = bins[bins["count"] > 0]
         ax.plot(used["mean_predicted"], used["mean_measured"], marker="o", color=colour,
-                label=f"{name}: ECE {ece:.3f}, AUROC (DSC < {LIKELY_WRONG_DSC:g}) "
-                      f"{'n/a' if math.isnan(auc) else f'{auc:.2f}'}, {len(frame)} targets")
+                label=f"{MODEL_NAMES.get(name, name)}: ECE {ece:.3f}, AUROC (DSC < {LIKELY_WRONG_DSC:g}) "
+                      f"{'n/a' if math.isnan(auc) else f'{auc:.2f}'}, {len(frame)} masks")
         counts.bar(bins["lo"] + (k + 0.5) * width, bins["count"], width=width, color=colour, align="edge")
     ax.axvline(QUALITY_IOU_THRESHOLD, color="black", ls=":", lw=1,
                label=f"quality flag below {QUALITY_IOU_THRESHOLD:.3f} (IoU of DSC {LIKELY_WRONG_DSC:g})")
@@ -177,7 +195,7 @@ def plot_reliability(frames: dict, path, title: str, n_bins: int = N_BINS):
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(title, fontsize=10)
     counts.set_xlabel(f"predicted IoU (the decoder's score, 0-1; {n_bins} equal bins, values > 1 in the last)")
-    counts.set_ylabel("targets per bin")
+    counts.set_ylabel("masks per bin")
     counts.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path, close=True)

@@ -1,5 +1,5 @@
-"""What notebooks 05 and 06 call: the profile's store, the base and fine-tuned models, predictions
-made once and scored under each choice, and the tables' captions.
+"""What notebooks 05, 06 and 08 call: the profile's store, the base and fine-tuned models, predictions
+made once and scored under each choice, the tables' captions, and a run's pinned prompts replayed.
 
 The fine-tuned model is notebook 04's ``ResultsLayout(results_dir).training("decoder") / "best.pt"``
 unless ``finetuned_model`` names another checkpoint. When it is absent the fine-tuned columns say
@@ -369,3 +369,46 @@ def _index_hash(store) -> str:
     from ..fileio import sha256_file
 
     return sha256_file(Path(store.path) / "index.csv")
+
+
+def pin_and_replay(ctx: Context, options: EvalOptions, progress: bool = False):
+    """Pinned prompts shown, not claimed (notebook 08): each model's predictions under ``options`` (reused as
+    ``predictions`` reuses them) scored and written with the prompts they used to
+    ``layout.evaluation("pinned_<model slug>")`` (``metrics.csv``, ``prompts.json``); then that prompts file
+    replayed (``evaluate_store(prompts=...)``: its boxes, not boxes from the ground truth) and scored again.
+    One row per model: targets, prompted slices, the file, whether the replay's metrics equal the run's (every
+    column, exactly), the largest |DSC| and |NSD| difference per target, and whether the file's boxes are the
+    base model's file's (both models saw the same boxes)."""
+    import json
+
+    import pandas as pd
+
+    from .inference import TARGET_KEY
+    from .pinned import PROMPTS_FILE
+    from .run import evaluate_store
+
+    layout = ResultsLayout(ctx.results_dir)
+    made = predictions(ctx, progress=progress, options=options)
+    rows, boxes = [], {}
+    for name, predictor in ctx.models.pairs:
+        frame = score_predictions(made[name], options, ctx.store)
+        folder = layout.evaluation("pinned_" + _slug(ctx, name))
+        write_metrics(frame, folder, predictor, options, ctx.store, overwrite=True, predictions=made[name])
+        path = folder / PROMPTS_FILE
+        boxes[name] = json.loads(path.read_text(encoding="utf-8"))["targets"]
+        replayed = evaluate_store(ctx.store, predictor, None, options, progress=progress,
+                                  cache=ctx.models.cache_for(predictor), prompts=path)
+        try:
+            pd.testing.assert_frame_equal(frame, replayed, check_exact=True)
+            identical = True
+        except AssertionError:
+            identical = False
+        both = frame.merge(replayed, on=TARGET_KEY, suffixes=("", "_replay"), how="outer")
+        rows.append({"model": name, "targets": len(frame),
+                     "prompted slices": sum(len(t["slices"]) for t in boxes[name]),
+                     "prompts file": shown(path),
+                     "replay identical": identical, "rows replayed": len(replayed),
+                     "max |dDSC|": float((both["dsc"] - both["dsc_replay"]).abs().max()),
+                     "max |dNSD|": float((both["nsd"] - both["nsd_replay"]).abs().max()),
+                     "same boxes as base": boxes[name] == boxes["base"]})
+    return pd.DataFrame(rows)

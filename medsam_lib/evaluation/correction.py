@@ -3,6 +3,8 @@
     frame = correction_loop(predictor, middle_slices(store), rounds=5, cache=cache)   # one row per target, round
     need = clicks_to_reach(frame, goal_dsc=0.9)          # per target: clicks until DSC >= 0.9 (inf: never)
     targets.task_means(frame, by=("round",), metrics=("dsc",))                        # per task and round
+    clicks_table(need)                                    # per model, task: reached with the box, after clicks, never
+    plot_rounds(summary, "rounds.png", "title")           # DSC per round, one panel per task
 
 Round 0 is the box alone (the ideal box, or an ``annotator.Annotator``'s). Each later round adds one
 click (``prompts.next_correction_click``: the deepest pixel of the largest error region, foreground in
@@ -25,6 +27,7 @@ from .inference import set_slice, target_rng
 from .targets import SliceTarget, score_slice
 
 ROUNDS = 5  # clicks after the box (issue 19; micro-sam's iterative evaluation also stops at a few)
+DEMO_ROUNDS = 3  # notebook 08 on the synthetic demo (fast on 2 cores)
 GOAL_DSC = 0.9  # "clicks to reach": the first round at or above this DSC
 
 CORRECTION_COLUMNS = ("model", "round", "clicks", "click_x", "click_y", "click_label", "dataset", "case", "volume",
@@ -95,3 +98,34 @@ def clicks_to_reach(frame, goal_dsc: float = GOAL_DSC):
                      "reached": bool(len(hit)), "dsc_box": float(first["dsc"]),
                      "dsc_final": float(part["dsc"].iloc[-1]), "rounds": int(part["round"].max())})
     return pd.DataFrame(rows)
+
+
+def clicks_table(need):
+    """``clicks_to_reach`` per model and task: targets, how many reach the goal with the box alone, after
+    1 .. rounds clicks, and never within the loop; the median clicks of those that reach it; mean DSC of
+    the box alone and after the last round."""
+    import pandas as pd
+
+    rows = []
+    for (model, task), part in need.groupby(["model", "task_label"], sort=True):
+        clicks = part["clicks_to_goal"]
+        reached = clicks[np.isfinite(clicks)]
+        finite = np.isfinite(clicks)
+        rows.append({"model": model, "task_label": task, "targets": len(part),
+                     "goal_dsc": float(part["goal_dsc"].iloc[0]), "with the box": int((clicks == 0).sum()),
+                     "after clicks": int(((clicks > 0) & finite).sum()), "never": int((~finite).sum()),
+                     "median clicks (reached)": float(reached.median()) if len(reached) else math.nan,
+                     "dsc box": float(part["dsc_box"].mean()), "dsc final": float(part["dsc_final"].mean()),
+                     "rounds": int(part["rounds"].max())})
+    return pd.DataFrame(rows)
+
+
+def plot_rounds(summary, path, title: str, goal_dsc: float = GOAL_DSC):
+    """DSC per round of the loop (0: the box alone), one panel per task, base and fine-tuned with 95%
+    group-bootstrap CI bands; the goal DSC marked. ``summary``: ``targets.task_means(frame,
+    by=("model", "round"), metrics=("dsc",))``. PNG, atomically."""
+    from ..figures import task_curves
+
+    return task_curves(summary, "round", "dsc", path, title, "clicks after the box (round)",
+                       "DSC of the middle GT slice (0-1), mean over targets",
+                       marks=[("h", float(goal_dsc), f"goal: DSC {goal_dsc:g}")], integer_x=True)

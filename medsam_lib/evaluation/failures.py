@@ -27,8 +27,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ..figures import (BOX_COLOUR, PALETTE, REFERENCE_COLOUR, display_image, draw_box, draw_contour, fill_mask,
-                       legend_handles, save_figure, zoom_to)
+from ..figures import (BOX_COLOUR, MODEL_COLOURS, MODEL_NAMES, PALETTE, REFERENCE_COLOUR, display_image, draw_box,
+                       draw_contour, fill_mask, legend_handles, save_figure, zoom_to)
 from ..geometry import box_from_mask
 from ..paper import BOX_JITTER_PX
 from .inference import EmbeddingCache, SliceSource, prompt_box, segment
@@ -46,8 +46,6 @@ FAILURE_DSC = 0.9  # a target scoring under this DSC counts as a failure case
 MIN_OBJECT_PX = 66  # a separate object of the target counts from 0.1% of the 256 x 256 slice
 MODES = ("missing boundaries", "low contrast + tiny object", "loose box over similar instances")  # Fig. 5
 NO_MODE = "none of the three"
-MODEL_COLOURS = {"base": PALETTE[1], "finetuned": PALETTE[0]}  # orange, blue: in every figure of notebook 06
-MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}  # as figures say them
 GROUND_TRUTH_COLOUR = PALETTE[2]  # green (filled); its contour is REFERENCE_COLOUR
 
 

@@ -2,6 +2,7 @@
 annotator sweep, calibration and the correction loop of notebook 08).
 
     targets = middle_slices(store, split="test")      # one SliceTarget per target of the split
+    targets = limit_targets(targets, 40, seed=0)      # at most 40, seeded, spread over the tasks
     predictor.set_embedding(...)  # via set_slice(predictor, targets[0].source(cache)): stored embedding, else encoded
     frame = ...                                        # annotator.annotator_sweep / correction.correction_loop
     summary = task_means(frame, by=("level",))         # per task: mean and group-bootstrap 95% CI
@@ -23,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..fileio import MedSAMError
 from ..geometry import box_from_mask
 from ..paper import NSD_TOLERANCE_MM
 from .inference import TARGET_KEY, SliceSource
@@ -124,3 +126,36 @@ def task_means(frame, by=("level",), metrics=("dsc", "nsd"), seed: int = 0):
                         f"{metric}_lo": lo, f"{metric}_hi": hi})
         rows.append(out)
     return pd.DataFrame(rows)
+
+
+def limit_targets(targets: list[SliceTarget], max_targets: int = 0, seed: int = 0) -> list[SliceTarget]:
+    """At most ``max_targets`` of ``targets`` (0 or more than there are: all), drawn seeded and spread over
+    the task labels (one per task in turn, each task's targets in a seeded order), in their given order."""
+    if int(max_targets) != max_targets or max_targets < 0:
+        raise MedSAMError(f"max_targets {max_targets!r} must be a whole number >= 0 (0: every target)")
+    if max_targets == 0 or max_targets >= len(targets):
+        return list(targets)
+    rng = np.random.default_rng(seed)
+    queues = {}
+    for i, target in enumerate(targets):
+        queues.setdefault(target.meta["task_label"], []).append(i)
+    queues = {label: list(rng.permutation(queues[label])) for label in sorted(queues)}
+    chosen = []
+    while len(chosen) < max_targets:
+        for label in queues:
+            if queues[label] and len(chosen) < max_targets:
+                chosen.append(int(queues[label].pop(0)))
+    return [targets[i] for i in sorted(chosen)]
+
+
+def means_table(summary, column: str, metric: str = "dsc", rows=("task_label", "model"), digits: int = 3):
+    """``task_means`` rows as a table to read: one row per ``rows`` values, one column per value of
+    ``column``, each cell "mean [95% CI]" of ``metric`` ("mean" alone where there is no CI)."""
+    def cell(r):
+        mean, lo, hi = r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]
+        if math.isnan(mean):
+            return "n/a"
+        return f"{mean:.{digits}f}" + ("" if math.isnan(lo) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
+
+    frame = summary.assign(cell=[cell(r) for _, r in summary.iterrows()])
+    return frame.pivot_table(index=list(rows), columns=column, values="cell", aggfunc="first", sort=True)
