@@ -40,18 +40,18 @@ def test_test_boxes_names_margin_and_jitter_and_refuses_clashes():
 def test_jittered_boxes_move_each_side_out_0_to_19_inclusive_seeded_per_target():
     """Through the evaluation's own path (predict_volume -> prompt_box): every shift 0..19 occurs, none beyond."""
     from medsam_lib.evaluation.inference import prompt_box
-    from medsam_lib.evaluation.run import _rng
+    from medsam_lib.evaluation.inference import target_rng
 
     mask = np.zeros((256, 256), bool)
     mask[100:140, 90:160] = True
     tight = np.array([90, 100, 159, 139], float)
     opts = EvalOptions(test_boxes="jittered")
-    shifts = np.array([np.abs(prompt_box(mask, opts.box_margin, opts.box_jitter, _rng(0, ("d", str(k)))) - tight)
+    shifts = np.array([np.abs(prompt_box(mask, opts.box_margin, opts.box_jitter, target_rng(0, ("d", str(k)))) - tight)
                        for k in range(600)])
     assert shifts.min() == 0 and shifts.max() == 19
     assert set(np.unique(shifts)) == set(range(20))
-    a = prompt_box(mask, 0, opts.box_jitter, _rng(0, ("d", "c", "t")))
-    assert np.array_equal(a, prompt_box(mask, 0, opts.box_jitter, _rng(0, ("d", "c", "t"))))  # per target
+    a = prompt_box(mask, 0, opts.box_jitter, target_rng(0, ("d", "c", "t")))
+    assert np.array_equal(a, prompt_box(mask, 0, opts.box_jitter, target_rng(0, ("d", "c", "t"))))  # per target
     assert np.array_equal(prompt_box(mask), tight)  # tight: the GT box itself
 
 
