@@ -39,8 +39,7 @@ def test_test_boxes_names_margin_and_jitter_and_refuses_clashes():
 
 def test_jittered_boxes_move_each_side_out_0_to_19_inclusive_seeded_per_target():
     """Through the evaluation's own path (predict_volume -> prompt_box): every shift 0..19 occurs, none beyond."""
-    from medsam_lib.evaluation.inference import prompt_box
-    from medsam_lib.evaluation.inference import target_rng
+    from medsam_lib.evaluation.inference import prompt_box, target_rng
 
     mask = np.zeros((256, 256), bool)
     mask[100:140, 90:160] = True
