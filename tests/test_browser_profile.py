@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from test_browser_box_prompting import (KERNEL_READY_S, RUN_ALL_S, _api, _require_chromium, _stop, _wait_for,
-                                        chromium_page, start_jupyterlab)
+from test_browser_box_prompting import (KERNEL_READY_S, RUN_ALL_S, _api, _kernel_ready, _require_chromium, _stop,
+                                        _wait_for, chromium_page, start_jupyterlab)
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -58,16 +58,8 @@ def test_changing_only_the_profile_in_00_and_a_refusal_in_05(shared_data, artifa
 
             def open_and_run_all(name: str, new_profile: str | None = None) -> str:
                 page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="domcontentloaded")
-
-                def kernel_ready():
-                    for s in _api(base, token, "/api/sessions"):
-                        kernel = s.get("kernel") or {}
-                        if s.get("path", "").endswith(name) and kernel.get("execution_state") == "idle" \
-                                and kernel.get("connections", 0) >= 1:
-                            return kernel["id"]
-                    return None
-
-                kernel_id = _wait_for(kernel_ready, KERNEL_READY_S, f"{name}'s kernel to be idle and connected")
+                kernel_id = _wait_for(lambda: _kernel_ready(base, token, name), KERNEL_READY_S,
+                                      f"{name}'s kernel to be idle and connected")
                 notebook = page.locator(".jp-NotebookPanel:visible .jp-Notebook").first
                 notebook.wait_for(state="visible")
                 if new_profile is not None:  # the reader's one edit: the profile line of the parameters cell
